@@ -1,0 +1,741 @@
+//! The built-in kinds, declared in one table. Adding a kind is one entry here and, where it
+//! needs them, a few lines of validation or field selectors.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use k8s_openapi::api::{
+    apps::v1 as apps, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, events::v1 as events,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::Cause;
+use crate::registry::{NormalizeError, ResourceType, ScalePaths, Strategy};
+use crate::table::Column;
+use crate::validation::NameRule;
+
+/// A built-in kind's strategy: the k8s-openapi type decodes and re-encodes the object, which
+/// type-checks every field and drops unknown ones, as kube-apiserver's decoding does.
+struct Typed<T> {
+    validate: fn(&Value, Option<&Value>, &mut Vec<Cause>),
+    fields: &'static [&'static str],
+    columns: fn() -> Vec<Column>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned + Serialize> Strategy for Typed<T> {
+    fn normalize(&self, obj: Value) -> Result<Value, NormalizeError> {
+        let typed: T =
+            serde_json::from_value(obj).map_err(|e| NormalizeError::Decode(e.to_string()))?;
+        serde_json::to_value(typed).map_err(|e| NormalizeError::Decode(e.to_string()))
+    }
+    fn validate(&self, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+        (self.validate)(obj, old, causes)
+    }
+    fn field(&self, obj: &Value, field: &str) -> Option<String> {
+        if !self.fields.contains(&field) {
+            return None;
+        }
+        let pointer = format!("/{}", field.replace('.', "/"));
+        Some(match obj.pointer(&pointer) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        })
+    }
+    fn fields(&self) -> Vec<String> {
+        self.fields.iter().map(|f| f.to_string()).collect()
+    }
+    fn columns(&self) -> Vec<Column> {
+        (self.columns)()
+    }
+}
+
+fn no_validation(_: &Value, _: Option<&Value>, _: &mut Vec<Cause>) {}
+fn no_columns() -> Vec<Column> {
+    Vec::new()
+}
+
+struct Decl {
+    group: &'static str,
+    version: &'static str,
+    resource: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    status: bool,
+    scale: bool,
+    name_rule: NameRule,
+    strategy: Arc<dyn Strategy>,
+}
+
+fn typed<T: DeserializeOwned + Serialize + 'static>(
+    validate: fn(&Value, Option<&Value>, &mut Vec<Cause>),
+    fields: &'static [&'static str],
+    columns: fn() -> Vec<Column>,
+) -> Arc<dyn Strategy> {
+    Arc::new(Typed::<T> {
+        validate,
+        fields,
+        columns,
+        _t: PhantomData,
+    })
+}
+
+/// Every built-in kind the server serves.
+pub fn builtin() -> Vec<Arc<ResourceType>> {
+    use NameRule::*;
+    let all = &["all"];
+    let decls = vec![
+        Decl {
+            group: "",
+            version: "v1",
+            resource: "namespaces",
+            kind: "Namespace",
+            namespaced: false,
+            short_names: &["ns"],
+            categories: &[],
+            status: true,
+            scale: false,
+            name_rule: Label,
+            strategy: typed::<core::Namespace>(no_validation, &["status.phase"], || {
+                vec![Column::text(
+                    "Status",
+                    "/status/phase",
+                    "The phase of the namespace",
+                )]
+            }),
+        },
+        Decl {
+            group: "",
+            version: "v1",
+            resource: "configmaps",
+            kind: "ConfigMap",
+            namespaced: true,
+            short_names: &["cm"],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::ConfigMap>(validate_configmap, &[], || {
+                vec![Column::count(
+                    "Data",
+                    &["/data", "/binaryData"],
+                    "Number of keys",
+                )]
+            }),
+        },
+        Decl {
+            group: "",
+            version: "v1",
+            resource: "secrets",
+            kind: "Secret",
+            namespaced: true,
+            short_names: &[],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::Secret>(validate_secret, &["type"], || {
+                vec![
+                    Column::text("Type", "/type", "The type of the secret"),
+                    Column::count("Data", &["/data"], "Number of keys"),
+                ]
+            }),
+        },
+        Decl {
+            group: "",
+            version: "v1",
+            resource: "serviceaccounts",
+            kind: "ServiceAccount",
+            namespaced: true,
+            short_names: &["sa"],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::ServiceAccount>(no_validation, &[], no_columns),
+        },
+        Decl {
+            group: "",
+            version: "v1",
+            resource: "services",
+            kind: "Service",
+            namespaced: true,
+            short_names: &["svc"],
+            categories: all,
+            status: true,
+            scale: false,
+            name_rule: Label,
+            strategy: typed::<core::Service>(
+                validate_service,
+                &["spec.clusterIP", "spec.type"],
+                || {
+                    vec![
+                        Column::text("Type", "/spec/type", "The type of the service"),
+                        Column::text("Cluster-IP", "/spec/clusterIP", "The cluster IP"),
+                        Column::computed("Port(s)", crate::table::service_ports, "The ports"),
+                    ]
+                },
+            ),
+        },
+        Decl {
+            group: "",
+            version: "v1",
+            resource: "endpoints",
+            kind: "Endpoints",
+            namespaced: true,
+            short_names: &["ep"],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::Endpoints>(no_validation, &[], no_columns),
+        },
+        Decl {
+            group: "",
+            version: "v1",
+            resource: "pods",
+            kind: "Pod",
+            namespaced: true,
+            short_names: &["po"],
+            categories: all,
+            status: true,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::Pod>(
+                validate_pod,
+                &[
+                    "spec.nodeName",
+                    "status.phase",
+                    "spec.restartPolicy",
+                    "spec.schedulerName",
+                    "spec.serviceAccountName",
+                    "status.podIP",
+                    "status.nominatedNodeName",
+                ],
+                || {
+                    vec![
+                        Column::computed("Ready", crate::table::pod_ready, "Ready containers"),
+                        Column::text("Status", "/status/phase", "The phase of the pod"),
+                        Column::computed(
+                            "Restarts",
+                            crate::table::pod_restarts,
+                            "Container restarts",
+                        ),
+                        Column::text("Node", "/spec/nodeName", "The node the pod is bound to"),
+                    ]
+                },
+            ),
+        },
+        Decl {
+            group: "",
+            version: "v1",
+            resource: "nodes",
+            kind: "Node",
+            namespaced: false,
+            short_names: &["no"],
+            categories: &[],
+            status: true,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::Node>(no_validation, &["spec.unschedulable"], || {
+                vec![
+                    Column::computed("Status", crate::table::node_status, "Node readiness"),
+                    Column::text(
+                        "Version",
+                        "/status/nodeInfo/kubeletVersion",
+                        "Node agent version",
+                    ),
+                ]
+            }),
+        },
+        Decl {
+            group: "",
+            version: "v1",
+            resource: "events",
+            kind: "Event",
+            namespaced: true,
+            short_names: &["ev"],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::Event>(
+                validate_core_event,
+                &[
+                    "involvedObject.kind",
+                    "involvedObject.namespace",
+                    "involvedObject.name",
+                    "involvedObject.uid",
+                    "involvedObject.apiVersion",
+                    "involvedObject.resourceVersion",
+                    "involvedObject.fieldPath",
+                    "reason",
+                    "reportingComponent",
+                    "source",
+                    "type",
+                ],
+                || {
+                    vec![
+                        Column::text("Type", "/type", "Event type"),
+                        Column::text("Reason", "/reason", "Event reason"),
+                        Column::text("Message", "/message", "Event message"),
+                    ]
+                },
+            ),
+        },
+        Decl {
+            group: "events.k8s.io",
+            version: "v1",
+            resource: "events",
+            kind: "Event",
+            namespaced: true,
+            short_names: &["ev"],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<events::Event>(
+                validate_events_event,
+                &[
+                    "regarding.kind",
+                    "regarding.namespace",
+                    "regarding.name",
+                    "regarding.uid",
+                    "reason",
+                    "type",
+                ],
+                no_columns,
+            ),
+        },
+        Decl {
+            group: "coordination.k8s.io",
+            version: "v1",
+            resource: "leases",
+            kind: "Lease",
+            namespaced: true,
+            short_names: &[],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<coordination::Lease>(no_validation, &[], || {
+                vec![Column::text(
+                    "Holder",
+                    "/spec/holderIdentity",
+                    "The lease holder",
+                )]
+            }),
+        },
+        Decl {
+            group: "discovery.k8s.io",
+            version: "v1",
+            resource: "endpointslices",
+            kind: "EndpointSlice",
+            namespaced: true,
+            short_names: &[],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<discovery::EndpointSlice>(validate_endpointslice, &[], || {
+                vec![Column::text("AddressType", "/addressType", "Address type")]
+            }),
+        },
+        Decl {
+            group: "apps",
+            version: "v1",
+            resource: "deployments",
+            kind: "Deployment",
+            namespaced: true,
+            short_names: &["deploy"],
+            categories: all,
+            status: true,
+            scale: true,
+            name_rule: Subdomain,
+            strategy: typed::<apps::Deployment>(validate_workload, &[], || {
+                vec![
+                    Column::computed("Ready", crate::table::ready_of_replicas, "Ready replicas"),
+                    Column::int("Up-to-date", "/status/updatedReplicas", "Updated replicas"),
+                    Column::int(
+                        "Available",
+                        "/status/availableReplicas",
+                        "Available replicas",
+                    ),
+                ]
+            }),
+        },
+        Decl {
+            group: "apps",
+            version: "v1",
+            resource: "replicasets",
+            kind: "ReplicaSet",
+            namespaced: true,
+            short_names: &["rs"],
+            categories: all,
+            status: true,
+            scale: true,
+            name_rule: Subdomain,
+            strategy: typed::<apps::ReplicaSet>(validate_workload, &[], || {
+                vec![
+                    Column::int("Desired", "/spec/replicas", "Desired replicas"),
+                    Column::int("Current", "/status/replicas", "Current replicas"),
+                    Column::int("Ready", "/status/readyReplicas", "Ready replicas"),
+                ]
+            }),
+        },
+        Decl {
+            group: "apiextensions.k8s.io",
+            version: "v1",
+            resource: "customresourcedefinitions",
+            kind: "CustomResourceDefinition",
+            namespaced: false,
+            short_names: &["crd", "crds"],
+            categories: &["api-extensions"],
+            status: true,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<apiextensions::CustomResourceDefinition>(
+                crate::crd::validate_crd,
+                &[],
+                || {
+                    vec![Column::text(
+                        "Created At",
+                        "/metadata/creationTimestamp",
+                        "When the CRD was created",
+                    )]
+                },
+            ),
+        },
+    ];
+    decls
+        .into_iter()
+        .map(|d| {
+            Arc::new(ResourceType {
+                group: d.group.into(),
+                version: d.version.into(),
+                storage_version: d.version.into(),
+                resource: d.resource.into(),
+                singular: d.kind.to_lowercase(),
+                kind: d.kind.into(),
+                namespaced: d.namespaced,
+                short_names: d.short_names.iter().map(|s| s.to_string()).collect(),
+                categories: d.categories.iter().map(|s| s.to_string()).collect(),
+                status_subresource: d.status,
+                scale: d.scale.then(|| ScalePaths {
+                    spec_replicas: "/spec/replicas".into(),
+                    status_replicas: "/status/replicas".into(),
+                    label_selector: Some("/spec/selector".into()),
+                }),
+                name_rule: d.name_rule,
+                strategy: d.strategy,
+                schema: None,
+                crd: None,
+            })
+        })
+        .collect()
+}
+
+fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+    obj.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn validate_data_keys(obj: &Value, field: &str, causes: &mut Vec<Cause>) {
+    if let Some(map) = obj.get(field).and_then(Value::as_object) {
+        for key in map.keys() {
+            let ok = !key.is_empty()
+                && key.len() <= 253
+                && key != "."
+                && key != ".."
+                && key
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.');
+            if !ok {
+                causes.push(Cause::invalid(
+                    format!("{field}[{key}]"),
+                    key,
+                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                ));
+            }
+        }
+    }
+}
+
+fn immutable_data(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    if let Some(old) = old
+        && old.get("immutable").and_then(Value::as_bool) == Some(true)
+    {
+        for f in ["data", "binaryData", "stringData"] {
+            if obj.get(f) != old.get(f) {
+                causes.push(Cause::forbidden(
+                    f,
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+        }
+        if obj.get("immutable") != old.get("immutable") {
+            causes.push(Cause::forbidden(
+                "immutable",
+                "field is immutable when `immutable` is set",
+            ));
+        }
+    }
+}
+
+fn validate_configmap(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    validate_data_keys(obj, "data", causes);
+    validate_data_keys(obj, "binaryData", causes);
+    immutable_data(obj, old, causes);
+    let size: usize = ["data", "binaryData"]
+        .iter()
+        .filter_map(|f| obj.get(*f).and_then(Value::as_object))
+        .flat_map(|m| {
+            m.iter()
+                .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        })
+        .sum();
+    if size > 1024 * 1024 {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            field: "data".into(),
+            message: "Too long: must have at most 1048576 bytes".into(),
+        });
+    }
+}
+
+fn validate_secret(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    validate_data_keys(obj, "data", causes);
+    immutable_data(obj, old, causes);
+    if let Some(old) = old
+        && obj.get("type") != old.get("type")
+    {
+        causes.push(Cause::invalid(
+            "type",
+            str_at(obj, "/type"),
+            "field is immutable",
+        ));
+    }
+}
+
+fn validate_service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let ty = obj
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    let supported = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+    if !supported.contains(&ty) {
+        causes.push(Cause::not_supported("spec.type", ty, &supported));
+    }
+    if ty == "ExternalName" && str_at(obj, "/spec/externalName").is_empty() {
+        causes.push(Cause::required("spec.externalName"));
+    }
+    let ports = obj.pointer("/spec/ports").and_then(Value::as_array);
+    if ty != "ExternalName"
+        && ports.is_none_or(|p| p.is_empty())
+        && str_at(obj, "/spec/clusterIP") != "None"
+    {
+        causes.push(Cause::required("spec.ports"));
+    }
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            causes.push(Cause::invalid(
+                format!("spec.ports[{i}].port"),
+                &port.to_string(),
+                "must be between 1 and 65535, inclusive",
+            ));
+        }
+        let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        if !["TCP", "UDP", "SCTP"].contains(&proto) {
+            causes.push(Cause::not_supported(
+                format!("spec.ports[{i}].protocol"),
+                proto,
+                &["SCTP", "TCP", "UDP"],
+            ));
+        }
+        if ports.is_some_and(|all| all.len() > 1)
+            && p.get("name")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        {
+            causes.push(Cause::required(format!("spec.ports[{i}].name")));
+        }
+    }
+    if let Some(old) = old {
+        let was = str_at(old, "/spec/clusterIP");
+        let now = str_at(obj, "/spec/clusterIP");
+        if !was.is_empty() && now != was {
+            causes.push(Cause::invalid("spec.clusterIP", now, "field is immutable"));
+        }
+    }
+}
+
+fn validate_pod(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let containers = obj.pointer("/spec/containers").and_then(Value::as_array);
+    match containers {
+        None => causes.push(Cause::required("spec.containers")),
+        Some(cs) if cs.is_empty() => causes.push(Cause::required("spec.containers")),
+        Some(cs) => {
+            let mut names = std::collections::HashSet::new();
+            for (i, c) in cs.iter().enumerate() {
+                let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+                if name.is_empty() {
+                    causes.push(Cause::required(format!("spec.containers[{i}].name")));
+                } else if let Err(m) = crate::validation::dns1123_label(name) {
+                    causes.push(Cause::invalid(
+                        format!("spec.containers[{i}].name"),
+                        name,
+                        &m,
+                    ));
+                } else if !names.insert(name) {
+                    causes.push(Cause {
+                        reason: "FieldValueDuplicate",
+                        field: format!("spec.containers[{i}].name"),
+                        message: format!("Duplicate value: \"{name}\""),
+                    });
+                }
+                if c.get("image")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    causes.push(Cause::required(format!("spec.containers[{i}].image")));
+                }
+            }
+        }
+    }
+    let policy = obj
+        .pointer("/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Always");
+    if !["Always", "OnFailure", "Never"].contains(&policy) {
+        causes.push(Cause::not_supported(
+            "spec.restartPolicy",
+            policy,
+            &["Always", "OnFailure", "Never"],
+        ));
+    }
+    if let Some(old) = old {
+        // A pod's spec is immutable but for a few fields; the binding may be set once.
+        let mut a = old.get("spec").cloned().unwrap_or_default();
+        let mut b = obj.get("spec").cloned().unwrap_or_default();
+        for s in [&mut a, &mut b] {
+            if let Some(m) = s.as_object_mut() {
+                for f in [
+                    "activeDeadlineSeconds",
+                    "tolerations",
+                    "terminationGracePeriodSeconds",
+                    "schedulingGates",
+                ] {
+                    m.remove(f);
+                }
+                if let Some(cs) = m.get_mut("containers").and_then(Value::as_array_mut) {
+                    for c in cs {
+                        if let Some(c) = c.as_object_mut() {
+                            c.remove("image");
+                        }
+                    }
+                }
+            }
+        }
+        let was_bound = !str_at(&a, "/nodeName").is_empty();
+        if !was_bound && let Some(m) = b.as_object_mut() {
+            m.remove("nodeName");
+        }
+        if !was_bound && let Some(m) = a.as_object_mut() {
+            m.remove("nodeName");
+        }
+        if a != b {
+            causes.push(Cause::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds`"));
+        }
+    }
+}
+
+fn validate_core_event(obj: &Value, _: Option<&Value>, causes: &mut Vec<Cause>) {
+    if obj.get("involvedObject").is_none() {
+        causes.push(Cause::required("involvedObject"));
+    }
+}
+
+fn validate_events_event(obj: &Value, _: Option<&Value>, causes: &mut Vec<Cause>) {
+    if str_at(obj, "/eventTime").is_empty() {
+        causes.push(Cause::required("eventTime"));
+    }
+    for f in [
+        "reportingController",
+        "reportingInstance",
+        "action",
+        "reason",
+    ] {
+        if str_at(obj, &format!("/{f}")).is_empty() {
+            causes.push(Cause::required(f));
+        }
+    }
+}
+
+fn validate_endpointslice(obj: &Value, _: Option<&Value>, causes: &mut Vec<Cause>) {
+    let t = str_at(obj, "/addressType");
+    if !["IPv4", "IPv6", "FQDN"].contains(&t) {
+        causes.push(Cause::not_supported(
+            "addressType",
+            t,
+            &["FQDN", "IPv4", "IPv6"],
+        ));
+    }
+}
+
+fn validate_workload(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let selector = obj.pointer("/spec/selector");
+    if selector.is_none_or(|s| s.as_object().is_none_or(|m| m.is_empty())) {
+        causes.push(Cause::required("spec.selector"));
+    } else if let Some(sel) = selector {
+        match crate::selector::LabelSelector::from_json(sel) {
+            Ok(sel) => {
+                let labels: std::collections::BTreeMap<String, String> = obj
+                    .pointer("/spec/template/metadata/labels")
+                    .and_then(|l| serde_json::from_value(l.clone()).ok())
+                    .unwrap_or_default();
+                if !sel.matches(&labels) {
+                    causes.push(Cause::invalid(
+                        "spec.template.metadata.labels",
+                        &serde_json::to_string(&labels).unwrap_or_default(),
+                        "`selector` does not match template `labels`",
+                    ));
+                }
+            }
+            Err(e) => causes.push(Cause::invalid("spec.selector", "", &e.to_string())),
+        }
+    }
+    if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64)
+        && r < 0
+    {
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            &r.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+    if let Some(old) = old
+        && old.pointer("/spec/selector") != selector
+    {
+        causes.push(Cause::invalid("spec.selector", "", "field is immutable"));
+    }
+    let pod = serde_json::json!({"spec": obj.pointer("/spec/template/spec").cloned().unwrap_or_default()});
+    if pod["spec"].is_null() {
+        causes.push(Cause::required("spec.template.spec"));
+        return;
+    }
+    let mut pod_causes = Vec::new();
+    validate_pod(&pod, None, &mut pod_causes);
+    for mut c in pod_causes {
+        c.field = format!("spec.template.{}", c.field);
+        causes.push(c);
+    }
+}

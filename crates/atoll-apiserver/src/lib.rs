@@ -1,0 +1,107 @@
+//! Atoll's embedded Kubernetes-compatible API server.
+//!
+//! It serves the Kubernetes REST API over a [`atoll_store::Store`]: one generic machinery for
+//! every resource (built-in kinds from `kinds.rs`, CRD kinds from `crd.rs`), discovery, watch,
+//! Table output, and the server-side loops the API itself owns (CRD establishment, namespace
+//! deletion, garbage collection, ClusterIP allocation). [`ApiServer::router`] is an axum
+//! `Router`, so tests can drive it in-process with a real `kube::Client`; [`tls`] serves it
+//! over HTTPS.
+//!
+//! It must never be reached around: controllers talk to it only through the Kubernetes API.
+
+pub mod crd;
+pub mod discovery;
+pub mod error;
+pub mod jsonpath;
+pub mod kinds;
+mod managed;
+pub mod object;
+pub mod openapi;
+pub mod patch;
+pub mod registry;
+pub mod request;
+pub mod rest;
+pub mod selector;
+pub mod services;
+pub mod table;
+pub mod tls;
+pub mod validation;
+pub mod watch;
+
+mod controllers;
+
+use std::sync::Arc;
+
+use atoll_store::Store;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::Response;
+
+pub use error::{ApiError, ApiResult};
+pub use registry::Registry;
+pub use tls::{Identity, Pki};
+
+/// Settings of one API server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Name of the cluster this server is (reported in `/version`'s platform field and logs).
+    pub name: String,
+    /// CIDR ClusterIPs are allocated from.
+    pub service_cidr: String,
+    /// Largest request body accepted, in bytes (kube-apiserver: 3 MiB).
+    pub max_body_bytes: usize,
+    /// How often watches without traffic get a bookmark.
+    pub bookmark_interval: std::time::Duration,
+    /// The address clients reach the server at (discovery's serverAddressByClientCIDRs).
+    pub advertise_address: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "atoll".into(),
+            service_cidr: "10.96.0.0/16".into(),
+            max_body_bytes: 3 * 1024 * 1024,
+            bookmark_interval: std::time::Duration::from_secs(30),
+            advertise_address: "127.0.0.1:6443".into(),
+        }
+    }
+}
+
+/// The server: storage, what is served, and the state of the API's own loops.
+pub struct ApiServer {
+    pub store: Store,
+    pub registry: Registry,
+    pub config: Config,
+    pub cluster_ips: services::ClusterIpAllocator,
+}
+
+impl ApiServer {
+    /// Build the server over a store, load what the store holds (CRDs, allocated IPs), create
+    /// the default namespaces, and start the API's own loops on the current tokio runtime.
+    pub async fn start(store: Store, config: Config) -> Result<Arc<ApiServer>, ApiError> {
+        let cluster_ips = services::ClusterIpAllocator::new(&config.service_cidr)
+            .map_err(|e| ApiError::bad_request(format!("--service-cidr: {e}")))?;
+        let server = Arc::new(ApiServer {
+            registry: Registry::new(kinds::builtin()),
+            store,
+            config,
+            cluster_ips,
+        });
+        controllers::load_crds(&server)?;
+        server.cluster_ips.load(&server)?;
+        controllers::ensure_default_namespaces(&server).await?;
+        controllers::spawn(server.clone());
+        Ok(server)
+    }
+
+    /// The HTTP application. Requests must carry an [`Identity`] extension (the TLS layer adds
+    /// it from the client certificate); requests without one are anonymous.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new().fallback(dispatch).with_state(self.clone())
+    }
+}
+
+async fn dispatch(State(server): State<Arc<ApiServer>>, req: Request) -> Response {
+    rest::handle(server, req).await
+}

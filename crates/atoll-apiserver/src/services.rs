@@ -1,0 +1,298 @@
+//! Kind hooks that need server state or run on create: ClusterIP allocation for Services, the
+//! initial status of Namespaces and Pods, `stringData` of Secrets.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::error::{ApiError, ApiResult, Cause};
+use crate::object::decode_stored;
+use crate::registry::ResourceType;
+
+fn is(rt: &ResourceType, group: &str, resource: &str) -> bool {
+    rt.group == group && rt.resource == resource
+}
+
+/// Allocates Service ClusterIPs from `--service-cidr`; an IP is free again when its Service is
+/// deleted. The allocation table is rebuilt from the stored Services at start.
+pub struct ClusterIpAllocator {
+    base: u32,
+    size: u32,
+    used: Mutex<HashSet<u32>>,
+}
+
+impl ClusterIpAllocator {
+    pub fn new(cidr: &str) -> Result<ClusterIpAllocator, String> {
+        let (ip, bits) = cidr
+            .split_once('/')
+            .ok_or_else(|| format!("{cidr:?} is not a CIDR (a.b.c.d/n)"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let bits: u32 = bits
+            .parse()
+            .map_err(|_| format!("{bits:?} is not a prefix length"))?;
+        if !(8..=28).contains(&bits) {
+            return Err(format!("prefix length /{bits} must be between /8 and /28"));
+        }
+        let size = 1u32 << (32 - bits);
+        let base = u32::from(ip) & !(size - 1);
+        Ok(ClusterIpAllocator {
+            base,
+            size,
+            used: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn used(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let x = u32::from(ip);
+        x > self.base && x < self.base + self.size - 1
+    }
+
+    /// The next free address; the network address, the first address (reserved for the
+    /// `kubernetes` Service) and the broadcast address are never handed out.
+    pub fn allocate(&self) -> Option<Ipv4Addr> {
+        let mut used = self.used();
+        let seed = uuid::Uuid::new_v4().as_u128() as u32;
+        let span = self.size - 3;
+        for i in 0..span {
+            let ip = self.base + 2 + (seed.wrapping_add(i) % span);
+            if used.insert(ip) {
+                return Some(Ipv4Addr::from(ip));
+            }
+        }
+        None
+    }
+
+    pub fn allocate_specific(&self, ip: Ipv4Addr) -> bool {
+        self.contains(ip) && self.used().insert(u32::from(ip))
+    }
+
+    pub fn release(&self, ip: &str) {
+        if let Ok(ip) = ip.parse::<Ipv4Addr>() {
+            self.used().remove(&u32::from(ip));
+        }
+    }
+
+    pub fn load(&self, server: &ApiServer) -> ApiResult<()> {
+        let snapshot = server.registry.snapshot();
+        let Some(rt) = snapshot.get("", "v1", "services") else {
+            return Ok(());
+        };
+        let page = server.store.list(&rt.key_prefix(), None, 0, None)?;
+        for (_, entry) in &page.items {
+            let svc = decode_stored(rt, entry)?;
+            if let Some(ip) = svc
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+            {
+                self.allocate_specific(ip);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Defaults a kind sets on create before validation.
+pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
+    if is(rt, "", "namespaces") {
+        obj["status"] = json!({"phase": "Active"});
+        obj["spec"] = json!({"finalizers": ["kubernetes"]});
+    } else if is(rt, "", "pods") {
+        obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+        if obj.pointer("/spec/restartPolicy").is_none()
+            && obj.get("spec").is_some_and(Value::is_object)
+        {
+            obj["spec"]["restartPolicy"] = json!("Always");
+        }
+    } else if is(rt, "", "services") {
+        if obj.get("spec").is_some_and(Value::is_object) {
+            if obj.pointer("/spec/type").is_none() {
+                obj["spec"]["type"] = json!("ClusterIP");
+            }
+            if obj.pointer("/spec/sessionAffinity").is_none() {
+                obj["spec"]["sessionAffinity"] = json!("None");
+            }
+            if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+                for p in ports {
+                    if p.get("protocol").is_none() {
+                        p["protocol"] = json!("TCP");
+                    }
+                    if p.get("targetPort").is_none() {
+                        p["targetPort"] = p.get("port").cloned().unwrap_or_default();
+                    }
+                }
+            }
+        }
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
+        obj["status"] = json!({"loadBalancer": {}});
+    }
+    if is(rt, "", "secrets") {
+        string_data(obj);
+        if obj.get("type").is_none() {
+            obj["type"] = json!("Opaque");
+        }
+    }
+    if rt.kind == "Deployment" || rt.kind == "ReplicaSet" {
+        if obj.get("spec").is_some_and(Value::is_object) && obj.pointer("/spec/replicas").is_none()
+        {
+            obj["spec"]["replicas"] = json!(1);
+        }
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
+    }
+}
+
+/// `stringData` is write-only: merged into `data` as base64.
+pub fn string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData")) else {
+        return;
+    };
+    if let Some(sd) = sd.as_object() {
+        if !obj.get("data").is_some_and(Value::is_object) {
+            obj["data"] = json!({});
+        }
+        for (k, v) in sd {
+            let raw = v.as_str().unwrap_or_default();
+            obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(raw));
+        }
+    }
+}
+
+/// Defaults a kind sets on update: values the server allocated are kept when the client
+/// leaves them out (as `kubectl apply` and `replace` do), and `stringData` is folded in.
+pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value) {
+    if is(rt, "", "services") && new.get("spec").is_some_and(Value::is_object) {
+        for f in [
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "type",
+            "sessionAffinity",
+        ] {
+            let missing = new
+                .pointer(&format!("/spec/{f}"))
+                .is_none_or(|v| v.is_null() || v == "");
+            if missing && let Some(v) = old.pointer(&format!("/spec/{f}")) {
+                new["spec"][f] = v.clone();
+            }
+        }
+    }
+    if is(rt, "", "secrets") {
+        string_data(new);
+    }
+}
+
+/// Allocate a ClusterIP for a new Service; returns the address to release if the create fails.
+pub fn allocate(
+    server: &ApiServer,
+    rt: &ResourceType,
+    obj: &mut Value,
+    _dry_run: bool,
+) -> ApiResult<Option<String>> {
+    if !is(rt, "", "services") {
+        return Ok(None);
+    }
+    let ty = obj
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    if ty == "ExternalName" {
+        return Ok(None);
+    }
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let requested = obj
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let ip = match requested.as_str() {
+        "None" => return Ok(None),
+        "" => server.cluster_ips.allocate().ok_or_else(|| {
+            ApiError::invalid(
+                "",
+                "Service",
+                &name,
+                vec![Cause::invalid(
+                    "spec.clusterIPs",
+                    "",
+                    "failed to allocate IP: range is full",
+                )],
+            )
+        })?,
+        other => {
+            let ip: Ipv4Addr = other.parse().map_err(|_| {
+                ApiError::invalid(
+                    "",
+                    "Service",
+                    &name,
+                    vec![Cause::invalid(
+                        "spec.clusterIPs",
+                        other,
+                        "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                    )],
+                )
+            })?;
+            if !server.cluster_ips.contains(ip) {
+                return Err(ApiError::invalid(
+                    "",
+                    "Service",
+                    &name,
+                    vec![Cause::invalid(
+                        "spec.clusterIPs",
+                        other,
+                        &format!(
+                            "failed to allocate IP {other}: provided IP is not in the valid range. The range of valid IPs is {}",
+                            server.config.service_cidr
+                        ),
+                    )],
+                ));
+            }
+            if !server.cluster_ips.allocate_specific(ip) {
+                return Err(ApiError::invalid(
+                    "",
+                    "Service",
+                    &name,
+                    vec![Cause::invalid(
+                        "spec.clusterIPs",
+                        other,
+                        &format!("failed to allocate IP {other}: provided IP is already allocated"),
+                    )],
+                ));
+            }
+            ip
+        }
+    };
+    let s = ip.to_string();
+    obj["spec"]["clusterIP"] = json!(s);
+    obj["spec"]["clusterIPs"] = json!([s]);
+    obj["spec"]["ipFamilies"] = json!(["IPv4"]);
+    obj["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+    Ok(Some(s))
+}
+
+/// Release what an object held once it is gone.
+pub fn release(server: &ApiServer, rt: &ResourceType, obj: &Value) {
+    if is(rt, "", "services")
+        && let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str)
+    {
+        server.cluster_ips.release(ip);
+    }
+}

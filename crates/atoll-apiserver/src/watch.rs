@@ -1,0 +1,261 @@
+//! Watch: a stream of `{"type": ..., "object": ...}` lines from a resource version.
+//!
+//! # Guarantees
+//! - Events arrive in revision order, each once, for the objects the selectors match; an object
+//!   that stops matching a selector is sent as `DELETED`, one that starts matching as `ADDED`
+//!   (as kube-apiserver's watch cache does).
+//! - Without a `resourceVersion` (or with `"0"`), the stream starts with an `ADDED` event for
+//!   every current object, then continues from that snapshot; with `sendInitialEvents=true` a
+//!   `BOOKMARK` annotated `k8s.io/initial-events-end` marks the end of those.
+//! - From a version older than the revision window, the stream is one `ERROR` event with a
+//!   `410 Expired` Status, and clients re-list.
+//! - With `allowWatchBookmarks=true`, quiet streams get a `BOOKMARK` carrying the latest
+//!   revision, so a client can resume without a 410 after a long quiet period.
+//! - The stream ends after `timeoutSeconds` (default 30 to 60 minutes, spread as kube-apiserver
+//!   spreads them) or when the client goes away.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use atoll_store::{Event, EventKind, StoreError};
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::error::{ApiError, ApiResult};
+use crate::object::{self, decode_stored};
+use crate::rest::Ctx;
+use crate::selector::{FieldSelector, LabelSelector};
+
+struct WatchParams {
+    labels: LabelSelector,
+    fields: FieldSelector,
+    bookmarks: bool,
+    timeout: Duration,
+    table: bool,
+    include_object: String,
+}
+
+pub fn serve(ctx: Ctx) -> ApiResult<Response> {
+    let (labels, mut fields) = ctx.selectors()?;
+    if let Some(name) = &ctx.rr.name {
+        fields.0.push(crate::selector::FieldRequirement {
+            field: "metadata.name".into(),
+            value: name.clone(),
+            equal: true,
+        });
+    }
+    let timeout = match ctx.query.int("timeoutSeconds")? {
+        Some(t) if t > 0 => Duration::from_secs(u64::try_from(t).unwrap_or(u64::MAX)),
+        Some(_) => Duration::from_secs(1800),
+        None => Duration::from_secs(1800 + u64::from(uuid::Uuid::new_v4().as_u128() as u16 % 1800)),
+    };
+    let params = WatchParams {
+        labels,
+        fields,
+        bookmarks: ctx.query.flag("allowWatchBookmarks"),
+        timeout,
+        table: ctx.wants_table(),
+        include_object: ctx
+            .query
+            .get("includeObject")
+            .unwrap_or("Metadata")
+            .to_string(),
+    };
+    let send_initial = ctx.query.flag("sendInitialEvents");
+    let rv = ctx.query.get("resourceVersion").map(String::from);
+    let start = match rv.as_deref() {
+        None | Some("0") => None,
+        Some(v) => Some(object::parse_rv(v)?),
+    };
+    if send_initial && start.is_some() {
+        // Streaming lists start from "now" or "any"; an exact version makes no sense with them.
+        let ok = ctx.query.get("resourceVersionMatch") == Some("NotOlderThan");
+        if !ok {
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "ListOptions",
+                "",
+                vec![crate::error::Cause::forbidden(
+                    "resourceVersionMatch",
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                )],
+            ));
+        }
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let prefix = ctx.list_prefix();
+    // Reading the initial state and opening the watch at its revision happen before the
+    // response starts, so a 410 can still be a plain error response.
+    let (initial, from) = match start {
+        Some(from) if !send_initial => (Vec::new(), from),
+        _ => {
+            let page = ctx.server.store.list(&prefix, None, 0, None)?;
+            let mut objs = Vec::new();
+            for (_, e) in &page.items {
+                objs.push(decode_stored(&ctx.rt, e)?);
+            }
+            (objs, page.revision)
+        }
+    };
+    let watch = match ctx.server.store.watch(&prefix, from) {
+        Ok(w) => Some(w),
+        Err(StoreError::Compacted { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let content_type = "application/json";
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    }));
+    tokio::spawn(async move {
+        let stream = Stream { ctx, params, tx };
+        stream.run(initial, from, send_initial, watch).await;
+    });
+    Ok(crate::rest::streaming(content_type, body))
+}
+
+struct Stream {
+    ctx: Ctx,
+    params: WatchParams,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Stream {
+    async fn send(&self, kind: &str, obj: Value) -> bool {
+        let obj = if self.params.table && kind != "ERROR" && kind != "BOOKMARK" {
+            crate::table::table(
+                &self.ctx.rt.strategy.columns(),
+                &[obj],
+                &self.params.include_object,
+                json!({}),
+            )
+        } else {
+            obj
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
+        line.push(b'\n');
+        self.tx.send(Bytes::from(line)).await.is_ok()
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        self.ctx
+            .matches(obj, &self.params.labels, &self.params.fields)
+    }
+
+    fn bookmark(&self, revision: u64, initial_end: bool) -> Value {
+        let mut meta = json!({"resourceVersion": revision.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        json!({"kind": self.ctx.rt.kind, "apiVersion": self.ctx.rt.api_version(), "metadata": meta})
+    }
+
+    async fn run(
+        self,
+        initial: Vec<Value>,
+        from: u64,
+        send_initial: bool,
+        watch: Option<atoll_store::Watch>,
+    ) {
+        let Some(mut watch) = watch else {
+            let err = ApiError::gone(format!(
+                "too old resource version: {from} ({})",
+                self.ctx.server.store.compacted_revision()
+            ));
+            self.send("ERROR", err.status()).await;
+            return;
+        };
+        for obj in initial {
+            if self.matches(&obj) && !self.send("ADDED", obj).await {
+                return;
+            }
+        }
+        if send_initial && !self.send("BOOKMARK", self.bookmark(from, true)).await {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.params.timeout;
+        let mut quiet = tokio::time::interval(self.ctx.server.config.bookmark_interval);
+        quiet.tick().await;
+        enum Next {
+            Stop,
+            Bookmark,
+            Batch(Result<Vec<Event>, StoreError>),
+        }
+        loop {
+            let next = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => Next::Stop,
+                _ = self.tx.closed() => Next::Stop,
+                _ = quiet.tick(), if self.params.bookmarks => Next::Bookmark,
+                batch = watch.next_batch() => Next::Batch(batch),
+            };
+            match next {
+                Next::Stop => return,
+                // Every event up to the cursor has been delivered (or did not concern us).
+                Next::Bookmark => {
+                    if !self
+                        .send("BOOKMARK", self.bookmark(watch.cursor(), false))
+                        .await
+                    {
+                        return;
+                    }
+                }
+                Next::Batch(Ok(events)) => {
+                    for e in events {
+                        if !self.deliver(&e).await {
+                            return;
+                        }
+                    }
+                }
+                Next::Batch(Err(StoreError::Compacted { requested, oldest })) => {
+                    let err =
+                        ApiError::gone(format!("too old resource version: {requested} ({oldest})"));
+                    self.send("ERROR", err.status()).await;
+                    return;
+                }
+                Next::Batch(Err(_)) => return,
+            }
+        }
+    }
+
+    async fn deliver(&self, e: &Event) -> bool {
+        let decode = |value: &Bytes, rev: u64| -> Option<Value> {
+            decode_stored(
+                &self.ctx.rt,
+                &atoll_store::Entry {
+                    value: value.clone(),
+                    mod_revision: rev,
+                    create_revision: e.create_revision,
+                },
+            )
+            .ok()
+        };
+        let Some(new) = decode(&e.value, e.revision) else {
+            return true;
+        };
+        let now_matches = self.matches(&new);
+        // Without the previous value, assume it matched: a spurious DELETED is harmless.
+        let was_matching = match &e.prev {
+            Some(p) => decode(&p.value, p.mod_revision).is_some_and(|o| self.matches(&o)),
+            None => e.kind != EventKind::Added,
+        };
+        let kind = match (e.kind, was_matching, now_matches) {
+            (EventKind::Deleted, true, _) => "DELETED",
+            (EventKind::Deleted, false, _) => return true,
+            (EventKind::Added, _, true) => "ADDED",
+            (EventKind::Modified, true, true) => "MODIFIED",
+            (EventKind::Modified, false, true) => "ADDED",
+            (EventKind::Modified, true, false) => "DELETED",
+            _ => return true,
+        };
+        let mut obj = new;
+        if kind == "DELETED" {
+            // A deleted object carries the revision of its deletion.
+            object::meta_mut(&mut obj)
+                .insert("resourceVersion".into(), json!(e.revision.to_string()));
+        }
+        self.send(kind, obj).await
+    }
+}
