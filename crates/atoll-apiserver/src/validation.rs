@@ -210,7 +210,12 @@ pub fn object_meta(meta: &Value, rule: NameRule, namespaced: bool, causes: &mut 
 }
 
 /// Finalizers Kubernetes itself defines, which need no domain prefix.
-pub const STANDARD_FINALIZERS: &[&str] = &["kubernetes", "orphan", "foregroundDeletion"];
+pub const STANDARD_FINALIZERS: &[&str] = &[
+    "kubernetes",
+    "orphan",
+    "foregroundDeletion",
+    "customresourcecleanup.apiextensions.k8s.io",
+];
 
 #[cfg(test)]
 mod tests {
