@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 //! kube-rs against the real server, in-process and over TCP: CRUD, every patch type, watcher +
 //! reflector through updates, deletes and a forced 410, and a Controller reconciling a CRD.
 
