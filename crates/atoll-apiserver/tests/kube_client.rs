@@ -421,7 +421,7 @@ async fn controller_body(h: Harness) {
     task.abort();
 
     // Deleting the CRD deletes its objects.
-    crds.delete(&Gadget::crd_name(), &DeleteParams::default())
+    crds.delete(Gadget::crd_name(), &DeleteParams::default())
         .await
         .unwrap();
     wait_for(|| async { crds.get_opt(Gadget::crd_name()).await.unwrap().is_none() }).await;
