@@ -44,6 +44,7 @@ pub fn internal_ctx(
         accept: String::new(),
         manager: "atoll-apiserver".into(),
         apply: false,
+        warnings: Default::default(),
     }
 }
 

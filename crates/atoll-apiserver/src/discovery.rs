@@ -45,7 +45,7 @@ fn wants_aggregated(accept: &str) -> bool {
 pub fn serve(server: &Arc<ApiServer>, path: &str, accept: &str) -> ApiResult<Option<Response>> {
     let snap = server.registry.snapshot();
     let path = path.trim_end_matches('/');
-    if let Some(resp) = crate::openapi::serve(&snap, path)? {
+    if let Some(resp) = crate::openapi::serve(&snap, path, accept)? {
         return Ok(Some(resp));
     }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();

@@ -4,7 +4,7 @@
 //! `kubectl apply` validates on the server; and, for CRD kinds, their schema, so `kubectl
 //! explain` works. Built-in kinds are described as open objects (their schemas are not served).
 
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
@@ -14,7 +14,27 @@ use crate::rest::json_response;
 
 const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
-pub fn serve(snap: &Snapshot, path: &str) -> ApiResult<Option<Response>> {
+pub fn serve(snap: &Snapshot, path: &str, accept: &str) -> ApiResult<Option<Response>> {
+    let json_ok = accept.is_empty() || accept.contains("json") || accept.contains("*/*");
+    if path == "/openapi/v2"
+        && accept.contains("com.github.proto-openapi.spec.v2")
+        && !accept.starts_with("application/json")
+    {
+        return Ok(Some(
+            (
+                StatusCode::OK,
+                [(http::header::CONTENT_TYPE, "application/octet-stream")],
+                v2_protobuf(snap),
+            )
+                .into_response(),
+        ));
+    }
+    if (path == "/openapi/v2" || path.starts_with("/openapi/v3")) && !json_ok {
+        // The protobuf (gnostic) encodings are not served; clients fall back or say so.
+        return Err(ApiError::NotAcceptable {
+            message: format!("only application/json is served for {path}, not {accept:?}"),
+        });
+    }
     if path == "/openapi/v2" {
         return Ok(Some(json_response(StatusCode::OK, &v2(snap))));
     }
@@ -265,4 +285,83 @@ fn strip_v3_only(mut v: Value) -> Value {
     }
     walk(&mut v);
     v
+}
+
+/// Protobuf wire encoding, enough to write gnostic's `openapi.v2.Document`.
+mod pb {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// A length-delimited field (string, bytes or embedded message).
+    pub fn bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
+        varint(out, (u64::from(field) << 3) | 2);
+        varint(out, data.len() as u64);
+        out.extend_from_slice(data);
+    }
+
+    pub fn message(out: &mut Vec<u8>, field: u32, build: impl FnOnce(&mut Vec<u8>)) {
+        let mut inner = Vec::new();
+        build(&mut inner);
+        bytes(out, field, &inner);
+    }
+}
+
+/// OpenAPI v2 as gnostic protobuf, which kubectl before 1.28 requires for `apply`: every
+/// resource's PATCH operation with its group/version/kind and the `fieldValidation` parameter,
+/// so kubectl validates on the server. Definitions are left out: kubectl then uses its
+/// compiled-in types for strategic merge patches and skips client-side schema checks.
+pub fn v2_protobuf(snap: &Snapshot) -> Vec<u8> {
+    let mut doc = Vec::new();
+    pb::bytes(&mut doc, 1, b"2.0");
+    pb::message(&mut doc, 2, |info| {
+        pb::bytes(info, 1, b"Kubernetes");
+        let version = format!(
+            "v{}.{}.0",
+            crate::discovery::KUBE_MAJOR,
+            crate::discovery::KUBE_MINOR
+        );
+        pb::bytes(info, 2, version.as_bytes());
+    });
+    pb::message(&mut doc, 8, |paths| {
+        for r in snap.resources.values() {
+            let (_, item) = resource_paths(r);
+            pb::message(paths, 2, |named| {
+                pb::bytes(named, 1, item.as_bytes());
+                pb::message(named, 2, |path_item| {
+                    pb::message(path_item, 8, |op| {
+                        pb::bytes(op, 5, format!("patch{}", r.kind).as_bytes());
+                        for name in ["dryRun", "fieldManager", "fieldValidation", "force"] {
+                            pb::message(op, 8, |item| {
+                                pb::message(item, 1, |param| {
+                                    pb::message(param, 2, |non_body| {
+                                        pb::message(non_body, 3, |q| {
+                                            pb::bytes(q, 2, b"query");
+                                            pb::bytes(q, 4, name.as_bytes());
+                                            pb::bytes(q, 6, b"string");
+                                        });
+                                    });
+                                });
+                            });
+                        }
+                        pb::message(op, 13, |ext| {
+                            pb::bytes(ext, 1, b"x-kubernetes-group-version-kind");
+                            pb::message(ext, 2, |any| {
+                                let yaml = format!(
+                                    "group: \"{}\"\nkind: {}\nversion: {}\n",
+                                    r.group, r.kind, r.version
+                                );
+                                pb::bytes(any, 2, yaml.as_bytes());
+                            });
+                        });
+                    });
+                });
+            });
+        }
+    });
+    doc
 }

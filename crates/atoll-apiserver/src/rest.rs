@@ -104,12 +104,13 @@ async fn route(
         accept,
         manager,
         apply: content_type.starts_with("application/apply-patch"),
+        warnings: Default::default(),
     };
     ctx.check_subresource()?;
-    match ctx.rr.verb {
+    let result = match ctx.rr.verb {
         Verb::Get => ctx.get(),
         Verb::List => ctx.list(),
-        Verb::Watch => watch::serve(ctx),
+        Verb::Watch => return watch::serve(ctx),
         Verb::Create => {
             let (ct, body) = read_body(&ctx.server, req).await?;
             ctx.create(&ct, &body).await
@@ -130,7 +131,21 @@ async fn route(
             let (_, body) = read_body(&ctx.server, req).await?;
             ctx.delete_collection(&body).await
         }
+    };
+    let mut resp = result?;
+    for w in ctx
+        .warnings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        // RFC 7234 warn-code 299 with an agent of "-", as kube-apiserver writes them.
+        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(http::header::WARNING, v);
+        }
     }
+    Ok(resp)
 }
 
 fn health(query: &Query) -> Response {
@@ -208,6 +223,8 @@ pub struct Ctx {
     pub manager: String,
     /// Whether this is a server-side apply, which records field ownership itself.
     pub apply: bool,
+    /// Warnings for the client (`Warning` response headers), e.g. unknown fields.
+    pub warnings: std::sync::Mutex<Vec<String>>,
 }
 
 /// The list position a `continue` token carries.
@@ -227,7 +244,15 @@ impl Ctx {
             accept: self.accept.clone(),
             manager: self.manager.clone(),
             apply: self.apply,
+            warnings: Default::default(),
         }
+    }
+
+    fn warn(&self, messages: Vec<String>) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(messages);
     }
 
     fn is_namespaces(&self) -> bool {
@@ -502,6 +527,7 @@ impl Ctx {
             m.insert("apiVersion".into(), Value::String(self.rt.api_version()));
             m.insert("kind".into(), Value::String(self.rt.kind.clone()));
         }
+        let input = obj.clone();
         let mut obj = match self.rt.strategy.normalize(obj) {
             Ok(o) => o,
             Err(NormalizeError::Decode(msg)) => {
@@ -519,6 +545,26 @@ impl Ctx {
                 ));
             }
         };
+        let unknown = unknown_fields(&input, &obj);
+        if !unknown.is_empty() {
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            match self.query.get("fieldValidation").unwrap_or("Warn") {
+                "Strict" => {
+                    return Err(ApiError::bad_request(format!(
+                        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                        self.rt.kind,
+                        self.rt.version,
+                        self.rt.kind,
+                        list.join(", ")
+                    )));
+                }
+                "Ignore" => {}
+                _ => self.warn(list),
+            }
+        }
         let mut causes = Vec::new();
         validation::object_meta(
             obj.get("metadata").unwrap_or(&Value::Null),
@@ -1286,6 +1332,37 @@ impl Ctx {
         });
         Ok(json_response(StatusCode::OK, &list))
     }
+}
+
+/// Fields of `input` (with non-null values) that canonicalization dropped: unknown fields.
+fn unknown_fields(input: &Value, output: &Value) -> Vec<String> {
+    fn walk(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(am), Value::Object(bm)) => {
+                for (k, av) in am {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match bm.get(k) {
+                        None if !av.is_null() => out.push(p),
+                        Some(bv) => walk(av, bv, &p, out),
+                        None => {}
+                    }
+                }
+            }
+            (Value::Array(aa), Value::Array(ba)) if aa.len() == ba.len() => {
+                for (i, (av, bv)) in aa.iter().zip(ba).enumerate() {
+                    walk(av, bv, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(input, output, "", &mut out);
+    out
 }
 
 /// The parts of `metav1.DeleteOptions` the server honours.

@@ -1,0 +1,8 @@
+//! End-to-end tests: real `atoll` processes driven by clients we did not write (kubectl,
+//! kube-rs). One test binary, a module per area.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod durability;
+mod harness;
+mod kubectl;
