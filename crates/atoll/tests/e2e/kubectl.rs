@@ -1,6 +1,5 @@
 //! kubectl against a real `atoll server`: with the default kubectl and the oldest versioned one.
 
-use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
