@@ -296,13 +296,7 @@ fn exercise(k: &Kubectl) {
     );
     std::thread::sleep(Duration::from_millis(500));
     let _ = watch.kill();
-    let mut watched = String::new();
-    watch
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut watched)
-        .unwrap();
+    let watched = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).into_owned();
     assert!(
         watched.lines().any(|l| l.starts_with("w3")),
         "get -w printed the new widget:\n{watched}"
