@@ -77,6 +77,12 @@ pub fn parse(
         ("GET" | "HEAD", Some(_)) => Verb::Get,
         ("GET" | "HEAD", None) if watch => Verb::Watch,
         ("GET" | "HEAD", None) => Verb::List,
+        // POST goes to a collection, or to a subresource that creates (binding, token, eviction).
+        ("POST", Some(_)) if subresource.is_none() => {
+            return Err(ApiError::MethodNotAllowed {
+                message: "the server does not allow this method on the requested resource: POST to a named object (POST to its collection to create it)".into(),
+            });
+        }
         ("POST", _) => Verb::Create,
         ("PUT", _) => Verb::Update,
         ("PATCH", _) => Verb::Patch,
