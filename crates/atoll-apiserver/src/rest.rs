@@ -124,12 +124,12 @@ async fn route(
             ctx.patch(&ct, &body).await
         }
         Verb::Delete => {
-            let (_, body) = read_body(&ctx.server, req).await?;
-            ctx.delete(&body).await
+            let (ct, body) = read_body(&ctx.server, req).await?;
+            ctx.delete(&ct, &body).await
         }
         Verb::DeleteCollection => {
-            let (_, body) = read_body(&ctx.server, req).await?;
-            ctx.delete_collection(&body).await
+            let (ct, body) = read_body(&ctx.server, req).await?;
+            ctx.delete_collection(&ct, &body).await
         }
     };
     let mut resp = result?;
@@ -498,26 +498,23 @@ impl Ctx {
 
     fn decode_object(&self, content_type: &str, body: &[u8]) -> ApiResult<Value> {
         let mime = content_type.split(';').next().unwrap_or_default().trim();
-        if !matches!(
-            mime,
-            "" | "application/json"
-                | "application/yaml"
-                | "application/x-yaml"
-                | "text/yaml"
-                | "*/*"
-        ) {
-            return Err(ApiError::UnsupportedMediaType {
-                message: format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {mime:?})"
-                ),
-            });
-        }
         if body.is_empty() {
             return Err(ApiError::bad_request(
                 "the request body is empty; an object is required",
             ));
         }
-        object::decode_body(body, content_type)
+        match mime {
+            "" | "application/json" | "application/yaml" | "application/x-yaml" | "text/yaml"
+            | "*/*" => object::decode_body(body, content_type),
+            crate::protobuf::CONTENT_TYPE => crate::protobuf::decode(body).map_err(|e| {
+                ApiError::bad_request(format!("the protobuf body could not be decoded: {e}"))
+            }),
+            _ => Err(ApiError::UnsupportedMediaType {
+                message: format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {mime:?})"
+                ),
+            }),
+        }
     }
 
     /// Type-check, canonicalize and validate an object about to be written.
@@ -527,6 +524,7 @@ impl Ctx {
             m.insert("apiVersion".into(), Value::String(self.rt.api_version()));
             m.insert("kind".into(), Value::String(self.rt.kind.clone()));
         }
+        crate::services::apply_defaults(&self.rt, &mut obj);
         let input = obj.clone();
         let mut obj = match self.rt.strategy.normalize(obj) {
             Ok(o) => o,
@@ -1155,8 +1153,8 @@ impl Ctx {
         Ok(json_response(StatusCode::OK, &self.scale_of(&updated)))
     }
 
-    async fn delete(&self, body: &[u8]) -> ApiResult<Response> {
-        let opts = delete_options(body, &self.query)?;
+    async fn delete(&self, content_type: &str, body: &[u8]) -> ApiResult<Response> {
+        let opts = delete_options(content_type, body, &self.query)?;
         let name = self.name().to_string();
         let (obj, gone) = self.delete_object(&name, &opts).await?;
         Ok(json_response(
@@ -1299,8 +1297,8 @@ impl Ctx {
         ))
     }
 
-    async fn delete_collection(&self, body: &[u8]) -> ApiResult<Response> {
-        let opts = delete_options(body, &self.query)?;
+    async fn delete_collection(&self, content_type: &str, body: &[u8]) -> ApiResult<Response> {
+        let opts = delete_options(content_type, body, &self.query)?;
         let (labels, fields) = self.selectors()?;
         let page = self.server.store.list(&self.list_prefix(), None, 0, None)?;
         let mut deleted = Vec::new();
@@ -1374,10 +1372,15 @@ pub struct DeleteOptions {
     pub dry_run: bool,
 }
 
-fn delete_options(body: &[u8], query: &Query) -> ApiResult<DeleteOptions> {
+fn delete_options(content_type: &str, body: &[u8], query: &Query) -> ApiResult<DeleteOptions> {
     let mut opts = DeleteOptions::default();
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let v: Value = serde_json::from_slice(body).map_err(|e| {
+        let decoded = if content_type.starts_with(crate::protobuf::CONTENT_TYPE) {
+            crate::protobuf::decode(body)
+        } else {
+            serde_json::from_slice(body).map_err(|e| e.to_string())
+        };
+        let v: Value = decoded.map_err(|e| {
             ApiError::bad_request(format!("DeleteOptions could not be decoded: {e}"))
         })?;
         opts.propagation = v

@@ -129,6 +129,12 @@ pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
                     if p.get("targetPort").is_none() {
                         p["targetPort"] = p.get("port").cloned().unwrap_or_default();
                     }
+                    // 0 means "not set" (protobuf clients send it); only NodePort services get one.
+                    if p.get("nodePort").and_then(Value::as_i64) == Some(0)
+                        && let Some(m) = p.as_object_mut()
+                    {
+                        m.remove("nodePort");
+                    }
                 }
             }
         }
@@ -139,7 +145,7 @@ pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
     }
     if is(rt, "", "secrets") {
         string_data(obj);
-        if obj.get("type").is_none() {
+        if obj.get("type").is_none_or(|t| t.is_null() || t == "") {
             obj["type"] = json!("Opaque");
         }
     }
@@ -150,6 +156,103 @@ pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
         }
         if let Some(m) = obj.as_object_mut() {
             m.remove("status");
+        }
+    }
+}
+
+/// Defaults of built-in kinds, applied on every write as kube-apiserver's decoder does (they
+/// are idempotent): the ones controllers and clients rely on.
+pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
+    match (rt.group.as_str(), rt.resource.as_str()) {
+        ("", "pods") => {
+            if let Some(spec) = obj.get_mut("spec") {
+                default_pod_spec(spec);
+            }
+        }
+        ("apps", "deployments") => {
+            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+                return;
+            };
+            default_field(spec, "replicas", json!(1));
+            default_field(spec, "revisionHistoryLimit", json!(10));
+            default_field(spec, "progressDeadlineSeconds", json!(600));
+            default_field(spec, "strategy", json!({}));
+            default_field(&mut spec["strategy"], "type", json!("RollingUpdate"));
+            if spec["strategy"]["type"] == "RollingUpdate" {
+                default_field(&mut spec["strategy"], "rollingUpdate", json!({}));
+                default_field(
+                    &mut spec["strategy"]["rollingUpdate"],
+                    "maxUnavailable",
+                    json!("25%"),
+                );
+                default_field(
+                    &mut spec["strategy"]["rollingUpdate"],
+                    "maxSurge",
+                    json!("25%"),
+                );
+            }
+            if let Some(pod) = spec.pointer_mut("/template/spec") {
+                default_pod_spec(pod);
+            }
+        }
+        ("apps", "replicasets") => {
+            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+                return;
+            };
+            default_field(spec, "replicas", json!(1));
+            if let Some(pod) = spec.pointer_mut("/template/spec") {
+                default_pod_spec(pod);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Set `field` when it is missing, null or "".
+fn default_field(obj: &mut Value, field: &str, value: Value) {
+    if let Some(m) = obj.as_object_mut() {
+        let missing = m.get(field).is_none_or(|v| v.is_null() || v == "");
+        if missing {
+            m.insert(field.to_string(), value);
+        }
+    }
+}
+
+fn default_pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    default_field(spec, "restartPolicy", json!("Always"));
+    default_field(spec, "terminationGracePeriodSeconds", json!(30));
+    default_field(spec, "dnsPolicy", json!("ClusterFirst"));
+    default_field(spec, "schedulerName", json!("default-scheduler"));
+    default_field(spec, "securityContext", json!({}));
+    for list in ["containers", "initContainers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
+            let tag = image.rsplit('/').next().unwrap_or_default();
+            let latest = !tag.contains(':') || tag.ends_with(":latest");
+            let pull = if latest && !image.contains('@') {
+                "Always"
+            } else {
+                "IfNotPresent"
+            };
+            default_field(c, "imagePullPolicy", json!(pull));
+            default_field(c, "terminationMessagePath", json!("/dev/termination-log"));
+            default_field(c, "terminationMessagePolicy", json!("File"));
+            for p in c
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                default_field(p, "protocol", json!("TCP"));
+            }
         }
     }
 }

@@ -99,12 +99,11 @@ impl Column {
             };
         }
         match v {
-            Value::Null => match self.ty.as_str() {
-                "string" => Value::String(if matches!(self.source, CellSource::JsonPath(_)) {
-                    String::new()
-                } else {
-                    "<none>".into()
-                }),
+            Value::Null => match (self.ty.as_str(), &self.source) {
+                ("string", CellSource::JsonPath(_)) => Value::String(String::new()),
+                ("string", _) => Value::String("<none>".into()),
+                // Built-in counters are plain integers in Go: unset prints as 0.
+                ("integer", CellSource::Pointer(_)) => json!(0),
                 _ => Value::Null,
             },
             Value::Object(_) | Value::Array(_) => Value::String(v.to_string()),
@@ -273,8 +272,8 @@ pub fn service_ports(svc: &Value) -> Value {
                     let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
                     let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
                     match p.get("nodePort").and_then(Value::as_i64) {
-                        Some(np) => format!("{port}:{np}/{proto}"),
-                        None => format!("{port}/{proto}"),
+                        Some(np) if np > 0 => format!("{port}:{np}/{proto}"),
+                        _ => format!("{port}/{proto}"),
                     }
                 })
                 .collect()

@@ -69,6 +69,8 @@ impl Backend for Memory {
     }
 }
 
+const REDB_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -83,7 +85,11 @@ impl Redb {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| BackendError::Io(e.to_string()))?;
         }
-        let db = redb::Database::create(path)?;
+        // The store keeps every object in memory and reads the file only at start, so redb's
+        // page cache would hold a second copy for nothing: keep it small.
+        let db = redb::Builder::new()
+            .set_cache_size(REDB_CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(OBJECTS)?;

@@ -19,6 +19,8 @@ pub struct Args {
 enum Command {
     /// Serve the Kubernetes API over HTTPS from a data dir.
     Server(crate::server::ServerArgs),
+    /// Run a benchmark and print its figures beside its reference.
+    Bench(crate::bench::BenchArgs),
 }
 
 impl Args {
@@ -44,6 +46,7 @@ impl Args {
         let result = runtime.block_on(async move {
             match args.command {
                 Command::Server(a) => crate::server::run(a).await,
+                Command::Bench(a) => crate::bench::run(a).await,
             }
         });
         match result {

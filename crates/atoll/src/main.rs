@@ -1,5 +1,6 @@
 //! The `atoll` binary: each subcommand lives in its own module.
 
+mod bench;
 mod cli;
 mod server;
 

@@ -119,8 +119,6 @@ fn exercise(k: &Kubectl) {
     assert_eq!(by_field.trim(), "widget.example.com/w1");
     let all_ns = k.ok(&["get", "namespaces", "-A"]);
     assert!(all_ns.contains("kube-system"));
-    // `kubectl create <kind>` sends protobuf bodies, which the server does not decode yet;
-    // manifests go through `apply`, which sends JSON.
     k.ok_stdin(
         &["apply", "-f", "-"],
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
@@ -376,6 +374,80 @@ fn exercise(k: &Kubectl) {
             });
         }
     }
+
+    // `kubectl create <kind>` and `scale` send protobuf bodies.
+    k.ok(&["create", "namespace", "typed"]);
+    k.ok(&[
+        "-n",
+        "typed",
+        "create",
+        "configmap",
+        "c",
+        "--from-literal=a=1",
+    ]);
+    k.ok(&[
+        "-n",
+        "typed",
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=p=hunter2",
+    ]);
+    k.ok(&[
+        "-n",
+        "typed",
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.local/web:1",
+        "--replicas=2",
+    ]);
+    k.ok(&[
+        "-n",
+        "typed",
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "--tcp=80:8080",
+    ]);
+    k.ok(&["-n", "typed", "create", "serviceaccount", "bot"]);
+    k.ok(&["-n", "typed", "scale", "deployment", "web", "--replicas=0"]);
+    let typed = k.ok(&[
+        "-n",
+        "typed",
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.replicas} {.spec.strategy.type} {.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(typed, "0 RollingUpdate registry.local/web:1");
+    let svc = k.ok(&[
+        "-n",
+        "typed",
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].port}/{.spec.ports[0].targetPort} {.spec.clusterIP}",
+    ]);
+    assert!(
+        svc.starts_with("80/8080 10.96."),
+        "service from protobuf: {svc}"
+    );
+    let secret = k.ok(&[
+        "-n",
+        "typed",
+        "get",
+        "secret",
+        "s",
+        "-o",
+        "jsonpath={.type} {.data.p}",
+    ]);
+    assert_eq!(secret, "Opaque aHVudGVyMg==");
+    k.ok(&["delete", "namespace", "typed", "--timeout=30s"]);
 
     // Namespace deletion empties the namespace.
     k.ok(&["delete", "namespace", "other", "--timeout=30s"]);
