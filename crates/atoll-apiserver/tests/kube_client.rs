@@ -499,3 +499,140 @@ async fn watch_events_in_order_with_410_for_old_versions() {
         other => panic!("expected 410, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watch_sends_initial_events_and_bookmarks() {
+    let server = atoll_apiserver::ApiServer::start(
+        common::store(Options::default()),
+        atoll_apiserver::Config {
+            bookmark_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .map_request(|mut r: http::Request<kube::client::Body>| {
+            r.extensions_mut()
+                .insert(atoll_apiserver::Identity::admin());
+            r
+        })
+        .service(server.router());
+    let client = Client::new(svc, "default");
+    let cms = temp_ns(&client, "stream").await;
+    for i in 0..3 {
+        cms.create(&PostParams::default(), &cm(&format!("s{i}"), &[]))
+            .await
+            .unwrap();
+    }
+    // sendInitialEvents=true: ADDED for each object, then the initial-events-end bookmark.
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let task = tokio::spawn(
+        reflector(
+            writer,
+            watcher(cms.clone(), watcher::Config::default().streaming_lists()),
+        )
+        .for_each(|_| async {}),
+    );
+    reader.wait_until_ready().await.unwrap();
+    assert_eq!(reader.state().len(), 3);
+    cms.create(&PostParams::default(), &cm("s3", &[]))
+        .await
+        .unwrap();
+    wait_in_sync(&cms, &reader, 4).await;
+    task.abort();
+
+    // A quiet watch gets bookmarks carrying the latest revision.
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = cms
+        .watch(&kube::api::WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let other = temp_ns(&client, "elsewhere").await;
+    other
+        .create(&PostParams::default(), &cm("x", &[]))
+        .await
+        .unwrap();
+    let head = server.store.revision();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.try_next())
+            .await
+            .expect("a bookmark in time")
+            .unwrap()
+        {
+            Some(kube::core::WatchEvent::Bookmark(b)) => {
+                if b.metadata.resource_version.parse::<u64>().unwrap() >= head {
+                    break;
+                }
+            }
+            other => panic!("only bookmarks expected, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn crd_versions_dry_run_and_generate_name() {
+    let h = common::in_process(Options::default()).await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(h.client.clone());
+    let schema = json!({"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object", "properties": {"n": {"type": "integer"}}}}}});
+    let crd = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "things.test.atoll.io"},
+        "spec": {"group": "test.atoll.io", "scope": "Cluster", "names": {"plural": "things", "kind": "Thing", "categories": ["all"]},
+                 "versions": [
+                     {"name": "v1beta1", "served": true, "storage": false, "schema": schema},
+                     {"name": "v1", "served": true, "storage": true, "schema": schema}]}
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let gvk = |v: &str| {
+        kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("test.atoll.io", v, "Thing"),
+            "things",
+        )
+    };
+    let v1: Api<kube::api::DynamicObject> = Api::all_with(h.client.clone(), &gvk("v1"));
+    let beta: Api<kube::api::DynamicObject> = Api::all_with(h.client.clone(), &gvk("v1beta1"));
+    let obj: kube::api::DynamicObject = serde_json::from_value(json!({"apiVersion": "test.atoll.io/v1beta1", "kind": "Thing", "metadata": {"generateName": "t-"}, "spec": {"n": 1}})).unwrap();
+    // Dry run: validated and answered, not stored.
+    let dry = beta
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &obj,
+        )
+        .await
+        .unwrap();
+    assert!(dry.metadata.name.as_deref().unwrap().starts_with("t-"));
+    assert!(
+        v1.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // Written through one version, read through the other (conversion None).
+    let created = beta.create(&PostParams::default(), &obj).await.unwrap();
+    let name = created.metadata.name.clone().unwrap();
+    assert_eq!(name.len(), "t-".len() + 5);
+    let through_v1 = v1.get(&name).await.unwrap();
+    assert_eq!(through_v1.types.unwrap().api_version, "test.atoll.io/v1");
+    assert_eq!(through_v1.data["spec"]["n"], 1);
+    // The preferred version in discovery is the GA one.
+    let discovery = kube::discovery::Discovery::new(h.client.clone())
+        .run()
+        .await
+        .unwrap();
+    let group = discovery.get("test.atoll.io").unwrap();
+    assert_eq!(group.preferred_version(), Some("v1"));
+}
