@@ -236,10 +236,12 @@ impl Stream {
             return true;
         };
         let now_matches = self.matches(&new);
+        let selective = !self.params.labels.0.is_empty() || !self.params.fields.0.is_empty();
+        // Without selectors every object matches, so the previous value need not be decoded.
         // Without the previous value, assume it matched: a spurious DELETED is harmless.
         let was_matching = match &e.prev {
-            Some(p) => decode(&p.value, p.mod_revision).is_some_and(|o| self.matches(&o)),
-            None => e.kind != EventKind::Added,
+            Some(p) if selective => decode(&p.value, p.mod_revision).is_some_and(|o| self.matches(&o)),
+            _ => e.kind != EventKind::Added,
         };
         let kind = match (e.kind, was_matching, now_matches) {
             (EventKind::Deleted, true, _) => "DELETED",
