@@ -399,7 +399,7 @@ fn short(v: &Value) -> String {
         other => {
             let s = other.to_string();
             if s.len() > 64 {
-                format!("{}...", &s[..60])
+                format!("{}...", s.chars().take(60).collect::<String>())
             } else {
                 s
             }
