@@ -240,7 +240,9 @@ impl Stream {
         // Without selectors every object matches, so the previous value need not be decoded.
         // Without the previous value, assume it matched: a spurious DELETED is harmless.
         let was_matching = match &e.prev {
-            Some(p) if selective => decode(&p.value, p.mod_revision).is_some_and(|o| self.matches(&o)),
+            Some(p) if selective => {
+                decode(&p.value, p.mod_revision).is_some_and(|o| self.matches(&o))
+            }
             _ => e.kind != EventKind::Added,
         };
         let kind = match (e.kind, was_matching, now_matches) {

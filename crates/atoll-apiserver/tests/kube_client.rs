@@ -636,3 +636,64 @@ async fn crd_versions_dry_run_and_generate_name() {
     let group = discovery.get("test.atoll.io").unwrap();
     assert_eq!(group.preferred_version(), Some("v1"));
 }
+
+#[tokio::test]
+async fn services_get_cluster_ips_from_the_range_and_release_them() {
+    use k8s_openapi::api::core::v1::Service;
+    let h = common::in_process(Options::default()).await;
+    let svcs: Api<Service> = Api::namespaced(h.client.clone(), "default");
+    let svc = |name: &str, ip: Option<&str>| -> Service {
+        let mut spec = json!({"ports": [{"port": 80}]});
+        if let Some(ip) = ip {
+            spec["clusterIP"] = json!(ip);
+        }
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let a = svcs
+        .create(&PostParams::default(), &svc("a", None))
+        .await
+        .unwrap();
+    let ip = a.spec.unwrap().cluster_ip.unwrap();
+    assert!(ip.starts_with("10.96."), "{ip}");
+    let fixed = svcs
+        .create(&PostParams::default(), &svc("b", Some("10.96.0.50")))
+        .await
+        .unwrap();
+    assert_eq!(
+        fixed.spec.unwrap().cluster_ip.as_deref(),
+        Some("10.96.0.50")
+    );
+    let err = svcs
+        .create(&PostParams::default(), &svc("c", Some("10.96.0.50")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.message.contains("already allocated")),
+        "{err:?}"
+    );
+    let err = svcs
+        .create(&PostParams::default(), &svc("d", Some("192.168.1.1")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.message.contains("not in the valid range")),
+        "{err:?}"
+    );
+    // An update that leaves the IP out keeps it; changing it is refused.
+    let mut b = svcs.get("b").await.unwrap();
+    b.spec.as_mut().unwrap().cluster_ip = None;
+    b.spec.as_mut().unwrap().cluster_ips = None;
+    let kept = svcs.replace("b", &PostParams::default(), &b).await.unwrap();
+    assert_eq!(kept.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.50"));
+    // Deleting releases the address.
+    svcs.delete("b", &DeleteParams::default()).await.unwrap();
+    svcs.create(&PostParams::default(), &svc("c", Some("10.96.0.50")))
+        .await
+        .unwrap();
+    // Headless services get none.
+    let headless = svcs
+        .create(&PostParams::default(), &svc("h", Some("None")))
+        .await
+        .unwrap();
+    assert_eq!(headless.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+}

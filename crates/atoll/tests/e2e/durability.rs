@@ -47,8 +47,14 @@ async fn objects_survive_sigkill_and_watches_resume() {
         .resource_version
         .unwrap();
 
+    let ca_before = std::fs::read(tmp.path().join("pki/ca.crt")).unwrap();
     server.kill();
     let server = Server::start_in(tmp.path());
+    assert_eq!(
+        std::fs::read(tmp.path().join("pki/ca.crt")).unwrap(),
+        ca_before,
+        "the CA is reused"
+    );
     let cms: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
     let after: BTreeMap<String, String> = cms
         .list(&ListParams::default())

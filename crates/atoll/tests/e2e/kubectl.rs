@@ -132,6 +132,11 @@ fn exercise(k: &Kubectl) {
         across.contains("other") && across.contains("c1"),
         "{across}"
     );
+    let all = k.ok(&["get", "all"]);
+    assert!(
+        all.contains("widget.example.com/w1"),
+        "category `all` includes widgets:\n{all}"
+    );
     let explained = k.ok(&["explain", "widget.spec"]);
     assert!(
         explained.contains("How big the widget is"),
