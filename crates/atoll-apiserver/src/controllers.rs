@@ -402,74 +402,99 @@ impl Graph {
     }
 }
 
-fn owner_uids(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|o| o.get("uid").and_then(Value::as_str).map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The part of an object the collector reads; decoding only this skips the rest cheaply.
+#[derive(serde::Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct GcMeta {
+    uid: Option<String>,
+    owner_references: Vec<GcOwner>,
+    deletion_timestamp: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct GcOwner {
+    uid: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct GcObject {
+    metadata: GcMeta,
+}
+
+fn gc_meta(bytes: &[u8]) -> Option<(String, Vec<String>, bool)> {
+    let o: GcObject = serde_json::from_slice(bytes).ok()?;
+    let uid = o.metadata.uid?;
+    let owners = o
+        .metadata
+        .owner_references
+        .into_iter()
+        .map(|r| r.uid)
+        .collect();
+    Some((uid, owners, o.metadata.deletion_timestamp.is_some()))
+}
+
+/// What a sweep looks at: everything, or the objects an event batch may have affected.
+enum Sweep {
+    All,
+    /// Possible orphans (dependents of deleted objects, new dependents) and owners that may
+    /// be done waiting (marked for deletion, or one of their dependents went away).
+    Some {
+        dependents: HashSet<String>,
+        owners: HashSet<String>,
+    },
 }
 
 async fn gc_loop(server: Arc<ApiServer>) {
     let graph = Arc::new(tokio::sync::Mutex::new(Graph::default()));
-    let mut from;
     loop {
         // (Re)build the graph from a consistent list, then follow the log from there.
-        from = server.store.revision();
+        let from = server.store.revision();
         {
             let mut g = graph.lock().await;
             *g = Graph::default();
             if let Ok(page) = server.store.list("/", None, 0, Some(from)) {
                 for (key, entry) in &page.items {
-                    if let Ok(obj) = serde_json::from_slice::<Value>(&entry.value)
-                        && let Some(uid) = meta_str(&obj, "uid")
-                    {
-                        g.upsert(
-                            uid.into(),
-                            key.to_string(),
-                            owner_uids(&obj),
-                            obj.pointer("/metadata/deletionTimestamp").is_some(),
-                        );
+                    if let Some((uid, owners, terminating)) = gc_meta(&entry.value) {
+                        g.upsert(uid, key.to_string(), owners, terminating);
                     }
                 }
             }
         }
-        gc_sweep(&server, &graph).await;
+        gc_sweep(&server, &graph, Sweep::All).await;
         let Ok(mut watch) = server.store.watch("/", from) else {
             continue;
         };
         loop {
             match watch.next_batch().await {
                 Ok(events) => {
-                    let mut touched = false;
+                    let (mut dependents, mut owners) = (HashSet::new(), HashSet::new());
                     {
                         let mut g = graph.lock().await;
                         for e in &events {
-                            let Ok(obj) = serde_json::from_slice::<Value>(&e.value) else {
+                            let Some((uid, owner_uids, terminating)) = gc_meta(&e.value) else {
                                 continue;
                             };
-                            let Some(uid) = meta_str(&obj, "uid").map(String::from) else {
-                                continue;
-                            };
-                            match e.kind {
-                                EventKind::Deleted => g.remove(&uid),
-                                _ => g.upsert(
-                                    uid,
-                                    e.key.to_string(),
-                                    owner_uids(&obj),
-                                    obj.pointer("/metadata/deletionTimestamp").is_some(),
-                                ),
+                            if e.kind == EventKind::Deleted {
+                                if let Some(d) = g.dependents.get(&uid) {
+                                    dependents.extend(d.iter().cloned());
+                                }
+                                owners.extend(owner_uids.iter().cloned());
+                                g.remove(&uid);
+                            } else {
+                                if !owner_uids.is_empty() {
+                                    dependents.insert(uid.clone());
+                                }
+                                if terminating {
+                                    owners.insert(uid.clone());
+                                }
+                                g.upsert(uid, e.key.to_string(), owner_uids, terminating);
                             }
-                            touched |= e.kind == EventKind::Deleted
-                                || !owner_uids(&obj).is_empty()
-                                || obj.pointer("/metadata/deletionTimestamp").is_some();
                         }
                     }
-                    if touched {
-                        gc_sweep(&server, &graph).await;
+                    if !dependents.is_empty() || !owners.is_empty() {
+                        gc_sweep(&server, &graph, Sweep::Some { dependents, owners }).await;
                     }
                 }
                 Err(atoll_store::StoreError::Closed) => return,
@@ -479,31 +504,45 @@ async fn gc_loop(server: Arc<ApiServer>) {
     }
 }
 
-/// One pass over the graph: delete dependents whose owners are all gone, cascade foreground
-/// deletions, orphan dependents of owners deleted with `Orphan`.
-async fn gc_sweep(server: &Arc<ApiServer>, graph: &Arc<tokio::sync::Mutex<Graph>>) {
-    let (orphans, deleting): (Vec<(String, String)>, Vec<String>) = {
+/// Delete dependents whose owners are all gone, cascade foreground deletions, orphan the
+/// dependents of owners deleted with `Orphan`.
+async fn gc_sweep(server: &Arc<ApiServer>, graph: &Arc<tokio::sync::Mutex<Graph>>, sweep: Sweep) {
+    let (orphans, deleting): (Vec<String>, Vec<String>) = {
         let g = graph.lock().await;
-        let orphans = g
-            .nodes
-            .iter()
-            .filter(|(_, n)| {
-                !n.owners.is_empty() && n.owners.iter().all(|o| !g.nodes.contains_key(o))
-            })
-            .map(|(uid, n)| (uid.clone(), n.key.clone()))
-            .collect();
-        let deleting = g
-            .nodes
-            .values()
-            .filter(|n| n.terminating)
-            .map(|n| n.key.clone())
-            .collect();
-        (orphans, deleting)
+        let orphaned =
+            |n: &Node| !n.owners.is_empty() && n.owners.iter().all(|o| !g.nodes.contains_key(o));
+        match &sweep {
+            Sweep::All => (
+                g.nodes
+                    .values()
+                    .filter(|n| orphaned(n))
+                    .map(|n| n.key.clone())
+                    .collect(),
+                g.nodes
+                    .values()
+                    .filter(|n| n.terminating)
+                    .map(|n| n.key.clone())
+                    .collect(),
+            ),
+            Sweep::Some { dependents, owners } => (
+                dependents
+                    .iter()
+                    .filter_map(|u| g.nodes.get(u))
+                    .filter(|n| orphaned(n))
+                    .map(|n| n.key.clone())
+                    .collect(),
+                owners
+                    .iter()
+                    .filter_map(|u| g.nodes.get(u))
+                    .filter(|n| n.terminating)
+                    .map(|n| n.key.clone())
+                    .collect(),
+            ),
+        }
     };
-    for (_, key) in orphans {
+    for key in orphans {
         delete_by_key(server, &key, "Background").await;
     }
-    // Owners being deleted in the foreground or with orphaning.
     for key in deleting {
         let Some(rt) = rt_of_key(server, &key) else {
             continue;
