@@ -351,11 +351,22 @@ async fn reconcile_namespaces(server: &Arc<ApiServer>) -> ApiResult<()> {
     Ok(())
 }
 
-/// What the garbage collector knows of one object.
+/// An owner reference, as the collector needs it to find the owner.
+#[derive(Clone, serde::Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct OwnerRef {
+    api_version: String,
+    kind: String,
+    name: String,
+    uid: String,
+}
+
+/// What the garbage collector knows of an object that has owners or is being deleted; other
+/// objects are not tracked (an owner's existence is checked in storage when it matters).
 #[derive(Clone)]
 struct Node {
     key: String,
-    owners: Vec<String>,
+    owners: Vec<OwnerRef>,
     /// Marked for deletion (owners in foreground or orphan deletion wait on the collector).
     terminating: bool,
 }
@@ -363,37 +374,28 @@ struct Node {
 #[derive(Default)]
 struct Graph {
     nodes: HashMap<String, Node>,
+    /// Owner uid -> uids of tracked dependents.
     dependents: HashMap<String, HashSet<String>>,
     uid_of_key: HashMap<String, String>,
 }
 
 impl Graph {
-    fn upsert(&mut self, uid: String, key: String, owners: Vec<String>, terminating: bool) {
+    fn upsert(&mut self, uid: String, node: Node) {
         self.remove(&uid);
-        for o in &owners {
-            self.dependents
-                .entry(o.clone())
-                .or_default()
-                .insert(uid.clone());
+        for o in &node.owners {
+            self.dependents.entry(o.uid.clone()).or_default().insert(uid.clone());
         }
-        self.uid_of_key.insert(key.clone(), uid.clone());
-        self.nodes.insert(
-            uid,
-            Node {
-                key,
-                owners,
-                terminating,
-            },
-        );
+        self.uid_of_key.insert(node.key.clone(), uid.clone());
+        self.nodes.insert(uid, node);
     }
 
     fn remove(&mut self, uid: &str) {
         if let Some(old) = self.nodes.remove(uid) {
             for o in &old.owners {
-                if let Some(d) = self.dependents.get_mut(o) {
+                if let Some(d) = self.dependents.get_mut(&o.uid) {
                     d.remove(uid);
                     if d.is_empty() {
-                        self.dependents.remove(o);
+                        self.dependents.remove(&o.uid);
                     }
                 }
             }
@@ -407,14 +409,8 @@ impl Graph {
 #[serde(default, rename_all = "camelCase")]
 struct GcMeta {
     uid: Option<String>,
-    owner_references: Vec<GcOwner>,
+    owner_references: Vec<OwnerRef>,
     deletion_timestamp: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct GcOwner {
-    uid: String,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -423,16 +419,17 @@ struct GcObject {
     metadata: GcMeta,
 }
 
-fn gc_meta(bytes: &[u8]) -> Option<(String, Vec<String>, bool)> {
+fn gc_meta(bytes: &[u8]) -> Option<(String, Vec<OwnerRef>, bool)> {
     let o: GcObject = serde_json::from_slice(bytes).ok()?;
     let uid = o.metadata.uid?;
-    let owners = o
-        .metadata
-        .owner_references
-        .into_iter()
-        .map(|r| r.uid)
-        .collect();
-    Some((uid, owners, o.metadata.deletion_timestamp.is_some()))
+    Some((uid, o.metadata.owner_references, o.metadata.deletion_timestamp.is_some()))
+}
+
+/// Whether the stored JSON may have owners or a deletion mark: a byte search, so that the
+/// collector parses only the objects it has to.
+fn may_concern_gc(bytes: &[u8]) -> bool {
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    has(b"\"ownerReferences\"") || has(b"\"deletionTimestamp\"")
 }
 
 /// What a sweep looks at: everything, or the objects an event batch may have affected.
@@ -440,10 +437,24 @@ enum Sweep {
     All,
     /// Possible orphans (dependents of deleted objects, new dependents) and owners that may
     /// be done waiting (marked for deletion, or one of their dependents went away).
-    Some {
-        dependents: HashSet<String>,
-        owners: HashSet<String>,
-    },
+    Some { dependents: HashSet<String>, owners: HashSet<String> },
+}
+
+fn track(g: &mut Graph, key: &str, bytes: &[u8]) -> Option<(String, bool, bool)> {
+    if !may_concern_gc(bytes) {
+        if let Some(uid) = g.uid_of_key.get(key).cloned() {
+            g.remove(&uid);
+        }
+        return None;
+    }
+    let (uid, owners, terminating) = gc_meta(bytes)?;
+    let has_owners = !owners.is_empty();
+    if has_owners || terminating {
+        g.upsert(uid.clone(), Node { key: key.to_string(), owners, terminating });
+    } else {
+        g.remove(&uid);
+    }
+    Some((uid, has_owners, terminating))
 }
 
 async fn gc_loop(server: Arc<ApiServer>) {
@@ -456,9 +467,7 @@ async fn gc_loop(server: Arc<ApiServer>) {
             *g = Graph::default();
             if let Ok(page) = server.store.list("/", None, 0, Some(from)) {
                 for (key, entry) in &page.items {
-                    if let Some((uid, owners, terminating)) = gc_meta(&entry.value) {
-                        g.upsert(uid, key.to_string(), owners, terminating);
-                    }
+                    track(&mut g, key, &entry.value);
                 }
             }
         }
@@ -473,23 +482,24 @@ async fn gc_loop(server: Arc<ApiServer>) {
                     {
                         let mut g = graph.lock().await;
                         for e in &events {
-                            let Some((uid, owner_uids, terminating)) = gc_meta(&e.value) else {
-                                continue;
-                            };
                             if e.kind == EventKind::Deleted {
+                                // Only a deletion that leaves dependents or was tracked matters.
+                                if g.dependents.is_empty() && !g.uid_of_key.contains_key(&*e.key) {
+                                    continue;
+                                }
+                                let Some((uid, refs, _)) = gc_meta(&e.value) else { continue };
                                 if let Some(d) = g.dependents.get(&uid) {
                                     dependents.extend(d.iter().cloned());
                                 }
-                                owners.extend(owner_uids.iter().cloned());
+                                owners.extend(refs.into_iter().map(|r| r.uid));
                                 g.remove(&uid);
-                            } else {
-                                if !owner_uids.is_empty() {
+                            } else if let Some((uid, has_owners, terminating)) = track(&mut g, &e.key, &e.value) {
+                                if has_owners {
                                     dependents.insert(uid.clone());
                                 }
                                 if terminating {
-                                    owners.insert(uid.clone());
+                                    owners.insert(uid);
                                 }
-                                g.upsert(uid, e.key.to_string(), owner_uids, terminating);
                             }
                         }
                     }
@@ -504,55 +514,52 @@ async fn gc_loop(server: Arc<ApiServer>) {
     }
 }
 
+/// Whether the object an owner reference names exists (with that uid). Owners of a kind the
+/// server does not serve count as existing: deleting on a guess would lose data.
+fn owner_exists(server: &ApiServer, owner: &OwnerRef, namespace: Option<&str>) -> bool {
+    let snap = server.registry.snapshot();
+    let Some(rt) = snap.resources.values().find(|r| r.api_version() == owner.api_version && r.kind == owner.kind) else {
+        return true;
+    };
+    let key = rt.key(if rt.namespaced { namespace } else { None }, &owner.name);
+    server
+        .store
+        .get(&key)
+        .and_then(|e| gc_meta(&e.value))
+        .is_some_and(|(uid, _, _)| uid == owner.uid)
+}
+
+fn namespace_of_key(server: &ApiServer, key: &str) -> Option<String> {
+    let rt = rt_of_key(server, key)?;
+    split_key(key, &rt).0
+}
+
 /// Delete dependents whose owners are all gone, cascade foreground deletions, orphan the
 /// dependents of owners deleted with `Orphan`.
 async fn gc_sweep(server: &Arc<ApiServer>, graph: &Arc<tokio::sync::Mutex<Graph>>, sweep: Sweep) {
-    let (orphans, deleting): (Vec<String>, Vec<String>) = {
+    let (candidates, deleting): (Vec<Node>, Vec<String>) = {
         let g = graph.lock().await;
-        let orphaned =
-            |n: &Node| !n.owners.is_empty() && n.owners.iter().all(|o| !g.nodes.contains_key(o));
         match &sweep {
             Sweep::All => (
-                g.nodes
-                    .values()
-                    .filter(|n| orphaned(n))
-                    .map(|n| n.key.clone())
-                    .collect(),
-                g.nodes
-                    .values()
-                    .filter(|n| n.terminating)
-                    .map(|n| n.key.clone())
-                    .collect(),
+                g.nodes.values().filter(|n| !n.owners.is_empty()).cloned().collect(),
+                g.nodes.values().filter(|n| n.terminating).map(|n| n.key.clone()).collect(),
             ),
             Sweep::Some { dependents, owners } => (
-                dependents
-                    .iter()
-                    .filter_map(|u| g.nodes.get(u))
-                    .filter(|n| orphaned(n))
-                    .map(|n| n.key.clone())
-                    .collect(),
-                owners
-                    .iter()
-                    .filter_map(|u| g.nodes.get(u))
-                    .filter(|n| n.terminating)
-                    .map(|n| n.key.clone())
-                    .collect(),
+                dependents.iter().filter_map(|u| g.nodes.get(u)).filter(|n| !n.owners.is_empty()).cloned().collect(),
+                owners.iter().filter_map(|u| g.nodes.get(u)).filter(|n| n.terminating).map(|n| n.key.clone()).collect(),
             ),
         }
     };
-    for key in orphans {
-        delete_by_key(server, &key, "Background").await;
+    for node in candidates {
+        let ns = namespace_of_key(server, &node.key);
+        if node.owners.iter().all(|o| !owner_exists(server, o, ns.as_deref())) {
+            delete_by_key(server, &node.key, "Background").await;
+        }
     }
     for key in deleting {
-        let Some(rt) = rt_of_key(server, &key) else {
-            continue;
-        };
-        let Some(entry) = server.store.get(&key) else {
-            continue;
-        };
-        let Ok(obj) = decode_stored(&rt, &entry) else {
-            continue;
-        };
+        let Some(rt) = rt_of_key(server, &key) else { continue };
+        let Some(entry) = server.store.get(&key) else { continue };
+        let Ok(obj) = decode_stored(&rt, &entry) else { continue };
         if obj.pointer("/metadata/deletionTimestamp").is_none() {
             continue;
         }
@@ -560,14 +567,7 @@ async fn gc_sweep(server: &Arc<ApiServer>, graph: &Arc<tokio::sync::Mutex<Graph>
         let uid = meta_str(&obj, "uid").unwrap_or_default().to_string();
         let dependents: Vec<String> = {
             let g = graph.lock().await;
-            g.dependents
-                .get(&uid)
-                .map(|d| {
-                    d.iter()
-                        .filter_map(|u| g.nodes.get(u).map(|n| n.key.clone()))
-                        .collect()
-                })
-                .unwrap_or_default()
+            g.dependents.get(&uid).map(|d| d.iter().filter_map(|u| g.nodes.get(u).map(|n| n.key.clone())).collect()).unwrap_or_default()
         };
         if fins.iter().any(|f| f == "orphan") {
             for dkey in &dependents {
