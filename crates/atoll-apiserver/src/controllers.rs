@@ -383,7 +383,10 @@ impl Graph {
     fn upsert(&mut self, uid: String, node: Node) {
         self.remove(&uid);
         for o in &node.owners {
-            self.dependents.entry(o.uid.clone()).or_default().insert(uid.clone());
+            self.dependents
+                .entry(o.uid.clone())
+                .or_default()
+                .insert(uid.clone());
         }
         self.uid_of_key.insert(node.key.clone(), uid.clone());
         self.nodes.insert(uid, node);
@@ -422,7 +425,11 @@ struct GcObject {
 fn gc_meta(bytes: &[u8]) -> Option<(String, Vec<OwnerRef>, bool)> {
     let o: GcObject = serde_json::from_slice(bytes).ok()?;
     let uid = o.metadata.uid?;
-    Some((uid, o.metadata.owner_references, o.metadata.deletion_timestamp.is_some()))
+    Some((
+        uid,
+        o.metadata.owner_references,
+        o.metadata.deletion_timestamp.is_some(),
+    ))
 }
 
 /// Whether the stored JSON may have owners or a deletion mark: a byte search, so that the
@@ -437,7 +444,10 @@ enum Sweep {
     All,
     /// Possible orphans (dependents of deleted objects, new dependents) and owners that may
     /// be done waiting (marked for deletion, or one of their dependents went away).
-    Some { dependents: HashSet<String>, owners: HashSet<String> },
+    Some {
+        dependents: HashSet<String>,
+        owners: HashSet<String>,
+    },
 }
 
 fn track(g: &mut Graph, key: &str, bytes: &[u8]) -> Option<(String, bool, bool)> {
@@ -450,7 +460,14 @@ fn track(g: &mut Graph, key: &str, bytes: &[u8]) -> Option<(String, bool, bool)>
     let (uid, owners, terminating) = gc_meta(bytes)?;
     let has_owners = !owners.is_empty();
     if has_owners || terminating {
-        g.upsert(uid.clone(), Node { key: key.to_string(), owners, terminating });
+        g.upsert(
+            uid.clone(),
+            Node {
+                key: key.to_string(),
+                owners,
+                terminating,
+            },
+        );
     } else {
         g.remove(&uid);
     }
@@ -487,13 +504,17 @@ async fn gc_loop(server: Arc<ApiServer>) {
                                 if g.dependents.is_empty() && !g.uid_of_key.contains_key(&*e.key) {
                                     continue;
                                 }
-                                let Some((uid, refs, _)) = gc_meta(&e.value) else { continue };
+                                let Some((uid, refs, _)) = gc_meta(&e.value) else {
+                                    continue;
+                                };
                                 if let Some(d) = g.dependents.get(&uid) {
                                     dependents.extend(d.iter().cloned());
                                 }
                                 owners.extend(refs.into_iter().map(|r| r.uid));
                                 g.remove(&uid);
-                            } else if let Some((uid, has_owners, terminating)) = track(&mut g, &e.key, &e.value) {
+                            } else if let Some((uid, has_owners, terminating)) =
+                                track(&mut g, &e.key, &e.value)
+                            {
                                 if has_owners {
                                     dependents.insert(uid.clone());
                                 }
@@ -518,7 +539,11 @@ async fn gc_loop(server: Arc<ApiServer>) {
 /// server does not serve count as existing: deleting on a guess would lose data.
 fn owner_exists(server: &ApiServer, owner: &OwnerRef, namespace: Option<&str>) -> bool {
     let snap = server.registry.snapshot();
-    let Some(rt) = snap.resources.values().find(|r| r.api_version() == owner.api_version && r.kind == owner.kind) else {
+    let Some(rt) = snap
+        .resources
+        .values()
+        .find(|r| r.api_version() == owner.api_version && r.kind == owner.kind)
+    else {
         return true;
     };
     let key = rt.key(if rt.namespaced { namespace } else { None }, &owner.name);
@@ -541,25 +566,53 @@ async fn gc_sweep(server: &Arc<ApiServer>, graph: &Arc<tokio::sync::Mutex<Graph>
         let g = graph.lock().await;
         match &sweep {
             Sweep::All => (
-                g.nodes.values().filter(|n| !n.owners.is_empty()).cloned().collect(),
-                g.nodes.values().filter(|n| n.terminating).map(|n| n.key.clone()).collect(),
+                g.nodes
+                    .values()
+                    .filter(|n| !n.owners.is_empty())
+                    .cloned()
+                    .collect(),
+                g.nodes
+                    .values()
+                    .filter(|n| n.terminating)
+                    .map(|n| n.key.clone())
+                    .collect(),
             ),
             Sweep::Some { dependents, owners } => (
-                dependents.iter().filter_map(|u| g.nodes.get(u)).filter(|n| !n.owners.is_empty()).cloned().collect(),
-                owners.iter().filter_map(|u| g.nodes.get(u)).filter(|n| n.terminating).map(|n| n.key.clone()).collect(),
+                dependents
+                    .iter()
+                    .filter_map(|u| g.nodes.get(u))
+                    .filter(|n| !n.owners.is_empty())
+                    .cloned()
+                    .collect(),
+                owners
+                    .iter()
+                    .filter_map(|u| g.nodes.get(u))
+                    .filter(|n| n.terminating)
+                    .map(|n| n.key.clone())
+                    .collect(),
             ),
         }
     };
     for node in candidates {
         let ns = namespace_of_key(server, &node.key);
-        if node.owners.iter().all(|o| !owner_exists(server, o, ns.as_deref())) {
+        if node
+            .owners
+            .iter()
+            .all(|o| !owner_exists(server, o, ns.as_deref()))
+        {
             delete_by_key(server, &node.key, "Background").await;
         }
     }
     for key in deleting {
-        let Some(rt) = rt_of_key(server, &key) else { continue };
-        let Some(entry) = server.store.get(&key) else { continue };
-        let Ok(obj) = decode_stored(&rt, &entry) else { continue };
+        let Some(rt) = rt_of_key(server, &key) else {
+            continue;
+        };
+        let Some(entry) = server.store.get(&key) else {
+            continue;
+        };
+        let Ok(obj) = decode_stored(&rt, &entry) else {
+            continue;
+        };
         if obj.pointer("/metadata/deletionTimestamp").is_none() {
             continue;
         }
@@ -567,7 +620,14 @@ async fn gc_sweep(server: &Arc<ApiServer>, graph: &Arc<tokio::sync::Mutex<Graph>
         let uid = meta_str(&obj, "uid").unwrap_or_default().to_string();
         let dependents: Vec<String> = {
             let g = graph.lock().await;
-            g.dependents.get(&uid).map(|d| d.iter().filter_map(|u| g.nodes.get(u).map(|n| n.key.clone())).collect()).unwrap_or_default()
+            g.dependents
+                .get(&uid)
+                .map(|d| {
+                    d.iter()
+                        .filter_map(|u| g.nodes.get(u).map(|n| n.key.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
         };
         if fins.iter().any(|f| f == "orphan") {
             for dkey in &dependents {

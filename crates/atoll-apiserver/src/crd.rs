@@ -329,7 +329,8 @@ struct CustomStrategy {
 }
 
 impl Strategy for CustomStrategy {
-    fn normalize(&self, mut obj: Value) -> Result<Value, NormalizeError> {
+    fn normalize(&self, obj: &Value) -> Result<Value, NormalizeError> {
+        let mut obj = obj.clone();
         let mut causes = Vec::new();
         if let Value::Object(map) = &mut obj {
             // apiVersion, kind and metadata belong to the API machinery, not the schema.

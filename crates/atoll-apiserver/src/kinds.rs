@@ -28,9 +28,8 @@ struct Typed<T> {
 }
 
 impl<T: DeserializeOwned + Serialize> Strategy for Typed<T> {
-    fn normalize(&self, obj: Value) -> Result<Value, NormalizeError> {
-        let typed: T =
-            serde_json::from_value(obj).map_err(|e| NormalizeError::Decode(e.to_string()))?;
+    fn normalize(&self, obj: &Value) -> Result<Value, NormalizeError> {
+        let typed = T::deserialize(obj).map_err(|e| NormalizeError::Decode(e.to_string()))?;
         serde_json::to_value(typed).map_err(|e| NormalizeError::Decode(e.to_string()))
     }
     fn validate(&self, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {

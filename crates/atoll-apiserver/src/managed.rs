@@ -373,8 +373,10 @@ pub async fn server_side_apply(ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
                 fields: applied,
             }],
         );
-        let created = ctx.create_object(&mut obj).await?;
-        return Ok(json_response(StatusCode::CREATED, &created));
+        return Ok(ctx
+            .create_object(&mut obj)
+            .await?
+            .response(StatusCode::CREATED));
     }
     let updated = ctx
         .guaranteed_update(&name, None, |current| {

@@ -158,3 +158,97 @@ pub fn finalizers_of(obj: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The stored JSON with `"resourceVersion":"N"` put into its top-level `metadata`, without
+/// decoding it. `None` if the JSON has no top-level `metadata` object (then decode instead).
+///
+/// The stored form is serde_json's compact output of an object, so a byte scanner that skips
+/// strings and tracks nesting finds the top-level key exactly.
+pub fn with_resource_version(json: &[u8], rv: u64) -> Option<Vec<u8>> {
+    let n = json.len();
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < n {
+        match json[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < n {
+                    match json[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                if i >= n {
+                    return None;
+                }
+                if depth == 1
+                    && &json[start..i] == b"metadata"
+                    && json.get(i + 1) == Some(&b':')
+                    && json.get(i + 2) == Some(&b'{')
+                {
+                    let at = i + 3;
+                    let rv = rv.to_string();
+                    let mut out = Vec::with_capacity(n + rv.len() + 24);
+                    out.extend_from_slice(&json[..at]);
+                    out.extend_from_slice(b"\"resourceVersion\":\"");
+                    out.extend_from_slice(rv.as_bytes());
+                    out.push(b'"');
+                    if json.get(at) != Some(&b'}') {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&json[at..]);
+                    return Some(out);
+                }
+                i += 1;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The stored object as response bytes for the requested version, spliced when the stored
+/// form can be sent as is (same version), decoded and re-encoded otherwise.
+pub fn stored_bytes(rt: &ResourceType, entry: &Entry) -> ApiResult<Vec<u8>> {
+    if rt.version == rt.storage_version
+        && let Some(out) = with_resource_version(&entry.value, entry.mod_revision)
+    {
+        return Ok(out);
+    }
+    let obj = decode_stored(rt, entry)?;
+    serde_json::to_vec(&obj).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn resource_version_is_spliced_into_top_level_metadata() {
+        let cases = [
+            json!({"apiVersion": "v1", "data": {"metadata": {"x": "}{\"metadata\":{"}}, "kind": "ConfigMap", "metadata": {"name": "a"}}),
+            json!({"metadata": {}}),
+            json!({"a": [{"metadata": {"deep": 1}}], "metadata": {"labels": {"metadata": "x"}}}),
+        ];
+        for c in cases {
+            let bytes = serde_json::to_vec(&c).unwrap();
+            let out: Value =
+                serde_json::from_slice(&with_resource_version(&bytes, 42).unwrap()).unwrap();
+            let mut want = c.clone();
+            want["metadata"]["resourceVersion"] = json!("42");
+            assert_eq!(out, want);
+        }
+        assert!(with_resource_version(b"{\"a\":1}", 1).is_none());
+        assert!(with_resource_version(b"{\"metadata\":\"x", 1).is_none());
+    }
+}

@@ -17,7 +17,7 @@ use crate::validation::NameRule;
 pub trait Strategy: Send + Sync {
     /// Type-check the object and bring it to canonical form (unknown fields pruned, defaults
     /// applied). An error here is a decoding error (400) with a message.
-    fn normalize(&self, obj: Value) -> Result<Value, NormalizeError>;
+    fn normalize(&self, obj: &Value) -> Result<Value, NormalizeError>;
 
     /// Kind-specific validation after metadata checks; `old` is set on update.
     fn validate(&self, _obj: &Value, _old: Option<&Value>, _causes: &mut Vec<Cause>) {}

@@ -203,6 +203,25 @@ fn too_large(limit: usize) -> ApiError {
     }
 }
 
+/// An object just written: as a value, and when possible as the exact bytes to send.
+pub struct Written {
+    pub object: Value,
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl Written {
+    pub fn response(self, code: StatusCode) -> Response {
+        match self.bytes {
+            Some(b) => bytes_response(code, b),
+            None => json_response(code, &self.object),
+        }
+    }
+}
+
+pub fn bytes_response(code: StatusCode, body: Vec<u8>) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 pub fn json_response(code: StatusCode, v: &Value) -> Response {
     (
         code,
@@ -317,6 +336,12 @@ impl Ctx {
 
     fn get(&self) -> ApiResult<Response> {
         let entry = self.get_entry(self.name())?;
+        if self.rr.subresource.as_deref() != Some("scale") && !self.wants_table() {
+            return Ok(bytes_response(
+                StatusCode::OK,
+                object::stored_bytes(&self.rt, &entry)?,
+            ));
+        }
         let obj = decode_stored(&self.rt, &entry)?;
         if self.rr.subresource.as_deref() == Some("scale") {
             return Ok(json_response(StatusCode::OK, &self.scale_of(&obj)));
@@ -429,6 +454,9 @@ impl Ctx {
             }
         }
         let prefix = self.list_prefix();
+        if labels.0.is_empty() && fields.0.is_empty() && !self.wants_table() {
+            return self.list_unfiltered(&prefix, start, limit, at);
+        }
         let mut items = Vec::new();
         let mut revision = at;
         let mut cursor = start.clone();
@@ -496,6 +524,50 @@ impl Ctx {
         Ok(json_response(StatusCode::OK, &list))
     }
 
+    /// A list without selectors, as JSON assembled from the stored bytes (nothing decoded).
+    fn list_unfiltered(
+        &self,
+        prefix: &str,
+        start: Option<String>,
+        limit: usize,
+        at: Option<u64>,
+    ) -> ApiResult<Response> {
+        let page = self.server.store.list(prefix, start.as_deref(), limit, at).map_err(|e| match e {
+            StoreError::Compacted { .. } if start.is_some() => ApiError::gone(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results.",
+            ),
+            other => other.into(),
+        })?;
+        let mut meta = json!({"resourceVersion": page.revision.to_string()});
+        if page.more
+            && let Some((last, _)) = page.items.last()
+        {
+            meta["continue"] = json!(encode_continue(&ContinueToken {
+                rv: page.revision,
+                start: last.to_string()
+            }));
+        }
+        let total: usize = page.items.iter().map(|(_, e)| e.value.len() + 32).sum();
+        let mut out = Vec::with_capacity(total + 256);
+        out.extend_from_slice(b"{\"kind\":");
+        out.extend_from_slice(
+            &serde_json::to_vec(&format!("{}List", self.rt.kind)).unwrap_or_default(),
+        );
+        out.extend_from_slice(b",\"apiVersion\":");
+        out.extend_from_slice(&serde_json::to_vec(&self.rt.api_version()).unwrap_or_default());
+        out.extend_from_slice(b",\"metadata\":");
+        out.extend_from_slice(&serde_json::to_vec(&meta).unwrap_or_default());
+        out.extend_from_slice(b",\"items\":[");
+        for (i, (_, entry)) in page.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&object::stored_bytes(&self.rt, entry)?);
+        }
+        out.extend_from_slice(b"]}");
+        Ok(bytes_response(StatusCode::OK, out))
+    }
+
     fn decode_object(&self, content_type: &str, body: &[u8]) -> ApiResult<Value> {
         let mime = content_type.split(';').next().unwrap_or_default().trim();
         if body.is_empty() {
@@ -525,8 +597,8 @@ impl Ctx {
             m.insert("kind".into(), Value::String(self.rt.kind.clone()));
         }
         crate::services::apply_defaults(&self.rt, &mut obj);
-        let input = obj.clone();
-        let mut obj = match self.rt.strategy.normalize(obj) {
+        let input = obj;
+        let mut obj = match self.rt.strategy.normalize(&input) {
             Ok(o) => o,
             Err(NormalizeError::Decode(msg)) => {
                 return Err(ApiError::bad_request(format!(
@@ -632,12 +704,14 @@ impl Ctx {
     async fn create(&self, content_type: &str, body: &[u8]) -> ApiResult<Response> {
         let mut obj = self.decode_object(content_type, body)?;
         object::check_type_meta(&obj, &self.rt)?;
-        let created = self.create_object(&mut obj).await?;
-        Ok(json_response(StatusCode::CREATED, &created))
+        Ok(self
+            .create_object(&mut obj)
+            .await?
+            .response(StatusCode::CREATED))
     }
 
     /// Create an object from a decoded body (shared by POST and server-side apply).
-    pub async fn create_object(&self, obj: &mut Value) -> ApiResult<Value> {
+    pub async fn create_object(&self, obj: &mut Value) -> ApiResult<Written> {
         let dry_run = self.query.dry_run()?;
         let path_ns = self.rr.namespace.clone();
         {
@@ -729,7 +803,10 @@ impl Ctx {
             if let Some(ip) = ip {
                 self.server.cluster_ips.release(&ip);
             }
-            return Ok(self.output(obj));
+            return Ok(Written {
+                object: self.output(obj),
+                bytes: None,
+            });
         }
         let key = self.key(&name);
         match self
@@ -741,7 +818,13 @@ impl Ctx {
             Ok(event) => {
                 meta_mut(&mut obj)
                     .insert("resourceVersion".into(), json!(event.revision.to_string()));
-                Ok(self.output(obj))
+                let bytes = (self.rt.version == self.rt.storage_version)
+                    .then(|| object::with_resource_version(&event.value, event.revision))
+                    .flatten();
+                Ok(Written {
+                    object: self.output(obj),
+                    bytes,
+                })
             }
             Err(e) => {
                 if let Some(ip) = ip {

@@ -221,6 +221,29 @@ impl Stream {
     }
 
     async fn deliver(&self, e: &Event) -> bool {
+        let selective = !self.params.labels.0.is_empty() || !self.params.fields.0.is_empty();
+        if !selective && !self.params.table {
+            // Every object matches: send the stored bytes with their revision, undecoded.
+            let kind = match e.kind {
+                EventKind::Added => "ADDED",
+                EventKind::Modified => "MODIFIED",
+                EventKind::Deleted => "DELETED",
+            };
+            let entry = atoll_store::Entry {
+                value: e.value.clone(),
+                mod_revision: e.revision,
+                create_revision: e.create_revision,
+            };
+            if let Ok(obj) = object::stored_bytes(&self.ctx.rt, &entry) {
+                let mut line = Vec::with_capacity(obj.len() + 32);
+                line.extend_from_slice(b"{\"type\":\"");
+                line.extend_from_slice(kind.as_bytes());
+                line.extend_from_slice(b"\",\"object\":");
+                line.extend_from_slice(&obj);
+                line.extend_from_slice(b"}\n");
+                return self.tx.send(Bytes::from(line)).await.is_ok();
+            }
+        }
         let decode = |value: &Bytes, rev: u64| -> Option<Value> {
             decode_stored(
                 &self.ctx.rt,
@@ -236,7 +259,6 @@ impl Stream {
             return true;
         };
         let now_matches = self.matches(&new);
-        let selective = !self.params.labels.0.is_empty() || !self.params.fields.0.is_empty();
         // Without selectors every object matches, so the previous value need not be decoded.
         // Without the previous value, assume it matched: a spurious DELETED is harmless.
         let was_matching = match &e.prev {
