@@ -52,11 +52,11 @@ fn field_set(obj: &Value, custom: bool) -> FieldSet {
     out
 }
 
-fn list_key(field: &str, custom: bool) -> Option<&'static str> {
+fn list_key(field: &str, items: &[Value], custom: bool) -> Option<&'static str> {
     if custom && field != "ownerReferences" {
         None
     } else {
-        crate::patch::merge_key(field)
+        crate::patch::list_merge_key(field, items)
     }
 }
 
@@ -77,8 +77,8 @@ fn collect(v: &Value, path: FieldPath, field: &str, custom: bool, out: &mut Fiel
                 out.insert(p);
             }
         }
-        Value::Array(items) => match list_key(field, custom) {
-            Some(key) if items.iter().all(|i| i.get(key).is_some()) && !items.is_empty() => {
+        Value::Array(items) => match list_key(field, items, custom) {
+            Some(key) if !items.is_empty() => {
                 for item in items {
                     let mut p = path.clone();
                     p.push(format!("k:{}", json!({ key: item[key] })));

@@ -94,6 +94,24 @@ pub fn merge_key(field: &str) -> Option<&'static str> {
     })
 }
 
+/// The merge key of a list given its items: container ports merge on `containerPort`, service
+/// ports on `port`. A list whose items lack the key is atomic (replaced whole): `None`.
+pub fn list_merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+    merge_key(field)
+        .map(|k| {
+            if field == "ports" && items.iter().any(|p| p.get("containerPort").is_some()) {
+                "containerPort"
+            } else {
+                k
+            }
+        })
+        .filter(|k| {
+            items
+                .iter()
+                .all(|p| p.get(*k).is_some() || p.get("$patch").is_some())
+        })
+}
+
 /// Lists of scalars merged as sets by strategic merge (`patchStrategy: merge` on primitives).
 fn is_scalar_set(field: &str) -> bool {
     matches!(field, "finalizers")
@@ -178,7 +196,7 @@ fn merge_list(items: &mut Vec<Value>, patch_items: &[Value], field: &str) -> Api
         }
         return Ok(());
     }
-    let Some(key) = merge_key(field) else {
+    let Some(key) = list_merge_key(field, patch_items) else {
         // Atomic list: replaced, but `$patch` directives are not part of the value.
         *items = patch_items
             .iter()
@@ -245,6 +263,18 @@ mod tests {
         assert_eq!(out["spec"]["tolerations"], json!([{"key": "u"}]));
         assert_eq!(out["metadata"]["finalizers"], json!(["f/1", "f/2"]));
         assert_eq!(out["metadata"]["labels"], json!({"b": "2", "c": "3"}));
+    }
+
+    #[test]
+    fn container_ports_merge_on_container_port_and_keyless_lists_are_atomic() {
+        let doc = json!({"ports": [{"containerPort": 80, "name": "http"}], "addresses": [{"ip": "1.1.1.1"}]});
+        let patch = json!({"ports": [{"containerPort": 443}], "addresses": [{"ip": "2.2.2.2"}]});
+        let out = apply(PatchKind::Strategic, &doc, &patch).unwrap();
+        assert_eq!(
+            out["ports"],
+            json!([{"containerPort": 80, "name": "http"}, {"containerPort": 443}])
+        );
+        assert_eq!(out["addresses"], json!([{"ip": "2.2.2.2"}]));
     }
 
     #[test]
