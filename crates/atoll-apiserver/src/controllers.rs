@@ -45,6 +45,7 @@ pub fn internal_ctx(
         manager: "atoll-apiserver".into(),
         apply: false,
         warnings: Default::default(),
+        identity: crate::tls::Identity::admin(),
     }
 }
 
@@ -80,7 +81,57 @@ pub async fn ensure_default_namespaces(server: &Arc<ApiServer>) -> ApiResult<()>
     Ok(())
 }
 
+/// Create the bootstrap roles and bindings that are missing (existing ones are left as the
+/// cluster admin changed them).
+pub async fn ensure_bootstrap_policy(server: &Arc<ApiServer>) -> ApiResult<()> {
+    let snap = server.registry.snapshot();
+    for (resource, mut obj) in crate::authz::bootstrap_policy() {
+        let Some(rt) = snap.get(crate::authz::RBAC_GROUP, "v1", resource).cloned() else {
+            continue;
+        };
+        let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+        if server.store.get(&rt.key(None, &name)).is_some() {
+            continue;
+        }
+        let ctx = internal_ctx(server, rt, None, None, None);
+        match ctx.create_object(&mut obj).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Rebuild the authorizer's index from every stored RBAC object.
+pub fn reload_rbac(server: &ApiServer) -> ApiResult<()> {
+    let page = server
+        .store
+        .list(&format!("/{}/", crate::authz::RBAC_GROUP), None, 0, None)?;
+    let objects = page.items.iter().filter_map(|(key, entry)| {
+        let resource = key.split('/').nth(2)?.to_string();
+        let obj = serde_json::from_slice(&entry.value).ok()?;
+        Some((resource, obj))
+    });
+    server.authorizer.rebuild(objects);
+    Ok(())
+}
+
+async fn rbac_loop(server: Arc<ApiServer>) {
+    let s = server.clone();
+    watch_forever(
+        &server,
+        &format!("/{}/", crate::authz::RBAC_GROUP),
+        async move |_events| {
+            if let Err(e) = reload_rbac(&s) {
+                tracing::error!(error = %e, "reloading RBAC failed");
+            }
+        },
+    )
+    .await;
+}
+
 pub fn spawn(server: Arc<ApiServer>) {
+    tokio::spawn(rbac_loop(server.clone()));
     tokio::spawn(crd_loop(server.clone()));
     tokio::spawn(namespace_loop(server.clone()));
     tokio::spawn(gc_loop(server));

@@ -289,6 +289,7 @@ pub fn kinds_of(crd: &Value) -> Vec<Arc<ResourceType>> {
                 }),
                 schema: Some(schema),
                 crd: Some(crd_name.clone()),
+                review: false,
             })
         })
         .collect()

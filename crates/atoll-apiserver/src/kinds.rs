@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::{
     apps::v1 as apps, coordination::v1 as coordination, core::v1 as core,
-    discovery::v1 as discovery, events::v1 as events,
+    discovery::v1 as discovery, events::v1 as events, rbac::v1 as rbac,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use serde::Serialize;
@@ -71,6 +71,32 @@ struct Decl {
     scale: bool,
     name_rule: NameRule,
     strategy: Arc<dyn Strategy>,
+    review: bool,
+}
+
+impl Decl {
+    /// A create-only review kind of `group`, answered by `reviews.rs`.
+    fn review(
+        group: &'static str,
+        resource: &'static str,
+        kind: &'static str,
+        namespaced: bool,
+    ) -> Decl {
+        Decl {
+            group,
+            version: "v1",
+            resource,
+            kind,
+            namespaced,
+            short_names: &[],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: NameRule::PathSegment,
+            strategy: typed::<Value>(no_validation, &[], no_columns),
+            review: true,
+        }
+    }
 }
 
 fn typed<T: DeserializeOwned + Serialize + 'static>(
@@ -92,6 +118,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
     let all = &["all"];
     let decls = vec![
         Decl {
+            review: false,
             group: "",
             version: "v1",
             resource: "namespaces",
@@ -111,6 +138,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             }),
         },
         Decl {
+            review: false,
             group: "",
             version: "v1",
             resource: "configmaps",
@@ -130,6 +158,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             }),
         },
         Decl {
+            review: false,
             group: "",
             version: "v1",
             resource: "secrets",
@@ -148,6 +177,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             }),
         },
         Decl {
+            review: false,
             group: "",
             version: "v1",
             resource: "serviceaccounts",
@@ -161,6 +191,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             strategy: typed::<core::ServiceAccount>(no_validation, &[], no_columns),
         },
         Decl {
+            review: false,
             group: "",
             version: "v1",
             resource: "services",
@@ -184,6 +215,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             ),
         },
         Decl {
+            review: false,
             group: "",
             version: "v1",
             resource: "endpoints",
@@ -197,6 +229,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             strategy: typed::<core::Endpoints>(no_validation, &[], no_columns),
         },
         Decl {
+            review: false,
             group: "",
             version: "v1",
             resource: "pods",
@@ -233,6 +266,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             ),
         },
         Decl {
+            review: false,
             group: "",
             version: "v1",
             resource: "nodes",
@@ -255,6 +289,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             }),
         },
         Decl {
+            review: false,
             group: "",
             version: "v1",
             resource: "events",
@@ -290,6 +325,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             ),
         },
         Decl {
+            review: false,
             group: "events.k8s.io",
             version: "v1",
             resource: "events",
@@ -314,6 +350,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             ),
         },
         Decl {
+            review: false,
             group: "coordination.k8s.io",
             version: "v1",
             resource: "leases",
@@ -333,6 +370,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             }),
         },
         Decl {
+            review: false,
             group: "discovery.k8s.io",
             version: "v1",
             resource: "endpointslices",
@@ -348,6 +386,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             }),
         },
         Decl {
+            review: false,
             group: "apps",
             version: "v1",
             resource: "deployments",
@@ -371,6 +410,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             }),
         },
         Decl {
+            review: false,
             group: "apps",
             version: "v1",
             resource: "replicasets",
@@ -390,6 +430,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             }),
         },
         Decl {
+            review: false,
             group: "apiextensions.k8s.io",
             version: "v1",
             resource: "customresourcedefinitions",
@@ -412,6 +453,108 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
                 },
             ),
         },
+        Decl {
+            review: false,
+            group: "rbac.authorization.k8s.io",
+            version: "v1",
+            resource: "clusterroles",
+            kind: "ClusterRole",
+            namespaced: false,
+            short_names: &[],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: NameRule::PathSegment,
+            strategy: typed::<rbac::ClusterRole>(no_validation, &[], || {
+                vec![Column::text(
+                    "Created At",
+                    "/metadata/creationTimestamp",
+                    "When it was created",
+                )]
+            }),
+        },
+        Decl {
+            review: false,
+            group: "rbac.authorization.k8s.io",
+            version: "v1",
+            resource: "roles",
+            kind: "Role",
+            namespaced: true,
+            short_names: &[],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: NameRule::PathSegment,
+            strategy: typed::<rbac::Role>(no_validation, &[], || {
+                vec![Column::text(
+                    "Created At",
+                    "/metadata/creationTimestamp",
+                    "When it was created",
+                )]
+            }),
+        },
+        Decl {
+            review: false,
+            group: "rbac.authorization.k8s.io",
+            version: "v1",
+            resource: "clusterrolebindings",
+            kind: "ClusterRoleBinding",
+            namespaced: false,
+            short_names: &[],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: NameRule::PathSegment,
+            strategy: typed::<rbac::ClusterRoleBinding>(validate_binding, &[], || {
+                vec![Column::computed("Role", role_ref_column, "The bound role")]
+            }),
+        },
+        Decl {
+            review: false,
+            group: "rbac.authorization.k8s.io",
+            version: "v1",
+            resource: "rolebindings",
+            kind: "RoleBinding",
+            namespaced: true,
+            short_names: &[],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: NameRule::PathSegment,
+            strategy: typed::<rbac::RoleBinding>(validate_binding, &[], || {
+                vec![Column::computed("Role", role_ref_column, "The bound role")]
+            }),
+        },
+        Decl::review(
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+        ),
+        Decl::review(
+            "authorization.k8s.io",
+            "selfsubjectrulesreviews",
+            "SelfSubjectRulesReview",
+            false,
+        ),
+        Decl::review(
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            "SubjectAccessReview",
+            false,
+        ),
+        Decl::review(
+            "authorization.k8s.io",
+            "localsubjectaccessreviews",
+            "LocalSubjectAccessReview",
+            true,
+        ),
+        Decl::review(
+            "authentication.k8s.io",
+            "selfsubjectreviews",
+            "SelfSubjectReview",
+            false,
+        ),
     ];
     decls
         .into_iter()
@@ -436,6 +579,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
                 strategy: d.strategy,
                 schema: None,
                 crd: None,
+                review: d.review,
             })
         })
         .collect()
@@ -737,4 +881,53 @@ fn validate_workload(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) 
         c.field = format!("spec.template.{}", c.field);
         causes.push(c);
     }
+}
+
+fn validate_binding(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let kind = str_at(obj, "/roleRef/kind");
+    if !["Role", "ClusterRole"].contains(&kind) {
+        causes.push(Cause::not_supported(
+            "roleRef.kind",
+            kind,
+            &["ClusterRole", "Role"],
+        ));
+    }
+    if str_at(obj, "/roleRef/name").is_empty() {
+        causes.push(Cause::required("roleRef.name"));
+    }
+    if let Some(old) = old
+        && old.get("roleRef") != obj.get("roleRef")
+    {
+        causes.push(Cause::invalid("roleRef", "", "cannot change roleRef"));
+    }
+    for (i, s) in obj
+        .get("subjects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let k = s.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if !["User", "Group", "ServiceAccount"].contains(&k) {
+            causes.push(Cause::not_supported(
+                format!("subjects[{i}].kind"),
+                k,
+                &["Group", "ServiceAccount", "User"],
+            ));
+        }
+        if s.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            causes.push(Cause::required(format!("subjects[{i}].name")));
+        }
+    }
+}
+
+fn role_ref_column(obj: &Value) -> Value {
+    Value::String(format!(
+        "{}/{}",
+        str_at(obj, "/roleRef/kind"),
+        str_at(obj, "/roleRef/name")
+    ))
 }

@@ -9,6 +9,7 @@
 //!
 //! It must never be reached around: controllers talk to it only through the Kubernetes API.
 
+pub mod authz;
 pub mod crd;
 pub mod discovery;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod request;
 pub mod rest;
+pub mod reviews;
 pub mod selector;
 pub mod services;
 pub mod table;
@@ -75,6 +77,7 @@ pub struct ApiServer {
     pub registry: Registry,
     pub config: Config,
     pub cluster_ips: services::ClusterIpAllocator,
+    pub authorizer: authz::Authorizer,
 }
 
 impl ApiServer {
@@ -88,10 +91,13 @@ impl ApiServer {
             store,
             config,
             cluster_ips,
+            authorizer: authz::Authorizer::default(),
         });
         controllers::load_crds(&server)?;
         server.cluster_ips.load(&server)?;
         controllers::ensure_default_namespaces(&server).await?;
+        controllers::ensure_bootstrap_policy(&server).await?;
+        controllers::reload_rbac(&server)?;
         controllers::spawn(server.clone());
         Ok(server)
     }

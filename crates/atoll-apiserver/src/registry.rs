@@ -75,6 +75,8 @@ pub struct ResourceType {
     pub schema: Option<Value>,
     /// Set for kinds served from a CRD: its name.
     pub crd: Option<String>,
+    /// A create-only review (access reviews, `whoami`): answered, never stored.
+    pub review: bool,
 }
 
 impl ResourceType {
@@ -108,6 +110,9 @@ impl ResourceType {
     }
 
     pub fn verbs(&self) -> Vec<&'static str> {
+        if self.review {
+            return vec!["create"];
+        }
         vec![
             "create",
             "delete",

@@ -15,6 +15,7 @@ use http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
+use crate::authz::Attributes;
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::object::{self, decode_stored, encode_for_store, meta_mut, meta_str};
 use crate::registry::{NormalizeError, ResourceType};
@@ -53,23 +54,39 @@ async fn route(
         }
         _ => {}
     }
-    if identity.is_none() {
+    let Some(identity) = identity else {
         return Err(ApiError::Unauthorized {
             message: "Unauthorized".into(),
         });
-    }
+    };
     for p in ["/healthz/", "/livez/", "/readyz/"] {
         if path.starts_with(p) {
             return Ok(health(query));
         }
     }
     let accept = header_str(req.headers(), header::ACCEPT);
+    let rr = request::parse(req.method(), path, query)?;
+    if rr.is_none() {
+        // Discovery, OpenAPI and other paths: authorized as non-resource URLs.
+        let attrs = Attributes {
+            verb: req.method().as_str().to_lowercase(),
+            path: path.to_string(),
+            ..Default::default()
+        };
+        if !server.authorizer.allowed(&identity, &attrs) {
+            return Err(ApiError::Forbidden {
+                subject: Box::default(),
+                message: format!("forbidden: {}", attrs.denial(&identity.user)),
+            });
+        }
+    }
     if let Some(resp) = discovery::serve(server, path, &accept)? {
         return Ok(resp);
     }
-    let Some(rr) = request::parse(req.method(), path, query)? else {
+    let Some(rr) = rr else {
         return Err(ApiError::no_such_resource());
     };
+    authorize(server, &identity, &rr)?;
     let snapshot = server.registry.snapshot();
     let Some(rt) = snapshot.get(&rr.group, &rr.version, &rr.resource).cloned() else {
         return Err(ApiError::no_such_resource());
@@ -105,7 +122,19 @@ async fn route(
         manager,
         apply: content_type.starts_with("application/apply-patch"),
         warnings: Default::default(),
+        identity,
     };
+    if ctx.rt.review {
+        if ctx.rr.verb != Verb::Create || ctx.rr.name.is_some() {
+            return Err(ApiError::MethodNotAllowed {
+                message: format!("{} can only be created", ctx.rt.resource),
+            });
+        }
+        let (ct, body) = read_body(&ctx.server, req).await?;
+        let review = ctx.decode_object(&ct, &body)?;
+        object::check_type_meta(&review, &ctx.rt)?;
+        return crate::reviews::answer(&ctx, &ctx.identity, review);
+    }
     ctx.check_subresource()?;
     let result = match ctx.rr.verb {
         Verb::Get => ctx.get(),
@@ -146,6 +175,51 @@ async fn route(
         }
     }
     Ok(resp)
+}
+
+/// RBAC for a resource request; 403 with kube-apiserver's message when denied.
+fn authorize(server: &ApiServer, who: &Identity, rr: &ResourceRequest) -> ApiResult<()> {
+    let verb = match rr.verb {
+        Verb::Get => "get",
+        Verb::List => "list",
+        Verb::Watch => "watch",
+        Verb::Create => "create",
+        Verb::Update => "update",
+        Verb::Patch => "patch",
+        Verb::Delete => "delete",
+        Verb::DeleteCollection => "deletecollection",
+    };
+    // The namespace object is authorized in its own namespace, as kube-apiserver does.
+    let namespace = match (&rr.namespace, rr.resource.as_str(), &rr.name) {
+        (Some(ns), _, _) => ns.clone(),
+        (None, "namespaces", Some(name)) if rr.group.is_empty() => name.clone(),
+        _ => String::new(),
+    };
+    let attrs = Attributes {
+        verb: verb.into(),
+        group: rr.group.clone(),
+        resource: rr.resource.clone(),
+        subresource: rr.subresource.clone().unwrap_or_default(),
+        namespace,
+        name: rr.name.clone().unwrap_or_default(),
+        path: String::new(),
+    };
+    if server.authorizer.allowed(who, &attrs) {
+        return Ok(());
+    }
+    let what = crate::error::qualified(&rr.group, &attrs.resource_with_sub());
+    let message = match &rr.name {
+        Some(n) => format!("{what} \"{n}\" is forbidden: {}", attrs.denial(&who.user)),
+        None => format!("{what} is forbidden: {}", attrs.denial(&who.user)),
+    };
+    Err(ApiError::Forbidden {
+        subject: Box::new(crate::error::Subject {
+            group: rr.group.clone(),
+            kind: rr.resource.clone(),
+            name: rr.name.clone().unwrap_or_default(),
+        }),
+        message,
+    })
 }
 
 fn health(query: &Query) -> Response {
@@ -244,6 +318,8 @@ pub struct Ctx {
     pub apply: bool,
     /// Warnings for the client (`Warning` response headers), e.g. unknown fields.
     pub warnings: std::sync::Mutex<Vec<String>>,
+    /// Who is asking.
+    pub identity: Identity,
 }
 
 /// The list position a `continue` token carries.
@@ -264,6 +340,7 @@ impl Ctx {
             manager: self.manager.clone(),
             apply: self.apply,
             warnings: Default::default(),
+            identity: self.identity.clone(),
         }
     }
 
@@ -663,6 +740,7 @@ impl Ctx {
                 causes,
             ));
         }
+        self.check_escalation(&obj, &name)?;
         // Storage version: objects of every served version are stored as one.
         if let Some(m) = obj.as_object_mut() {
             let stored = if self.rt.group.is_empty() {
@@ -673,6 +751,69 @@ impl Ctx {
             m.insert("apiVersion".into(), Value::String(stored));
         }
         Ok(obj)
+    }
+
+    /// RBAC escalation prevention: nobody grants, through a role or a binding, permissions they
+    /// do not hold, unless they may `escalate` (roles) or `bind` (bindings) that role.
+    fn check_escalation(&self, obj: &Value, name: &str) -> ApiResult<()> {
+        use crate::authz::{Authorizer, RBAC_GROUP, Rule, covers_all};
+        if self.rt.group != RBAC_GROUP || Authorizer::is_superuser(&self.identity) {
+            return Ok(());
+        }
+        let authz = &self.server.authorizer;
+        let ns = self.rr.namespace.clone().unwrap_or_default();
+        let may = |verb: &str, resource: &str, target: &str| {
+            authz.allowed(
+                &self.identity,
+                &Attributes {
+                    verb: verb.into(),
+                    group: RBAC_GROUP.into(),
+                    resource: resource.into(),
+                    namespace: ns.clone(),
+                    name: target.into(),
+                    ..Default::default()
+                },
+            )
+        };
+        let (wanted, exempt): (Vec<Rule>, bool) = match self.rt.resource.as_str() {
+            "roles" | "clusterroles" => (
+                serde_json::from_value(obj.get("rules").cloned().unwrap_or(json!([])))
+                    .unwrap_or_default(),
+                may("escalate", &self.rt.resource, name),
+            ),
+            "rolebindings" | "clusterrolebindings" => {
+                let kind = obj
+                    .pointer("/roleRef/kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let role = obj
+                    .pointer("/roleRef/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let resource = if kind == "Role" {
+                    "roles"
+                } else {
+                    "clusterroles"
+                };
+                (
+                    authz.role_rules(kind, role, &ns).unwrap_or_default(),
+                    may("bind", resource, role),
+                )
+            }
+            _ => return Ok(()),
+        };
+        if exempt || covers_all(&authz.rules(&self.identity, &ns), &wanted) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(
+            &self.rt.group,
+            &self.rt.resource,
+            name,
+            &format!(
+                "user \"{}\" (groups={:?}) is attempting to grant RBAC permissions not currently held",
+                self.identity.user, self.identity.groups
+            ),
+        ))
     }
 
     /// For namespaced creates: the namespace must exist and not be terminating.

@@ -21,6 +21,8 @@ enum Command {
     Server(crate::server::ServerArgs),
     /// Run a benchmark and print its figures beside its reference.
     Bench(crate::bench::BenchArgs),
+    /// Print a kubeconfig for a new user, signed by a data dir's cluster CA.
+    Kubeconfig(crate::kubeconfig::KubeconfigArgs),
 }
 
 impl Args {
@@ -47,6 +49,7 @@ impl Args {
             match args.command {
                 Command::Server(a) => crate::server::run(a).await,
                 Command::Bench(a) => crate::bench::run(a).await,
+                Command::Kubeconfig(a) => crate::kubeconfig::run(a),
             }
         });
         match result {

@@ -7,6 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod cli;
+mod kubeconfig;
 mod server;
 
 fn main() -> std::process::ExitCode {

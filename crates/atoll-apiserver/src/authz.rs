@@ -1,0 +1,673 @@
+//! RBAC authorization (rbac.authorization.k8s.io/v1), as kube-apiserver's RBAC authorizer.
+//!
+//! An in-memory index of Roles, ClusterRoles and their bindings answers every request; it is
+//! rebuilt from storage whenever an RBAC object changes (they are few, and reads vastly
+//! outnumber their writes). The group `system:masters` is allowed everything, as in Kubernetes.
+//!
+//! # Guarantees
+//! - Deny by default: a request is allowed only if some rule bound to the user, one of its
+//!   groups, or its service account allows exactly this verb on this resource (and name).
+//! - Escalation prevention: creating or updating a Role or ClusterRole requires holding every
+//!   permission it grants (or `escalate` on it); binding one requires holding its permissions
+//!   (or `bind` on it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::tls::Identity;
+
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+pub const SUPERUSER_GROUP: &str = "system:masters";
+
+/// One RBAC rule.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Rule {
+    pub verbs: Vec<String>,
+    pub api_groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub resource_names: Vec<String>,
+    #[serde(rename = "nonResourceURLs")]
+    pub non_resource_urls: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+struct Subject {
+    kind: String,
+    name: String,
+    namespace: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct RoleRef {
+    kind: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Binding {
+    subjects: Vec<Subject>,
+    role_ref: RoleRef,
+}
+
+/// What a request asks to do.
+#[derive(Clone, Debug, Default)]
+pub struct Attributes {
+    pub verb: String,
+    /// For resource requests.
+    pub group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+    /// For non-resource requests (`/apis`, `/version`, ...): the path; empty otherwise.
+    pub path: String,
+}
+
+impl Attributes {
+    pub fn is_resource(&self) -> bool {
+        self.path.is_empty()
+    }
+
+    /// `configmaps` or `pods/log`.
+    pub fn resource_with_sub(&self) -> String {
+        if self.subresource.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}/{}", self.resource, self.subresource)
+        }
+    }
+
+    /// The reason kube-apiserver gives when this is denied.
+    pub fn denial(&self, user: &str) -> String {
+        if !self.is_resource() {
+            return format!(
+                "User \"{user}\" cannot {} path \"{}\"",
+                self.verb, self.path
+            );
+        }
+        let scope = if self.namespace.is_empty() {
+            "at the cluster scope".to_string()
+        } else {
+            format!("in the namespace \"{}\"", self.namespace)
+        };
+        format!(
+            "User \"{user}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
+            self.verb,
+            self.resource_with_sub(),
+            self.group
+        )
+    }
+}
+
+fn has(list: &[String], want: &str) -> bool {
+    list.iter().any(|x| x == "*" || x == want)
+}
+
+impl Rule {
+    /// Whether this rule allows the request.
+    pub fn allows(&self, a: &Attributes) -> bool {
+        if !has(&self.verbs, &a.verb) {
+            return false;
+        }
+        if !a.is_resource() {
+            return self.non_resource_urls.iter().any(|u| {
+                u == "*"
+                    || *u == a.path
+                    || u.strip_suffix('*').is_some_and(|p| a.path.starts_with(p))
+            });
+        }
+        if !has(&self.api_groups, &a.group) {
+            return false;
+        }
+        let wanted = a.resource_with_sub();
+        let resource_ok = self.resources.iter().any(|r| {
+            r == "*"
+                || *r == wanted
+                || (a.subresource.is_empty() && *r == a.resource)
+                || (!a.subresource.is_empty()
+                    && (*r == format!("*/{}", a.subresource) || *r == format!("{}/*", a.resource)))
+        });
+        resource_ok
+            && (self.resource_names.is_empty()
+                || (!a.name.is_empty() && self.resource_names.contains(&a.name)))
+    }
+
+    /// Whether this rule grants at least what `other` grants (for escalation checks): every
+    /// combination `other` names is allowed here; a wildcard in `other` needs one here.
+    pub fn covers(&self, other: &Rule) -> bool {
+        let covers_list = |mine: &[String], theirs: &[String]| {
+            theirs
+                .iter()
+                .all(|t| mine.iter().any(|m| m == "*" || m == t))
+        };
+        if !covers_list(&self.verbs, &other.verbs) {
+            return false;
+        }
+        if !other.non_resource_urls.is_empty() {
+            return other.non_resource_urls.iter().all(|u| {
+                self.non_resource_urls.iter().any(|m| {
+                    m == "*"
+                        || m == u
+                        || m.strip_suffix('*')
+                            .is_some_and(|p| u.starts_with(p) && !u.ends_with('*'))
+                })
+            });
+        }
+        covers_list(&self.api_groups, &other.api_groups)
+            && covers_list(&self.resources, &other.resources)
+            && (self.resource_names.is_empty()
+                || (!other.resource_names.is_empty()
+                    && covers_list(&self.resource_names, &other.resource_names)))
+    }
+}
+
+/// The RBAC objects, indexed for answering requests.
+#[derive(Default)]
+struct Index {
+    cluster_roles: HashMap<String, Vec<Rule>>,
+    /// (namespace, name) -> rules.
+    roles: HashMap<(String, String), Vec<Rule>>,
+    cluster_role_bindings: Vec<Binding>,
+    /// namespace -> bindings.
+    role_bindings: HashMap<String, Vec<Binding>>,
+}
+
+fn applies(s: &Subject, who: &Identity, binding_ns: &str) -> bool {
+    match s.kind.as_str() {
+        "User" => s.name == who.user,
+        "Group" => who.groups.contains(&s.name),
+        "ServiceAccount" => {
+            let ns = if s.namespace.is_empty() {
+                binding_ns
+            } else {
+                &s.namespace
+            };
+            who.user == format!("system:serviceaccount:{ns}:{}", s.name)
+        }
+        _ => false,
+    }
+}
+
+impl Index {
+    /// Every rule that applies to `who` in `namespace` ("" = cluster scope only).
+    fn rules_for(&self, who: &Identity, namespace: &str) -> Vec<&Rule> {
+        let mut out = Vec::new();
+        for b in &self.cluster_role_bindings {
+            if b.subjects.iter().any(|s| applies(s, who, "")) && b.role_ref.kind == "ClusterRole" {
+                out.extend(
+                    self.cluster_roles
+                        .get(&b.role_ref.name)
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+        }
+        if !namespace.is_empty() {
+            for b in self.role_bindings.get(namespace).into_iter().flatten() {
+                if !b.subjects.iter().any(|s| applies(s, who, namespace)) {
+                    continue;
+                }
+                let rules = match b.role_ref.kind.as_str() {
+                    "ClusterRole" => self.cluster_roles.get(&b.role_ref.name),
+                    "Role" => self
+                        .roles
+                        .get(&(namespace.to_string(), b.role_ref.name.clone())),
+                    _ => None,
+                };
+                out.extend(rules.into_iter().flatten());
+            }
+        }
+        out
+    }
+}
+
+/// The authorizer: an index swapped atomically when RBAC objects change.
+#[derive(Default)]
+pub struct Authorizer {
+    index: RwLock<Arc<Index>>,
+}
+
+impl Authorizer {
+    fn index(&self) -> Arc<Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn is_superuser(who: &Identity) -> bool {
+        who.groups.iter().any(|g| g == SUPERUSER_GROUP)
+    }
+
+    pub fn allowed(&self, who: &Identity, a: &Attributes) -> bool {
+        if Self::is_superuser(who) {
+            return true;
+        }
+        let index = self.index();
+        index
+            .rules_for(who, &a.namespace)
+            .iter()
+            .any(|r| r.allows(a))
+    }
+
+    /// The rules that apply to `who` in `namespace` (SelfSubjectRulesReview, escalation).
+    pub fn rules(&self, who: &Identity, namespace: &str) -> Vec<Rule> {
+        if Self::is_superuser(who) {
+            return vec![Rule {
+                verbs: vec!["*".into()],
+                api_groups: vec!["*".into()],
+                resources: vec!["*".into()],
+                non_resource_urls: vec!["*".into()],
+                ..Default::default()
+            }];
+        }
+        self.index()
+            .rules_for(who, namespace)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The rules of a role a binding refers to (`namespace` for Roles).
+    pub fn role_rules(&self, kind: &str, name: &str, namespace: &str) -> Option<Vec<Rule>> {
+        let index = self.index();
+        match kind {
+            "ClusterRole" => index.cluster_roles.get(name).cloned(),
+            "Role" => index
+                .roles
+                .get(&(namespace.to_string(), name.to_string()))
+                .cloned(),
+            _ => None,
+        }
+    }
+
+    /// Rebuild the index from the RBAC objects (stored JSON, any order).
+    pub fn rebuild(&self, objects: impl IntoIterator<Item = (String, Value)>) {
+        let mut index = Index::default();
+        let rules_of = |v: &Value| -> Vec<Rule> {
+            serde_json::from_value(v.get("rules").cloned().unwrap_or(json!([]))).unwrap_or_default()
+        };
+        for (resource, obj) in objects {
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let ns = obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            match resource.as_str() {
+                "clusterroles" => {
+                    index.cluster_roles.insert(name, rules_of(&obj));
+                }
+                "roles" => {
+                    index.roles.insert((ns, name), rules_of(&obj));
+                }
+                "clusterrolebindings" => {
+                    if let Ok(b) = serde_json::from_value(obj) {
+                        index.cluster_role_bindings.push(b);
+                    }
+                }
+                "rolebindings" => {
+                    if let Ok(b) = serde_json::from_value(obj) {
+                        index.role_bindings.entry(ns).or_default().push(b);
+                    }
+                }
+                _ => {}
+            }
+        }
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+    }
+}
+
+/// Whether `held` (the rules a user has) covers every rule in `wanted`.
+pub fn covers_all(held: &[Rule], wanted: &[Rule]) -> bool {
+    wanted.iter().all(|w| {
+        split(w)
+            .iter()
+            .all(|part| held.iter().any(|h| h.covers(part)))
+    })
+}
+
+/// A rule split into one rule per verb/group/resource/name, so that several held rules can
+/// together cover one wanted rule.
+fn split(r: &Rule) -> Vec<Rule> {
+    let mut out = Vec::new();
+    if !r.non_resource_urls.is_empty() {
+        for v in &r.verbs {
+            for u in &r.non_resource_urls {
+                out.push(Rule {
+                    verbs: vec![v.clone()],
+                    non_resource_urls: vec![u.clone()],
+                    ..Default::default()
+                });
+            }
+        }
+        return out;
+    }
+    let names: Vec<Vec<String>> = if r.resource_names.is_empty() {
+        vec![vec![]]
+    } else {
+        r.resource_names.iter().map(|n| vec![n.clone()]).collect()
+    };
+    for v in &r.verbs {
+        for g in &r.api_groups {
+            for res in &r.resources {
+                for n in &names {
+                    out.push(Rule {
+                        verbs: vec![v.clone()],
+                        api_groups: vec![g.clone()],
+                        resources: vec![res.clone()],
+                        resource_names: n.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The roles and bindings every cluster starts with (kube-apiserver's bootstrap policy, the
+/// parts Atoll serves). Re-created at start when missing; never overwritten.
+pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
+    let rule = |verbs: &[&str], groups: &[&str], resources: &[&str]| json!({"verbs": verbs, "apiGroups": groups, "resources": resources});
+    let read = ["get", "list", "watch"];
+    let write = ["create", "delete", "deletecollection", "patch", "update"];
+    let all_rw: Vec<&str> = read.iter().chain(write.iter()).copied().collect();
+    let core_ns = [
+        "configmaps",
+        "endpoints",
+        "persistentvolumeclaims",
+        "pods",
+        "pods/log",
+        "pods/status",
+        "replicationcontrollers",
+        "services",
+        "services/status",
+        "serviceaccounts",
+        "events",
+        "endpoints",
+    ];
+    let view_rules = vec![
+        rule(
+            &read,
+            &[""],
+            &[
+                "configmaps",
+                "endpoints",
+                "pods",
+                "pods/log",
+                "pods/status",
+                "services",
+                "services/status",
+                "serviceaccounts",
+                "events",
+                "namespaces",
+                "namespaces/status",
+            ],
+        ),
+        rule(
+            &read,
+            &["apps"],
+            &[
+                "deployments",
+                "deployments/status",
+                "deployments/scale",
+                "replicasets",
+                "replicasets/status",
+                "replicasets/scale",
+            ],
+        ),
+        rule(&read, &["discovery.k8s.io"], &["endpointslices"]),
+        rule(&read, &["events.k8s.io"], &["events"]),
+    ];
+    let edit_rules = vec![
+        rule(&all_rw, &[""], &core_ns),
+        rule(&all_rw, &[""], &["secrets"]),
+        rule(&read, &[""], &["namespaces", "namespaces/status"]),
+        rule(
+            &all_rw,
+            &["apps"],
+            &[
+                "deployments",
+                "deployments/status",
+                "deployments/scale",
+                "replicasets",
+                "replicasets/status",
+                "replicasets/scale",
+            ],
+        ),
+        rule(&all_rw, &["discovery.k8s.io"], &["endpointslices"]),
+        rule(&all_rw, &["events.k8s.io"], &["events"]),
+        rule(&all_rw, &["coordination.k8s.io"], &["leases"]),
+    ];
+    let mut admin_rules = edit_rules.clone();
+    admin_rules.push(rule(&all_rw, &[RBAC_GROUP], &["roles", "rolebindings"]));
+    admin_rules.push(rule(
+        &["create"],
+        &["authorization.k8s.io"],
+        &["localsubjectaccessreviews"],
+    ));
+    let cluster_role = |name: &str, rules: Vec<Value>| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules})
+    };
+    let binding = |name: &str, role: &str, group: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+               "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": role},
+               "subjects": [{"apiGroup": RBAC_GROUP, "kind": "Group", "name": group}]})
+    };
+    vec![
+        (
+            "clusterroles",
+            cluster_role(
+                "cluster-admin",
+                vec![
+                    json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}),
+                    json!({"verbs": ["*"], "nonResourceURLs": ["*"]}),
+                ],
+            ),
+        ),
+        ("clusterroles", cluster_role("admin", admin_rules)),
+        ("clusterroles", cluster_role("edit", edit_rules)),
+        ("clusterroles", cluster_role("view", view_rules)),
+        (
+            "clusterroles",
+            cluster_role(
+                "system:discovery",
+                vec![
+                    json!({"verbs": ["get"], "nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/readyz", "/openapi", "/openapi/*", "/version", "/version/"]}),
+                ],
+            ),
+        ),
+        (
+            "clusterroles",
+            cluster_role(
+                "system:basic-user",
+                vec![
+                    rule(
+                        &["create"],
+                        &["authorization.k8s.io"],
+                        &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                    ),
+                    rule(
+                        &["create"],
+                        &["authentication.k8s.io"],
+                        &["selfsubjectreviews"],
+                    ),
+                ],
+            ),
+        ),
+        (
+            "clusterroles",
+            cluster_role(
+                "system:public-info-viewer",
+                vec![
+                    json!({"verbs": ["get"], "nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"]}),
+                ],
+            ),
+        ),
+        (
+            "clusterrolebindings",
+            binding("cluster-admin", "cluster-admin", SUPERUSER_GROUP),
+        ),
+        (
+            "clusterrolebindings",
+            binding(
+                "system:discovery",
+                "system:discovery",
+                "system:authenticated",
+            ),
+        ),
+        (
+            "clusterrolebindings",
+            binding(
+                "system:basic-user",
+                "system:basic-user",
+                "system:authenticated",
+            ),
+        ),
+        (
+            "clusterrolebindings",
+            binding(
+                "system:public-info-viewer",
+                "system:public-info-viewer",
+                "system:authenticated",
+            ),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(
+        verb: &str,
+        group: &str,
+        resource: &str,
+        sub: &str,
+        ns: &str,
+        name: &str,
+    ) -> Attributes {
+        Attributes {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: sub.into(),
+            namespace: ns.into(),
+            name: name.into(),
+            path: String::new(),
+        }
+    }
+
+    fn rule(v: &[&str], g: &[&str], r: &[&str], n: &[&str]) -> Rule {
+        let s = |x: &[&str]| x.iter().map(|s| s.to_string()).collect();
+        Rule {
+            verbs: s(v),
+            api_groups: s(g),
+            resources: s(r),
+            resource_names: s(n),
+            non_resource_urls: vec![],
+        }
+    }
+
+    #[test]
+    fn rules_match_verbs_resources_subresources_and_names() {
+        let r = rule(&["get", "list"], &[""], &["pods", "pods/log"], &[]);
+        assert!(r.allows(&attrs("get", "", "pods", "", "ns", "p")));
+        assert!(r.allows(&attrs("get", "", "pods", "log", "ns", "p")));
+        assert!(!r.allows(&attrs("get", "", "pods", "exec", "ns", "p")));
+        assert!(!r.allows(&attrs("delete", "", "pods", "", "ns", "p")));
+        assert!(!r.allows(&attrs("get", "apps", "pods", "", "ns", "p")));
+        let named = rule(
+            &["update"],
+            &["cluster.atoll.io"],
+            &["managedclusters/status"],
+            &["a"],
+        );
+        assert!(named.allows(&attrs(
+            "update",
+            "cluster.atoll.io",
+            "managedclusters",
+            "status",
+            "",
+            "a"
+        )));
+        assert!(!named.allows(&attrs(
+            "update",
+            "cluster.atoll.io",
+            "managedclusters",
+            "status",
+            "",
+            "b"
+        )));
+        assert!(!named.allows(&attrs(
+            "update",
+            "cluster.atoll.io",
+            "managedclusters",
+            "",
+            "",
+            "a"
+        )));
+        let wild = rule(&["*"], &["*"], &["*/status"], &[]);
+        assert!(wild.allows(&attrs("patch", "x", "things", "status", "", "n")));
+        assert!(!wild.allows(&attrs("patch", "x", "things", "", "", "n")));
+        let nr = Rule {
+            verbs: vec!["get".into()],
+            non_resource_urls: vec!["/apis/*".into()],
+            ..Default::default()
+        };
+        assert!(nr.allows(&Attributes {
+            verb: "get".into(),
+            path: "/apis/apps".into(),
+            ..Default::default()
+        }));
+        assert!(!nr.allows(&Attributes {
+            verb: "get".into(),
+            path: "/api".into(),
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn escalation_needs_every_permission() {
+        let held = vec![
+            rule(&["get", "list"], &[""], &["pods"], &[]),
+            rule(&["create"], &[""], &["pods"], &[]),
+        ];
+        assert!(covers_all(
+            &held,
+            &[rule(&["get", "create"], &[""], &["pods"], &[])]
+        ));
+        assert!(!covers_all(
+            &held,
+            &[rule(&["delete"], &[""], &["pods"], &[])]
+        ));
+        assert!(
+            !covers_all(&held, &[rule(&["get"], &["*"], &["pods"], &[])]),
+            "a wildcard needs a wildcard"
+        );
+        assert!(covers_all(
+            &[rule(&["*"], &["*"], &["*"], &[])],
+            &[rule(&["get"], &["*"], &["*"], &[])]
+        ));
+        let named = vec![rule(&["get"], &[""], &["secrets"], &["one"])];
+        assert!(covers_all(
+            &named,
+            &[rule(&["get"], &[""], &["secrets"], &["one"])]
+        ));
+        assert!(
+            !covers_all(&named, &[rule(&["get"], &[""], &["secrets"], &[])]),
+            "a name does not cover all names"
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! RBAC with real identities: users minted with `atoll kubeconfig`, checked with kubectl.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::harness::{Kubectl, Server};
+
+/// A kubeconfig for `user` in `groups`, written next to the server's data.
+fn user_kubeconfig(server: &Server, user: &str, groups: &[&str]) -> PathBuf {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_atoll"));
+    cmd.args(["kubeconfig", "--data-dir"])
+        .arg(&server.dir)
+        .args(["--user", user]);
+    for g in groups {
+        cmd.args(["--group", g]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "atoll kubeconfig: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = server.dir.join(format!("{user}.kubeconfig"));
+    std::fs::write(&path, &out.stdout).unwrap();
+    path
+}
+
+const SETUP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: team}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg, namespace: team}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: viewers, namespace: team}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: viewer}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: cm-writer, namespace: team}
+rules:
+- {apiGroups: [""], resources: [configmaps], verbs: [get, list, create, delete]}
+- {apiGroups: [rbac.authorization.k8s.io], resources: [rolebindings], verbs: [create, get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: writers, namespace: team}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: cm-writer}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: writers}]
+"#;
+
+#[test]
+fn identities_get_what_rbac_gives_them() {
+    let server = Server::start();
+    let admin = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: server.kubeconfig(),
+    };
+    admin.ok_stdin(&["apply", "-f", "-"], SETUP);
+    let viewer = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: user_kubeconfig(&server, "viewer", &[]),
+    };
+    let writer = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: user_kubeconfig(&server, "wanda", &["writers"]),
+    };
+    let nobody = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: user_kubeconfig(&server, "nobody", &[]),
+    };
+
+    // (who, args, allowed)
+    let cases: Vec<(&Kubectl, Vec<&str>, bool)> = vec![
+        (&admin, vec!["get", "nodes"], true),
+        (
+            &admin,
+            vec![
+                "-n",
+                "team",
+                "delete",
+                "configmap",
+                "cfg",
+                "--dry-run=server",
+            ],
+            true,
+        ),
+        (&viewer, vec!["-n", "team", "get", "configmaps"], true),
+        (&viewer, vec!["-n", "team", "get", "configmap", "cfg"], true),
+        (&viewer, vec!["-n", "default", "get", "configmaps"], false),
+        (&viewer, vec!["-n", "team", "get", "secrets"], false),
+        (
+            &viewer,
+            vec![
+                "-n",
+                "team",
+                "delete",
+                "configmap",
+                "cfg",
+                "--dry-run=server",
+            ],
+            false,
+        ),
+        (&viewer, vec!["get", "namespaces"], false),
+        (
+            &writer,
+            vec!["-n", "team", "create", "configmap", "made-by-wanda"],
+            true,
+        ),
+        (
+            &writer,
+            vec!["-n", "team", "get", "configmap", "made-by-wanda"],
+            true,
+        ),
+        (
+            &writer,
+            vec!["-n", "team", "label", "configmap", "cfg", "x=y"],
+            false,
+        ),
+        (
+            &writer,
+            vec!["-n", "default", "create", "configmap", "nope"],
+            false,
+        ),
+        (&nobody, vec!["-n", "team", "get", "configmaps"], false),
+        (&nobody, vec!["get", "crds"], false),
+    ];
+    for (who, args, allowed) in cases {
+        let out = who.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.success(),
+            allowed,
+            "{args:?} as {}: {stderr}",
+            who.kubeconfig.display()
+        );
+        if !allowed {
+            assert!(
+                stderr.contains("forbidden") && stderr.contains("cannot"),
+                "a 403 naming the verb and resource: {stderr}"
+            );
+        }
+    }
+
+    // Discovery works for every authenticated user.
+    nobody.ok(&["api-resources"]);
+    // `auth can-i` and `auth whoami` answer from the server.
+    assert_eq!(
+        viewer
+            .ok(&["auth", "can-i", "list", "configmaps", "-n", "team"])
+            .trim(),
+        "yes"
+    );
+    let no = viewer.run(&["auth", "can-i", "delete", "configmaps", "-n", "team"]);
+    assert_eq!(String::from_utf8_lossy(&no.stdout).trim(), "no");
+    assert!(writer.ok(&["auth", "whoami"]).contains("wanda"));
+    assert!(
+        writer
+            .ok(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.groups}"])
+            .contains("writers")
+    );
+    let rules = writer.ok(&["auth", "can-i", "--list", "-n", "team"]);
+    assert!(rules.contains("configmaps"), "{rules}");
+
+    // Escalation: wanda may create RoleBindings but holds no cluster-admin, so cannot bind it.
+    let escalate = "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: grab, namespace: team}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: wanda}]\n";
+    let out = {
+        use std::io::Write;
+        let mut child = writer
+            .cmd(&["create", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(escalate.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("not currently held"),
+        "binding cluster-admin is refused: {stderr}"
+    );
+    // Binding a role whose permissions she holds is fine.
+    writer.ok_stdin(&["create", "-f", "-"], "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: share, namespace: team}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: cm-writer}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: viewer}]\n");
+    viewer.eventually(
+        &["-n", "team", "auth", "can-i", "create", "configmaps"],
+        |s| s.trim() == "yes",
+    );
+}
