@@ -168,15 +168,100 @@ impl Rule {
     }
 }
 
+/// A binding with its role's rules resolved (the index is rebuilt whenever either changes).
+struct Resolved {
+    subjects: Vec<Subject>,
+    rules: Arc<Vec<Rule>>,
+}
+
+/// One rule as granted to the subjects of one binding.
+struct Grant {
+    subjects: Arc<Vec<Subject>>,
+    /// The binding's namespace ("" for cluster role bindings), for service account subjects.
+    namespace: String,
+    rule: Rule,
+}
+
+/// Grants bucketed by (namespace, API group, resource), so a request looks at the few rules
+/// that could allow it rather than at every rule of every binding.
+#[derive(Default)]
+struct Grants {
+    /// namespace -> API group -> resource (without subresource) -> grants.
+    by_resource: HashMap<String, HashMap<String, HashMap<String, Vec<Grant>>>>,
+    non_resource: Vec<Grant>,
+}
+
+impl Grants {
+    fn add(&mut self, namespace: &str, subjects: &Arc<Vec<Subject>>, rules: &[Rule]) {
+        for rule in rules {
+            let grant = || Grant {
+                subjects: subjects.clone(),
+                namespace: namespace.to_string(),
+                rule: rule.clone(),
+            };
+            if !rule.non_resource_urls.is_empty() {
+                self.non_resource.push(grant());
+                continue;
+            }
+            for g in &rule.api_groups {
+                for r in &rule.resources {
+                    let base = r.split('/').next().unwrap_or(r).to_string();
+                    self.by_resource
+                        .entry(namespace.to_string())
+                        .or_default()
+                        .entry(g.clone())
+                        .or_default()
+                        .entry(base)
+                        .or_default()
+                        .push(grant());
+                }
+            }
+        }
+    }
+
+    fn allowed(&self, who: &Identity, a: &Attributes) -> bool {
+        let grants_ok = |grants: &[Grant]| {
+            grants.iter().any(|g| {
+                g.rule.allows(a) && g.subjects.iter().any(|s| applies(s, who, &g.namespace))
+            })
+        };
+        if !a.is_resource() {
+            return grants_ok(&self.non_resource);
+        }
+        let namespaces: &[&str] = if a.namespace.is_empty() {
+            &[""]
+        } else {
+            &["", &a.namespace]
+        };
+        for ns in namespaces {
+            let Some(groups) = self.by_resource.get(*ns) else {
+                continue;
+            };
+            for g in [a.group.as_str(), "*"] {
+                let Some(resources) = groups.get(g) else {
+                    continue;
+                };
+                for r in [a.resource.as_str(), "*"] {
+                    if resources.get(r).is_some_and(|grants| grants_ok(grants)) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+}
+
 /// The RBAC objects, indexed for answering requests.
 #[derive(Default)]
 struct Index {
-    cluster_roles: HashMap<String, Vec<Rule>>,
-    /// (namespace, name) -> rules.
-    roles: HashMap<(String, String), Vec<Rule>>,
-    cluster_role_bindings: Vec<Binding>,
+    grants: Grants,
+    cluster_roles: HashMap<String, Arc<Vec<Rule>>>,
+    /// namespace -> name -> rules.
+    roles: HashMap<String, HashMap<String, Arc<Vec<Rule>>>>,
+    cluster_role_bindings: Vec<Resolved>,
     /// namespace -> bindings.
-    role_bindings: HashMap<String, Vec<Binding>>,
+    role_bindings: HashMap<String, Vec<Resolved>>,
 }
 
 fn applies(s: &Subject, who: &Identity, binding_ns: &str) -> bool {
@@ -189,42 +274,41 @@ fn applies(s: &Subject, who: &Identity, binding_ns: &str) -> bool {
             } else {
                 &s.namespace
             };
-            who.user == format!("system:serviceaccount:{ns}:{}", s.name)
+            who.user
+                .strip_prefix("system:serviceaccount:")
+                .and_then(|rest| rest.split_once(':'))
+                .is_some_and(|(n, name)| n == ns && name == s.name)
         }
         _ => false,
     }
 }
 
 impl Index {
-    /// Every rule that applies to `who` in `namespace` ("" = cluster scope only).
-    fn rules_for(&self, who: &Identity, namespace: &str) -> Vec<&Rule> {
-        let mut out = Vec::new();
-        for b in &self.cluster_role_bindings {
-            if b.subjects.iter().any(|s| applies(s, who, "")) && b.role_ref.kind == "ClusterRole" {
-                out.extend(
-                    self.cluster_roles
-                        .get(&b.role_ref.name)
-                        .into_iter()
-                        .flatten(),
-                );
-            }
-        }
-        if !namespace.is_empty() {
-            for b in self.role_bindings.get(namespace).into_iter().flatten() {
-                if !b.subjects.iter().any(|s| applies(s, who, namespace)) {
-                    continue;
-                }
-                let rules = match b.role_ref.kind.as_str() {
-                    "ClusterRole" => self.cluster_roles.get(&b.role_ref.name),
-                    "Role" => self
-                        .roles
-                        .get(&(namespace.to_string(), b.role_ref.name.clone())),
-                    _ => None,
-                };
-                out.extend(rules.into_iter().flatten());
-            }
-        }
-        out
+    /// The rule sets that apply to `who` in `namespace` ("" = cluster scope only).
+    fn rule_sets<'a>(
+        &'a self,
+        who: &'a Identity,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Vec<Rule>>> + 'a {
+        let cluster = self
+            .cluster_role_bindings
+            .iter()
+            .filter(move |b| b.subjects.iter().any(|s| applies(s, who, "")))
+            .map(|b| &b.rules);
+        let local = (!namespace.is_empty())
+            .then(|| self.role_bindings.get(namespace))
+            .flatten()
+            .into_iter()
+            .flatten()
+            .filter(move |b| b.subjects.iter().any(|s| applies(s, who, namespace)))
+            .map(|b| &b.rules);
+        cluster.chain(local)
+    }
+
+    fn rules_for<'a>(&'a self, who: &'a Identity, namespace: &'a str) -> Vec<&'a Rule> {
+        self.rule_sets(who, namespace)
+            .flat_map(|r| r.iter())
+            .collect()
     }
 }
 
@@ -247,11 +331,7 @@ impl Authorizer {
         if Self::is_superuser(who) {
             return true;
         }
-        let index = self.index();
-        index
-            .rules_for(who, &a.namespace)
-            .iter()
-            .any(|r| r.allows(a))
+        self.index().grants.allowed(who, a)
     }
 
     /// The rules that apply to `who` in `namespace` (SelfSubjectRulesReview, escalation).
@@ -275,22 +355,24 @@ impl Authorizer {
     /// The rules of a role a binding refers to (`namespace` for Roles).
     pub fn role_rules(&self, kind: &str, name: &str, namespace: &str) -> Option<Vec<Rule>> {
         let index = self.index();
-        match kind {
-            "ClusterRole" => index.cluster_roles.get(name).cloned(),
-            "Role" => index
-                .roles
-                .get(&(namespace.to_string(), name.to_string()))
-                .cloned(),
+        let rules = match kind {
+            "ClusterRole" => index.cluster_roles.get(name),
+            "Role" => index.roles.get(namespace).and_then(|r| r.get(name)),
             _ => None,
-        }
+        };
+        rules.map(|r| r.as_ref().clone())
     }
 
     /// Rebuild the index from the RBAC objects (stored JSON, any order).
     pub fn rebuild(&self, objects: impl IntoIterator<Item = (String, Value)>) {
         let mut index = Index::default();
-        let rules_of = |v: &Value| -> Vec<Rule> {
-            serde_json::from_value(v.get("rules").cloned().unwrap_or(json!([]))).unwrap_or_default()
+        let rules_of = |v: &Value| -> Arc<Vec<Rule>> {
+            Arc::new(
+                serde_json::from_value(v.get("rules").cloned().unwrap_or(json!([])))
+                    .unwrap_or_default(),
+            )
         };
+        let mut bindings: Vec<(String, Binding)> = Vec::new();
         for (resource, obj) in objects {
             let name = obj
                 .pointer("/metadata/name")
@@ -307,19 +389,49 @@ impl Authorizer {
                     index.cluster_roles.insert(name, rules_of(&obj));
                 }
                 "roles" => {
-                    index.roles.insert((ns, name), rules_of(&obj));
+                    index
+                        .roles
+                        .entry(ns)
+                        .or_default()
+                        .insert(name, rules_of(&obj));
                 }
-                "clusterrolebindings" => {
-                    if let Ok(b) = serde_json::from_value(obj) {
-                        index.cluster_role_bindings.push(b);
-                    }
-                }
-                "rolebindings" => {
-                    if let Ok(b) = serde_json::from_value(obj) {
-                        index.role_bindings.entry(ns).or_default().push(b);
+                "clusterrolebindings" | "rolebindings" => {
+                    if let Ok(b) = serde_json::from_value::<Binding>(obj) {
+                        bindings.push((
+                            if resource == "rolebindings" {
+                                ns
+                            } else {
+                                String::new()
+                            },
+                            b,
+                        ));
                     }
                 }
                 _ => {}
+            }
+        }
+        for (ns, b) in bindings {
+            let rules = match b.role_ref.kind.as_str() {
+                "ClusterRole" => index.cluster_roles.get(&b.role_ref.name).cloned(),
+                "Role" if !ns.is_empty() => index
+                    .roles
+                    .get(&ns)
+                    .and_then(|r| r.get(&b.role_ref.name))
+                    .cloned(),
+                _ => None,
+            };
+            // A binding to a missing role grants nothing (until the role appears).
+            let Some(rules) = rules else { continue };
+            let subjects = Arc::new(b.subjects.clone());
+            index.grants.add(&ns, &subjects, &rules);
+            let resolved = Resolved {
+                subjects: b.subjects,
+                rules,
+            };
+            if ns.is_empty() {
+                index.cluster_role_bindings.push(resolved);
+            } else {
+                index.role_bindings.entry(ns).or_default().push(resolved);
             }
         }
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);

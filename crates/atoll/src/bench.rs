@@ -139,7 +139,96 @@ where
     })
 }
 
-async fn start_server(dir: &std::path::Path) -> anyhow::Result<(Arc<ApiServer>, kube::Client)> {
+async fn client_for(kubeconfig: &str) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Authorization cost: the same gets as cluster-admin (the superuser group, no rule lookup)
+/// and as a user whose access comes through the last of 100 RoleBindings.
+async fn authz_cost(
+    admin: &kube::Client,
+    user: &kube::Client,
+    n: usize,
+    clients: usize,
+) -> anyhow::Result<(Phase, Phase)> {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let ns = "bench-authz";
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    let _ = nss
+        .create(
+            &PostParams::default(),
+            &k8s_openapi::api::core::v1::Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await;
+    let roles: Api<Role> = Api::namespaced(admin.clone(), ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), ns);
+    for i in 0..100 {
+        // 99 roles on other resources, the last one on configmaps: the worst case for the scan.
+        let resource = if i == 99 { "configmaps" } else { "leases" };
+        let role: Role = serde_json::from_value(
+            json!({"metadata": {"name": format!("r{i}")}, "rules": [{"apiGroups": [""], "resources": [resource], "verbs": ["get"]}]}),
+        )?;
+        roles.create(&PostParams::default(), &role).await?;
+        let rb: RoleBinding = serde_json::from_value(
+            json!({"metadata": {"name": format!("b{i}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("r{i}")},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bench-user"}]}),
+        )?;
+        bindings.create(&PostParams::default(), &rb).await?;
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), ns);
+    for i in 0..100 {
+        cms.create(
+            &PostParams::default(),
+            &config_map(format!("a{i}"), payload(i)),
+        )
+        .await?;
+    }
+    // The authorizer's index follows RBAC changes asynchronously; wait until the user is allowed.
+    let user_cms: Api<ConfigMap> = Api::namespaced(user.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while user_cms.get("a0").await.is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bench user was never authorized"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let as_admin = concurrent("get as cluster-admin", n, clients, move |i| {
+        let cms = cms.clone();
+        async move {
+            cms.get(&format!("a{}", i % 100)).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let as_user = concurrent("get via 100 bindings", n, clients, move |i| {
+        let cms = user_cms.clone();
+        async move {
+            cms.get(&format!("a{}", i % 100)).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok((as_admin, as_user))
+}
+
+/// The server on a TLS listener, a cluster-admin client, and a client for an unprivileged
+/// user `bench-user`.
+async fn start_server(
+    dir: &std::path::Path,
+) -> anyhow::Result<(Arc<ApiServer>, kube::Client, kube::Client)> {
     let store = Store::open(
         BackendKind::Redb(dir.join("store.redb")),
         Options::default(),
@@ -155,23 +244,16 @@ async fn start_server(dir: &std::path::Path) -> anyhow::Result<(Arc<ApiServer>, 
         pki.server_config()?,
         server.router(),
     ));
-    let kubeconfig = pki.kubeconfig(
-        &format!("https://127.0.0.1:{}", addr.port()),
-        "bench",
-        "bench",
-        &["system:masters".into()],
-    )?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::from_yaml(&kubeconfig)?,
-        &Default::default(),
-    )
-    .await?;
-    Ok((server, kube::Client::try_from(config)?))
+    let url = format!("https://127.0.0.1:{}", addr.port());
+    let admin =
+        client_for(&pki.kubeconfig(&url, "bench", "bench", &["system:masters".into()])?).await?;
+    let user = client_for(&pki.kubeconfig(&url, "bench", "bench-user", &[])?).await?;
+    Ok((server, admin, user))
 }
 
 async fn apiserver(args: BenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (server, client) = start_server(tmp.path()).await?;
+    let (server, client, user) = start_server(tmp.path()).await?;
     let n = args.objects;
     let say = |s: &str| {
         if !args.json {
@@ -252,6 +334,9 @@ async fn apiserver(args: BenchArgs) -> anyhow::Result<()> {
         })
         .await?
     };
+    say("authorization cost...");
+    let (as_admin, as_user) = authz_cost(&client, &user, n, args.clients).await?;
+
     say("API lists of every object...");
     let lists = 10;
     let list = {
@@ -294,6 +379,7 @@ async fn apiserver(args: BenchArgs) -> anyhow::Result<()> {
         "paced_1000_writes_per_second": paced,
         "watch": watch,
         "memory": memory,
+        "authz": {"get_as_cluster_admin": as_admin.json(), "get_via_100_rolebindings": as_user.json(), "slowdown": 1.0 - as_user.rate() / as_admin.rate()},
     });
     if args.json {
         println!("{report}");
@@ -303,7 +389,7 @@ async fn apiserver(args: BenchArgs) -> anyhow::Result<()> {
         "{:<22} {:>10} {:>12} {:>10} {:>10}",
         "phase", "ops", "ops/s", "p50 ms", "p99 ms"
     );
-    for p in [&raw_phase, &create, &update, &get] {
+    for p in [&raw_phase, &create, &update, &get, &as_admin, &as_user] {
         println!(
             "{:<22} {:>10} {:>12.0} {:>10.2} {:>10.2}",
             p.name,
