@@ -438,6 +438,53 @@ impl Authorizer {
     }
 }
 
+/// The rules an aggregated ClusterRole should have: the union, in name order and without
+/// duplicates, of the rules of every other ClusterRole its selectors match. `None` if `role`
+/// has no aggregation rule.
+pub fn aggregate(role: &Value, all: &[Value]) -> Option<Vec<Value>> {
+    let selectors: Vec<crate::selector::LabelSelector> = role
+        .pointer("/aggregationRule/clusterRoleSelectors")?
+        .as_array()?
+        .iter()
+        .filter_map(|s| crate::selector::LabelSelector::from_json(s).ok())
+        .collect();
+    let name = role
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mut sources: Vec<&Value> = all
+        .iter()
+        .filter(|r| r.pointer("/metadata/name").and_then(Value::as_str) != Some(name))
+        .filter(|r| {
+            let labels = crate::object::labels_of(r);
+            !selectors.is_empty()
+                && selectors
+                    .iter()
+                    .any(|s| !s.0.is_empty() && s.matches(&labels))
+        })
+        .collect();
+    sources.sort_by_key(|r| {
+        r.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    });
+    let mut rules: Vec<Value> = Vec::new();
+    for r in sources {
+        for rule in r
+            .get("rules")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !rules.contains(rule) {
+                rules.push(rule.clone());
+            }
+        }
+    }
+    Some(rules)
+}
+
 /// Whether `held` (the rules a user has) covers every rule in `wanted`.
 pub fn covers_all(held: &[Rule], wanted: &[Rule]) -> bool {
     wanted.iter().all(|w| {
@@ -560,7 +607,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         rule(&all_rw, &["events.k8s.io"], &["events"]),
         rule(&all_rw, &["coordination.k8s.io"], &["leases"]),
     ];
-    let mut admin_rules = edit_rules.clone();
+    let mut admin_rules = Vec::new();
     admin_rules.push(rule(&all_rw, &[RBAC_GROUP], &["roles", "rolebindings"]));
     admin_rules.push(rule(
         &["create"],
@@ -570,6 +617,22 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
     let cluster_role = |name: &str, rules: Vec<Value>| {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules})
+    };
+    let label = |to: &str| format!("rbac.authorization.k8s.io/aggregate-to-{to}");
+    let aggregated = |name: &str, selects: &str, feeds: &[&str]| {
+        let mut labels = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
+        for f in feeds {
+            labels[label(f)] = json!("true");
+        }
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": name, "labels": labels},
+               "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {label(selects): "true"}}]},
+               "rules": []})
+    };
+    let aggregate_to = |name: &str, to: &str, rules: Vec<Value>| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults", label(to): "true"}},
+               "rules": rules})
     };
     let binding = |name: &str, role: &str, group: &str| {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -588,9 +651,23 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 ],
             ),
         ),
-        ("clusterroles", cluster_role("admin", admin_rules)),
-        ("clusterroles", cluster_role("edit", edit_rules)),
-        ("clusterroles", cluster_role("view", view_rules)),
+        // admin, edit and view are aggregated, as in Kubernetes: their rules come from the
+        // ClusterRoles labelled aggregate-to-{admin,edit,view}, so CRD authors extend them.
+        ("clusterroles", aggregated("admin", "admin", &[])),
+        ("clusterroles", aggregated("edit", "edit", &["admin"])),
+        ("clusterroles", aggregated("view", "view", &["edit"])),
+        (
+            "clusterroles",
+            aggregate_to("system:aggregate-to-admin", "admin", admin_rules),
+        ),
+        (
+            "clusterroles",
+            aggregate_to("system:aggregate-to-edit", "edit", edit_rules),
+        ),
+        (
+            "clusterroles",
+            aggregate_to("system:aggregate-to-view", "view", view_rules),
+        ),
         (
             "clusterroles",
             cluster_role(

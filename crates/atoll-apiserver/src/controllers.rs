@@ -118,16 +118,59 @@ pub fn reload_rbac(server: &ApiServer) -> ApiResult<()> {
 
 async fn rbac_loop(server: Arc<ApiServer>) {
     let s = server.clone();
-    watch_forever(
-        &server,
-        &format!("/{}/", crate::authz::RBAC_GROUP),
-        async move |_events| {
-            if let Err(e) = reload_rbac(&s) {
-                tracing::error!(error = %e, "reloading RBAC failed");
-            }
-        },
-    )
+    let prefix = format!("/{}/", crate::authz::RBAC_GROUP);
+    watch_forever(&server, &prefix, async move |_events| {
+        if let Err(e) = reload_rbac(&s) {
+            tracing::error!(error = %e, "reloading RBAC failed");
+        }
+        aggregate_cluster_roles(&s).await;
+    })
     .await;
+}
+
+/// Fill the rules of every ClusterRole with an `aggregationRule` from the ClusterRoles its
+/// selectors match. Chains (view -> edit -> admin) settle over successive passes, each
+/// triggered by the previous pass's write.
+pub async fn aggregate_cluster_roles(server: &Arc<ApiServer>) {
+    let snap = server.registry.snapshot();
+    let Some(rt) = snap
+        .get(crate::authz::RBAC_GROUP, "v1", "clusterroles")
+        .cloned()
+    else {
+        return;
+    };
+    let Ok(page) = server.store.list(&rt.key_prefix(), None, 0, None) else {
+        return;
+    };
+    let all: Vec<Value> = page
+        .items
+        .iter()
+        .filter_map(|(_, e)| serde_json::from_slice(&e.value).ok())
+        .collect();
+    for role in &all {
+        let Some(rules) = crate::authz::aggregate(role, &all) else {
+            continue;
+        };
+        if role
+            .get("rules")
+            .and_then(Value::as_array)
+            .is_some_and(|r| *r == rules)
+        {
+            continue;
+        }
+        let name = meta_str(role, "name").unwrap_or_default().to_string();
+        let ctx = internal_ctx(server, rt.clone(), None, Some(name.clone()), None);
+        let result = ctx
+            .guaranteed_update(&name, None, |cur| {
+                let mut n = cur.clone();
+                n["rules"] = json!(rules);
+                Ok(n)
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(role = %name, error = %e, "aggregating ClusterRole failed");
+        }
+    }
 }
 
 pub fn spawn(server: Arc<ApiServer>) {

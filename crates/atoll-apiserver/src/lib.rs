@@ -97,6 +97,10 @@ impl ApiServer {
         server.cluster_ips.load(&server)?;
         controllers::ensure_default_namespaces(&server).await?;
         controllers::ensure_bootstrap_policy(&server).await?;
+        // Settle the aggregated roles (view feeds edit feeds admin) before serving.
+        for _ in 0..3 {
+            controllers::aggregate_cluster_roles(&server).await;
+        }
         controllers::reload_rbac(&server)?;
         controllers::spawn(server.clone());
         Ok(server)

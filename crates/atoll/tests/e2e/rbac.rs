@@ -198,3 +198,56 @@ fn identities_get_what_rbac_gives_them() {
         |s| s.trim() == "yes",
     );
 }
+
+#[test]
+fn aggregated_cluster_roles_pick_up_labelled_roles() {
+    let server = Server::start();
+    let admin = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: server.kubeconfig(),
+    };
+    let view = admin.ok(&[
+        "get",
+        "clusterrole",
+        "view",
+        "-o",
+        "jsonpath={.rules[*].resources}",
+    ]);
+    assert!(
+        view.contains("configmaps"),
+        "view is aggregated from system:aggregate-to-view: {view}"
+    );
+    let edit = admin.ok(&[
+        "get",
+        "clusterrole",
+        "edit",
+        "-o",
+        "jsonpath={.rules[*].resources}",
+    ]);
+    assert!(
+        edit.contains("secrets") && edit.contains("configmaps"),
+        "edit includes view's rules: {edit}"
+    );
+    // A CRD author extends `view` by labelling a ClusterRole.
+    admin.ok_stdin(&["apply", "-f", "-"], "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: widgets-view\n  labels: {rbac.authorization.k8s.io/aggregate-to-view: \"true\"}\nrules:\n- {apiGroups: [example.com], resources: [widgets], verbs: [get, list, watch]}\n");
+    admin.eventually(
+        &[
+            "get",
+            "clusterrole",
+            "view",
+            "-o",
+            "jsonpath={.rules[*].resources}",
+        ],
+        |s| s.contains("widgets"),
+    );
+    admin.eventually(
+        &[
+            "get",
+            "clusterrole",
+            "admin",
+            "-o",
+            "jsonpath={.rules[*].resources}",
+        ],
+        |s| s.contains("widgets"),
+    );
+}
