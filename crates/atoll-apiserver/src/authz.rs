@@ -607,13 +607,14 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         rule(&all_rw, &["events.k8s.io"], &["events"]),
         rule(&all_rw, &["coordination.k8s.io"], &["leases"]),
     ];
-    let mut admin_rules = Vec::new();
-    admin_rules.push(rule(&all_rw, &[RBAC_GROUP], &["roles", "rolebindings"]));
-    admin_rules.push(rule(
-        &["create"],
-        &["authorization.k8s.io"],
-        &["localsubjectaccessreviews"],
-    ));
+    let admin_rules = vec![
+        rule(&all_rw, &[RBAC_GROUP], &["roles", "rolebindings"]),
+        rule(
+            &["create"],
+            &["authorization.k8s.io"],
+            &["localsubjectaccessreviews"],
+        ),
+    ];
     let cluster_role = |name: &str, rules: Vec<Value>| {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules})
