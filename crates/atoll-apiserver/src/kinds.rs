@@ -555,6 +555,12 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             "SelfSubjectReview",
             false,
         ),
+        Decl::review(
+            "authentication.k8s.io",
+            "tokenreviews",
+            "TokenReview",
+            false,
+        ),
     ];
     decls
         .into_iter()

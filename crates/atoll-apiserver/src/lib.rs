@@ -9,6 +9,7 @@
 //!
 //! It must never be reached around: controllers talk to it only through the Kubernetes API.
 
+pub mod authn;
 pub mod authz;
 pub mod crd;
 pub mod discovery;
@@ -57,6 +58,8 @@ pub struct Config {
     pub bookmark_interval: std::time::Duration,
     /// The address clients reach the server at (discovery's serverAddressByClientCIDRs).
     pub advertise_address: String,
+    /// Bearer tokens from `--token-auth-file`.
+    pub static_tokens: authn::StaticTokens,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             max_body_bytes: 3 * 1024 * 1024,
             bookmark_interval: std::time::Duration::from_secs(30),
             advertise_address: "127.0.0.1:6443".into(),
+            static_tokens: authn::StaticTokens::default(),
         }
     }
 }

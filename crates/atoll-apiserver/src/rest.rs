@@ -26,7 +26,22 @@ use crate::{ApiServer, discovery, patch, validation, watch};
 
 /// Entry point for every request.
 pub async fn handle(server: Arc<ApiServer>, req: Request) -> Response {
-    let identity = req.extensions().get::<Identity>().cloned();
+    // Client certificates first (the TLS layer put the identity there), then bearer tokens.
+    let identity = match req.extensions().get::<Identity>() {
+        Some(id) => Some(id.clone()),
+        None => match bearer_token(req.headers()) {
+            Some(token) => match crate::authn::authenticate_token(&server, &token) {
+                Some(id) => Some(id),
+                None => {
+                    return ApiError::Unauthorized {
+                        message: "Unauthorized: the bearer token is not valid".into(),
+                    }
+                    .into_response();
+                }
+            },
+            None => None,
+        },
+    };
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
@@ -220,6 +235,14 @@ fn authorize(server: &ApiServer, who: &Identity, rr: &ResourceRequest) -> ApiRes
         }),
         message,
     })
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
 }
 
 fn health(query: &Query) -> Response {

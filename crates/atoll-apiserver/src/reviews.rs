@@ -118,6 +118,14 @@ pub fn answer(ctx: &Ctx, who: &Identity, mut review: Value) -> ApiResult<Respons
             json!({"resourceRules": resource, "nonResourceRules": non_resource, "incomplete": false})
         }
         "SelfSubjectReview" => json!({"userInfo": {"username": who.user, "groups": who.groups}}),
+        "TokenReview" => {
+            match crate::authn::authenticate_token(&ctx.server, str_at(&spec, "/token")) {
+                Some(id) => {
+                    json!({"authenticated": true, "user": {"username": id.user, "groups": id.groups}})
+                }
+                None => json!({"authenticated": false, "error": "the token is not valid"}),
+            }
+        }
         other => return Err(ApiError::bad_request(format!("{other} is not a review"))),
     };
     review["status"] = status;

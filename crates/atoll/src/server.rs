@@ -24,6 +24,9 @@ pub struct ServerArgs {
     /// Range Service ClusterIPs are allocated from.
     #[arg(long, default_value = "10.96.0.0/16")]
     service_cidr: String,
+    /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -68,7 +71,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         _ => format!("https://{host}:{}", addr.port()),
     };
+    let static_tokens = match &args.token_auth_file {
+        Some(p) => atoll_apiserver::authn::StaticTokens::load(p)
+            .map_err(|e| anyhow::anyhow!("--token-auth-file: {e}"))?,
+        None => Default::default(),
+    };
     let config = Config {
+        static_tokens,
         name: args.name.clone(),
         service_cidr: args.service_cidr.clone(),
         advertise_address: format!("{host}:{}", addr.port()),

@@ -27,10 +27,16 @@ impl Server {
 
     /// Start a server on an existing data dir (a restart).
     pub fn start_in(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    /// Start a server on a data dir with extra `atoll server` arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
             .args(["server", "--data-dir"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -251,3 +251,99 @@ fn aggregated_cluster_roles_pick_up_labelled_roles() {
         |s| s.contains("widgets"),
     );
 }
+
+/// A kubeconfig that authenticates with `token` only (no client certificate).
+fn token_kubeconfig(server: &Server, token: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(server.kubeconfig()).unwrap();
+    let field = |name: &str| {
+        admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap()
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+        field("server:"),
+        field("certificate-authority-data:")
+    );
+    let path = server
+        .dir
+        .join(format!("token-{}.kubeconfig", token.replace('.', "-")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn bearer_tokens_static_and_bootstrap() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("tokens.csv"),
+        "s3cr3t-admin-token,ops-admin,1,\"system:masters\"\nreader-token,reader,2\n",
+    )
+    .unwrap();
+    let tokens = tmp.path().join("tokens.csv");
+    let server = Server::start_with(tmp.path(), &["--token-auth-file", tokens.to_str().unwrap()]);
+    let kubectl = |kubeconfig: PathBuf| Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig,
+    };
+
+    let ops = kubectl(token_kubeconfig(&server, "s3cr3t-admin-token"));
+    assert!(ops.ok(&["auth", "whoami"]).contains("ops-admin"));
+    ops.ok(&["get", "namespaces"]);
+    let reader = kubectl(token_kubeconfig(&server, "reader-token"));
+    let out = reader.run(&["get", "namespaces"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Forbidden"),
+        "no RBAC, no access"
+    );
+    let bad = kubectl(token_kubeconfig(&server, "s3cr3t-admin-tokeX"));
+    let out = bad.run(&["get", "namespaces"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
+        "a tampered token is refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Bootstrap tokens: valid until their expiration.
+    let secret = |id: &str, expiration: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: bootstrap-token-{id}, namespace: kube-system}}\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: {id}\n  token-secret: 0123456789abcdef\n  expiration: \"{expiration}\"\n  usage-bootstrap-authentication: \"true\"\n  auth-extra-groups: system:bootstrappers:atoll\n"
+        )
+    };
+    ops.ok_stdin(
+        &["apply", "-f", "-"],
+        &secret("abcdef", "2099-01-01T00:00:00Z"),
+    );
+    ops.ok_stdin(
+        &["apply", "-f", "-"],
+        &secret("expird", "2020-01-01T00:00:00Z"),
+    );
+    let boot = kubectl(token_kubeconfig(&server, "abcdef.0123456789abcdef"));
+    let who = boot.ok(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+    ]);
+    assert!(
+        who.starts_with("system:bootstrap:abcdef") && who.contains("system:bootstrappers:atoll"),
+        "{who}"
+    );
+    let out = boot.run(&["get", "secrets", "-n", "kube-system"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Forbidden"),
+        "bootstrappers get nothing by default"
+    );
+    let expired = kubectl(token_kubeconfig(&server, "expird.0123456789abcdef"));
+    let out = expired.run(&["auth", "whoami"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
+        "an expired bootstrap token is refused"
+    );
+    let wrong_secret = kubectl(token_kubeconfig(&server, "abcdef.0123456789abcdee"));
+    assert!(
+        String::from_utf8_lossy(&wrong_secret.run(&["auth", "whoami"]).stderr)
+            .contains("Unauthorized")
+    );
+}
