@@ -60,6 +60,8 @@ pub struct Config {
     pub advertise_address: String,
     /// Bearer tokens from `--token-auth-file`.
     pub static_tokens: authn::StaticTokens,
+    /// Signs service-account tokens; without it, TokenRequest is refused.
+    pub token_signer: Option<Arc<authn::TokenSigner>>,
 }
 
 impl Default for Config {
@@ -71,6 +73,7 @@ impl Default for Config {
             bookmark_interval: std::time::Duration::from_secs(30),
             advertise_address: "127.0.0.1:6443".into(),
             static_tokens: authn::StaticTokens::default(),
+            token_signer: None,
         }
     }
 }

@@ -155,6 +155,10 @@ async fn route(
         Verb::Get => ctx.get(),
         Verb::List => ctx.list(),
         Verb::Watch => return watch::serve(ctx),
+        Verb::Create if ctx.rr.subresource.as_deref() == Some("token") => {
+            let (ct, body) = read_body(&ctx.server, req).await?;
+            ctx.token_request(&ct, &body)
+        }
         Verb::Create => {
             let (ct, body) = read_body(&ctx.server, req).await?;
             ctx.create(&ct, &body).await
@@ -406,9 +410,14 @@ impl Ctx {
             "status" => self.rt.status_subresource,
             "scale" => self.rt.scale.is_some(),
             "finalize" => self.rt.group.is_empty() && self.rt.resource == "namespaces",
+            "token" => self.rt.group.is_empty() && self.rt.resource == "serviceaccounts",
             _ => false,
         };
-        let verb_ok = matches!(self.rr.verb, Verb::Get | Verb::Update | Verb::Patch);
+        let verb_ok = if sub == "token" {
+            self.rr.verb == Verb::Create
+        } else {
+            matches!(self.rr.verb, Verb::Get | Verb::Update | Verb::Patch)
+        };
         if !ok {
             return Err(ApiError::no_such_resource());
         }
@@ -774,6 +783,71 @@ impl Ctx {
             m.insert("apiVersion".into(), Value::String(stored));
         }
         Ok(obj)
+    }
+
+    /// `serviceaccounts/token`: a signed token for the service account (`kubectl create token`).
+    fn token_request(&self, content_type: &str, body: &[u8]) -> ApiResult<Response> {
+        let Some(signer) = self.server.config.token_signer.clone() else {
+            return Err(ApiError::bad_request(
+                "this server has no service-account signing key; tokens cannot be issued",
+            ));
+        };
+        let name = self.name().to_string();
+        let entry = self.get_entry(&name)?;
+        let sa = decode_stored(&self.rt, &entry)?;
+        let mut request = if body.is_empty() {
+            json!({})
+        } else {
+            self.decode_object(content_type, body)?
+        };
+        let spec = request.get("spec").cloned().unwrap_or(json!({}));
+        let mut audiences: Vec<String> = spec
+            .get("audiences")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if audiences.is_empty() {
+            audiences.push(crate::authn::API_AUDIENCE.to_string());
+        }
+        // kube-apiserver's bounds: at least 10 minutes, at most a day here.
+        let lifetime = spec
+            .get("expirationSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(3600);
+        if lifetime < 600 {
+            return Err(ApiError::invalid(
+                "authentication.k8s.io",
+                "TokenRequest",
+                &name,
+                vec![Cause::invalid(
+                    "spec.expirationSeconds",
+                    &lifetime.to_string(),
+                    "may not specify a duration less than 10 minutes",
+                )],
+            ));
+        }
+        let lifetime = lifetime.min(86_400);
+        let (token, exp) = signer
+            .issue(
+                self.rr.namespace.as_deref().unwrap_or_default(),
+                &name,
+                meta_str(&sa, "uid").unwrap_or_default(),
+                &audiences,
+                lifetime,
+            )
+            .map_err(ApiError::Internal)?;
+        let expiration = jiff::Timestamp::from_second(exp)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        request["apiVersion"] = json!("authentication.k8s.io/v1");
+        request["kind"] = json!("TokenRequest");
+        request["spec"] = json!({"audiences": audiences, "expirationSeconds": lifetime, "boundObjectRef": spec.get("boundObjectRef")});
+        request["status"] = json!({"token": token, "expirationTimestamp": expiration});
+        Ok(json_response(StatusCode::CREATED, &request))
     }
 
     /// RBAC escalation prevention: nobody grants, through a role or a binding, permissions they

@@ -119,9 +119,26 @@ pub fn answer(ctx: &Ctx, who: &Identity, mut review: Value) -> ApiResult<Respons
         }
         "SelfSubjectReview" => json!({"userInfo": {"username": who.user, "groups": who.groups}}),
         "TokenReview" => {
-            match crate::authn::authenticate_token(&ctx.server, str_at(&spec, "/token")) {
+            let token = str_at(&spec, "/token");
+            let audiences: Vec<&str> = spec
+                .get("audiences")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            // With audiences, only service-account tokens for one of them count.
+            let who = if audiences.is_empty() {
+                crate::authn::authenticate_token(&ctx.server, token)
+            } else {
+                crate::authn::service_account(&ctx.server, token, &audiences)
+            };
+            let audiences = if audiences.is_empty() {
+                vec![crate::authn::API_AUDIENCE]
+            } else {
+                audiences
+            };
+            match who {
                 Some(id) => {
-                    json!({"authenticated": true, "user": {"username": id.user, "groups": id.groups}})
+                    json!({"authenticated": true, "user": {"username": id.user, "groups": id.groups}, "audiences": audiences})
                 }
                 None => json!({"authenticated": false, "error": "the token is not valid"}),
             }

@@ -76,7 +76,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--token-auth-file: {e}"))?,
         None => Default::default(),
     };
+    let signer = atoll_apiserver::authn::TokenSigner::load_or_create(
+        &args.data_dir.join("pki").join("sa.key"),
+    )
+    .map_err(|e| anyhow::anyhow!("service-account signing key: {e}"))?;
     let config = Config {
+        token_signer: Some(std::sync::Arc::new(signer)),
         static_tokens,
         name: args.name.clone(),
         service_cidr: args.service_cidr.clone(),

@@ -266,9 +266,10 @@ fn token_kubeconfig(server: &Server, token: &str) -> PathBuf {
         field("server:"),
         field("certificate-authority-data:")
     );
-    let path = server
-        .dir
-        .join(format!("token-{}.kubeconfig", token.replace('.', "-")));
+    // Long tokens (JWTs) do not fit in a file name; number the files instead.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let path = server.dir.join(format!("token-{n}.kubeconfig"));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -345,5 +346,102 @@ fn bearer_tokens_static_and_bootstrap() {
     assert!(
         String::from_utf8_lossy(&wrong_secret.run(&["auth", "whoami"]).stderr)
             .contains("Unauthorized")
+    );
+}
+
+#[test]
+fn service_account_tokens() {
+    let server = Server::start();
+    let admin = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: server.kubeconfig(),
+    };
+    admin.ok(&["create", "serviceaccount", "bot"]);
+    admin.ok(&[
+        "create",
+        "rolebinding",
+        "bot-view",
+        "--clusterrole=view",
+        "--serviceaccount=default:bot",
+    ]);
+    let token = admin.ok(&["create", "token", "bot"]).trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let bot = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: token_kubeconfig(&server, &token),
+    };
+    assert!(
+        bot.ok(&["auth", "whoami"])
+            .contains("system:serviceaccount:default:bot")
+    );
+    bot.eventually(&["get", "configmaps"], |_| true);
+    let out = bot.run(&["get", "secrets"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Forbidden"),
+        "view does not include secrets"
+    );
+
+    // TokenReview sees it; a token for another audience is not an API token.
+    let review = format!(
+        "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {token}}}\n"
+    );
+    let reviewed = admin.ok_stdin(
+        &[
+            "create",
+            "-f",
+            "-",
+            "-o",
+            "jsonpath={.status.authenticated} {.status.user.username}",
+        ],
+        &review,
+    );
+    assert_eq!(reviewed, "true system:serviceaccount:default:bot");
+    let vault = admin
+        .ok(&["create", "token", "bot", "--audience=vault"])
+        .trim()
+        .to_string();
+    let vault_review = format!(
+        "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {vault}, audiences: [vault]}}\n"
+    );
+    let reviewed = admin.ok_stdin(
+        &[
+            "create",
+            "-f",
+            "-",
+            "-o",
+            "jsonpath={.status.authenticated} {.status.audiences}",
+        ],
+        &vault_review,
+    );
+    assert!(
+        reviewed.starts_with("true") && reviewed.contains("vault"),
+        "{reviewed}"
+    );
+    let other = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: token_kubeconfig(&server, &vault),
+    };
+    assert!(
+        String::from_utf8_lossy(&other.run(&["auth", "whoami"]).stderr).contains("Unauthorized")
+    );
+
+    // A tampered token is refused.
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: token_kubeconfig(&server, &String::from_utf8(tampered).unwrap()),
+    };
+    assert!(
+        String::from_utf8_lossy(&tampered.run(&["auth", "whoami"]).stderr).contains("Unauthorized")
+    );
+
+    // Deleting the service account revokes its tokens.
+    admin.ok(&["delete", "serviceaccount", "bot"]);
+    let out = bot.run(&["auth", "whoami"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
+        "a deleted service account's token stops working"
     );
 }
