@@ -173,7 +173,66 @@ pub async fn aggregate_cluster_roles(server: &Arc<ApiServer>) {
     }
 }
 
+const CSR_PREFIX: &str = "/certificates.k8s.io/certificatesigningrequests/";
+
+/// The built-in signer: issue certificates for approved CSRs of `kubernetes.io/kube-apiserver-client`.
+async fn csr_signer_loop(server: Arc<ApiServer>) {
+    if server.config.ca.is_none() {
+        return;
+    }
+    sign_pending(&server).await;
+    let s = server.clone();
+    watch_forever(&server, CSR_PREFIX, async move |_events| {
+        sign_pending(&s).await
+    })
+    .await;
+}
+
+async fn sign_pending(server: &Arc<ApiServer>) {
+    let Some(pki) = server.config.ca.clone() else {
+        return;
+    };
+    let snap = server.registry.snapshot();
+    let Some(rt) = snap
+        .get("certificates.k8s.io", "v1", "certificatesigningrequests")
+        .cloned()
+    else {
+        return;
+    };
+    let Ok(page) = server.store.list(CSR_PREFIX, None, 0, None) else {
+        return;
+    };
+    for (_, entry) in &page.items {
+        let Ok(csr) = decode_stored(&rt, entry) else {
+            continue;
+        };
+        let crate::csr::Outcome::Status(status) =
+            crate::csr::sign(&pki, &csr, server.config.max_certificate_seconds)
+        else {
+            continue;
+        };
+        let name = meta_str(&csr, "name").unwrap_or_default().to_string();
+        let ctx = internal_ctx(server, rt.clone(), None, Some(name.clone()), Some("status"));
+        let rv = entry.mod_revision;
+        // Written against the version signed, so a concurrent change is not overwritten.
+        let result = ctx
+            .guaranteed_update(&name, Some(rv), |cur| {
+                let mut n = cur.clone();
+                n["status"] = status.clone();
+                Ok(n)
+            })
+            .await;
+        match result {
+            Ok(_) | Err(ApiError::Conflict { .. }) | Err(ApiError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(csr = %name, error = %e, "writing the signed certificate failed")
+            }
+        }
+    }
+}
+
 pub fn spawn(server: Arc<ApiServer>) {
+    tokio::spawn(csr_signer_loop(server.clone()));
     tokio::spawn(rbac_loop(server.clone()));
     tokio::spawn(crd_loop(server.clone()));
     tokio::spawn(namespace_loop(server.clone()));

@@ -5,8 +5,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    apps::v1 as apps, coordination::v1 as coordination, core::v1 as core,
-    discovery::v1 as discovery, events::v1 as events, rbac::v1 as rbac,
+    apps::v1 as apps, certificates::v1 as certificates, coordination::v1 as coordination,
+    core::v1 as core, discovery::v1 as discovery, events::v1 as events, rbac::v1 as rbac,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use serde::Serialize;
@@ -561,6 +561,30 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             "TokenReview",
             false,
         ),
+        Decl {
+            review: false,
+            group: "certificates.k8s.io",
+            version: "v1",
+            resource: "certificatesigningrequests",
+            kind: "CertificateSigningRequest",
+            namespaced: false,
+            short_names: &["csr"],
+            categories: &[],
+            status: true,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            strategy: typed::<certificates::CertificateSigningRequest>(
+                crate::csr::validate,
+                &[],
+                || {
+                    vec![
+                        Column::text("SignerName", "/spec/signerName", "The signer"),
+                        Column::text("Requestor", "/spec/username", "Who asked"),
+                        Column::computed("Condition", crate::csr::condition_column, "Approval"),
+                    ]
+                },
+            ),
+        },
     ];
     decls
         .into_iter()

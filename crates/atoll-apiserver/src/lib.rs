@@ -12,6 +12,7 @@
 pub mod authn;
 pub mod authz;
 pub mod crd;
+pub mod csr;
 pub mod discovery;
 pub mod error;
 pub mod jsonpath;
@@ -62,6 +63,10 @@ pub struct Config {
     pub static_tokens: authn::StaticTokens,
     /// Signs service-account tokens; without it, TokenRequest is refused.
     pub token_signer: Option<Arc<authn::TokenSigner>>,
+    /// The cluster CA, for the built-in CSR signer; without it, CSRs are never signed.
+    pub ca: Option<Arc<Pki>>,
+    /// The longest lifetime the CSR signer issues, in seconds.
+    pub max_certificate_seconds: i64,
 }
 
 impl Default for Config {
@@ -74,6 +79,8 @@ impl Default for Config {
             advertise_address: "127.0.0.1:6443".into(),
             static_tokens: authn::StaticTokens::default(),
             token_signer: None,
+            ca: None,
+            max_certificate_seconds: 365 * 86_400,
         }
     }
 }

@@ -378,6 +378,10 @@ impl Ctx {
             .extend(messages);
     }
 
+    fn is_csr(&self) -> bool {
+        self.rt.group == "certificates.k8s.io" && self.rt.resource == "certificatesigningrequests"
+    }
+
     fn is_namespaces(&self) -> bool {
         self.rt.group.is_empty() && self.rt.resource == "namespaces"
     }
@@ -411,6 +415,7 @@ impl Ctx {
             "scale" => self.rt.scale.is_some(),
             "finalize" => self.rt.group.is_empty() && self.rt.resource == "namespaces",
             "token" => self.rt.group.is_empty() && self.rt.resource == "serviceaccounts",
+            "approval" => self.is_csr(),
             _ => false,
         };
         let verb_ok = if sub == "token" {
@@ -1017,6 +1022,14 @@ impl Ctx {
             }
         }
         crate::services::prepare_create(&self.rt, obj);
+        if self.is_csr() && obj.get("spec").is_some_and(Value::is_object) {
+            // Who asked is the server's record, not the client's claim.
+            obj["spec"]["username"] = json!(self.identity.user);
+            obj["spec"]["groups"] = json!(self.identity.groups);
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
         let name = meta_str(obj, "name").unwrap_or_default().to_string();
         if name.is_empty() {
             let causes = vec![Cause::required("metadata.name")];
@@ -1305,6 +1318,9 @@ impl Ctx {
         if !requested.is_object() {
             return Err(ApiError::bad_request("the object must be a JSON object"));
         }
+        if self.rr.subresource.as_deref() == Some("approval") {
+            return self.merge_approval(current, &requested);
+        }
         let is_status = self.rr.subresource.as_deref() == Some("status");
         let is_finalize = self.rr.subresource.as_deref() == Some("finalize");
         let mut new = if is_status {
@@ -1395,6 +1411,49 @@ impl Ctx {
             meta_mut(&mut new).insert("generation".into(), json!(gen_now + 1));
         }
         Ok(new)
+    }
+
+    /// `certificatesigningrequests/approval`: only the Approved/Denied conditions change, and
+    /// only for someone who may `approve` for the CSR's signer.
+    fn merge_approval(&self, current: &Value, requested: &Value) -> ApiResult<Value> {
+        let signer = current
+            .pointer("/spec/signerName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let may = |name: &str| {
+            self.server.authorizer.allowed(
+                &self.identity,
+                &Attributes {
+                    verb: "approve".into(),
+                    group: "certificates.k8s.io".into(),
+                    resource: "signers".into(),
+                    name: name.into(),
+                    ..Default::default()
+                },
+            )
+        };
+        let domain_wildcard = format!("{}/*", signer.split('/').next().unwrap_or_default());
+        if !may(signer) && !may(&domain_wildcard) {
+            return Err(ApiError::forbidden(
+                "certificates.k8s.io",
+                "signers",
+                signer,
+                &format!(
+                    "user \"{}\" is not permitted to approve requests with signerName \"{signer}\"",
+                    self.identity.user
+                ),
+            ));
+        }
+        let mut n = current.clone();
+        let conditions = requested
+            .pointer("/status/conditions")
+            .cloned()
+            .unwrap_or(json!([]));
+        if !n.get("status").is_some_and(Value::is_object) {
+            n["status"] = json!({});
+        }
+        n["status"]["conditions"] = conditions;
+        Ok(n)
     }
 
     fn scale_of(&self, obj: &Value) -> Value {

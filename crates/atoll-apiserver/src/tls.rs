@@ -54,6 +54,14 @@ pub enum TlsError {
     Verifier(String),
 }
 
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The CA and the certificates of one cluster.
 pub struct Pki {
     pub dir: PathBuf,
@@ -176,6 +184,14 @@ impl Pki {
             }
         }
         Ok(pki)
+    }
+
+    /// Sign a parsed certificate request with the CA (its parameters as the signer set them).
+    pub fn sign_request(
+        &self,
+        req: &rcgen::CertificateSigningRequestParams,
+    ) -> Result<String, TlsError> {
+        Ok(req.signed_by(&self.issuer()?)?.pem())
     }
 
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, TlsError> {

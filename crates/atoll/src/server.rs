@@ -80,7 +80,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         &args.data_dir.join("pki").join("sa.key"),
     )
     .map_err(|e| anyhow::anyhow!("service-account signing key: {e}"))?;
+    let pki = std::sync::Arc::new(pki);
     let config = Config {
+        ca: Some(pki.clone()),
         token_signer: Some(std::sync::Arc::new(signer)),
         static_tokens,
         name: args.name.clone(),

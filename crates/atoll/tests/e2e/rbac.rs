@@ -445,3 +445,159 @@ fn service_account_tokens() {
         "a deleted service account's token stops working"
     );
 }
+
+fn csr_manifest(name: &str, request_pem: &str, usages: &str) -> String {
+    use base64::Engine;
+    let request = base64::engine::general_purpose::STANDARD.encode(request_pem);
+    format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  expirationSeconds: 3600\n  usages: [{usages}]\n"
+    )
+}
+
+fn request_for(cn: &str, org: &str) -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, org);
+    let csr = params.serialize_request(&key).unwrap();
+    (csr.pem().unwrap(), key)
+}
+
+#[test]
+fn certificate_signing_requests_end_to_end() {
+    use base64::Engine;
+    let server = Server::start();
+    let admin = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: server.kubeconfig(),
+    };
+    let (pem, key) = request_for("carol", "devs");
+    admin.ok_stdin(
+        &["apply", "-f", "-"],
+        &csr_manifest("carol", &pem, "client auth, digital signature"),
+    );
+    let listed = admin.ok(&["get", "csr", "carol"]);
+    assert!(listed.contains("Pending"), "{listed}");
+    admin.ok(&["certificate", "approve", "carol"]);
+    let cert = admin.eventually(
+        &[
+            "get",
+            "csr",
+            "carol",
+            "-o",
+            "jsonpath={.status.certificate}",
+        ],
+        |s| !s.is_empty(),
+    );
+
+    // The issued certificate authenticates as the CSR's subject.
+    let kc = std::fs::read_to_string(server.kubeconfig()).unwrap();
+    let field = |name: &str| {
+        kc.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap()
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+        field("server:"),
+        field("certificate-authority-data:"),
+        base64::engine::general_purpose::STANDARD.encode(key.serialize_pem())
+    );
+    let path = server.dir.join("carol.kubeconfig");
+    std::fs::write(&path, text).unwrap();
+    let carol = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: path,
+    };
+    let who = carol.ok(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+    ]);
+    assert!(who.starts_with("carol") && who.contains("devs"), "{who}");
+
+    // Denied stays unsigned, and cannot then be approved.
+    let (pem, _) = request_for("dave", "devs");
+    admin.ok_stdin(
+        &["apply", "-f", "-"],
+        &csr_manifest("dave", &pem, "client auth"),
+    );
+    admin.ok(&["certificate", "deny", "dave"]);
+    let out = admin.run(&["certificate", "approve", "dave"]);
+    assert!(!out.status.success(), "a denied CSR cannot be approved");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        admin.ok(&["get", "csr", "dave", "-o", "jsonpath={.status.certificate}"]),
+        ""
+    );
+
+    // Server usages are not for this signer: approved, but the signer marks it Failed.
+    let (pem, _) = request_for("erin", "devs");
+    admin.ok_stdin(
+        &["apply", "-f", "-"],
+        &csr_manifest("erin", &pem, "server auth"),
+    );
+    admin.ok(&["certificate", "approve", "erin"]);
+    admin.eventually(
+        &[
+            "get",
+            "csr",
+            "erin",
+            "-o",
+            "jsonpath={.status.conditions[*].type}",
+        ],
+        |s| s.contains("Failed"),
+    );
+
+    // A malformed request is refused when created.
+    let bad = csr_manifest(
+        "bad",
+        "-----BEGIN CERTIFICATE REQUEST-----\nnot a csr\n-----END CERTIFICATE REQUEST-----\n",
+        "client auth",
+    );
+    let out = {
+        use std::io::Write;
+        let mut child = admin
+            .cmd(&["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(bad.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("spec.request"),
+        "{stderr}"
+    );
+
+    // Someone who may update approvals but not approve for this signer is refused.
+    admin.ok_stdin(&["apply", "-f", "-"], "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: csr-approver-without-signer}\nrules:\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests, certificatesigningrequests/approval], verbs: [get, list, update]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: frank-csr}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: csr-approver-without-signer}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: frank}]\n");
+    let (pem, _) = request_for("gina", "devs");
+    admin.ok_stdin(
+        &["apply", "-f", "-"],
+        &csr_manifest("gina", &pem, "client auth"),
+    );
+    let frank = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: user_kubeconfig(&server, "frank", &[]),
+    };
+    let out = frank.run(&["certificate", "approve", "gina"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("signerName"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
