@@ -9,6 +9,7 @@
 //!
 //! It must never be reached around: controllers talk to it only through the Kubernetes API.
 
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod crd;
@@ -67,6 +68,8 @@ pub struct Config {
     pub ca: Option<Arc<Pki>>,
     /// The longest lifetime the CSR signer issues, in seconds.
     pub max_certificate_seconds: i64,
+    /// Where to append one JSON line per request.
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             token_signer: None,
             ca: None,
             max_certificate_seconds: 365 * 86_400,
+            audit_log: None,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct ApiServer {
     pub config: Config,
     pub cluster_ips: services::ClusterIpAllocator,
     pub authorizer: authz::Authorizer,
+    /// One JSON line per request, when `--audit-log` is set.
+    pub audit: Option<audit::AuditLog>,
 }
 
 impl ApiServer {
@@ -100,12 +106,20 @@ impl ApiServer {
     pub async fn start(store: Store, config: Config) -> Result<Arc<ApiServer>, ApiError> {
         let cluster_ips = services::ClusterIpAllocator::new(&config.service_cidr)
             .map_err(|e| ApiError::bad_request(format!("--service-cidr: {e}")))?;
+        let audit = match &config.audit_log {
+            Some(path) => Some(
+                audit::AuditLog::open(path)
+                    .map_err(|e| ApiError::bad_request(format!("--audit-log: {e}")))?,
+            ),
+            None => None,
+        };
         let server = Arc::new(ApiServer {
             registry: Registry::new(kinds::builtin()),
             store,
             config,
             cluster_ips,
             authorizer: authz::Authorizer::default(),
+            audit,
         });
         controllers::load_crds(&server)?;
         server.cluster_ips.load(&server)?;

@@ -27,31 +27,44 @@ use crate::{ApiServer, discovery, patch, validation, watch};
 /// Entry point for every request.
 pub async fn handle(server: Arc<ApiServer>, req: Request) -> Response {
     // Client certificates first (the TLS layer put the identity there), then bearer tokens.
+    let mut bad_token = false;
     let identity = match req.extensions().get::<Identity>() {
         Some(id) => Some(id.clone()),
-        None => match bearer_token(req.headers()) {
-            Some(token) => match crate::authn::authenticate_token(&server, &token) {
-                Some(id) => Some(id),
-                None => {
-                    return ApiError::Unauthorized {
-                        message: "Unauthorized: the bearer token is not valid".into(),
-                    }
-                    .into_response();
-                }
-            },
-            None => None,
-        },
+        None => bearer_token(req.headers()).and_then(|token| {
+            let id = crate::authn::authenticate_token(&server, &token);
+            bad_token = id.is_none();
+            id
+        }),
     };
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
-    match route(&server, req, &path, &query, identity).await {
+    let user = identity.as_ref().map(|i| i.user.clone());
+    let result = if bad_token {
+        // A token that does not authenticate is refused, never treated as anonymous.
+        Err(ApiError::Unauthorized {
+            message: "Unauthorized: the bearer token is not valid".into(),
+        })
+    } else {
+        route(&server, req, &path, &query, identity).await
+    };
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(%method, %path, code = e.code().as_u16(), error = %e, "request failed");
             e.into_response()
         }
+    };
+    if let Some(audit) = &server.audit {
+        audit.record(
+            user.as_deref(),
+            &method,
+            &path,
+            &query,
+            resp.status().as_u16(),
+        );
     }
+    resp
 }
 
 async fn route(

@@ -27,6 +27,9 @@ pub struct ServerArgs {
     /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// Append one JSON line per request (user, verb, resource, code) to this file.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -82,6 +85,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("service-account signing key: {e}"))?;
     let pki = std::sync::Arc::new(pki);
     let config = Config {
+        audit_log: args.audit_log.clone(),
         ca: Some(pki.clone()),
         token_signer: Some(std::sync::Arc::new(signer)),
         static_tokens,

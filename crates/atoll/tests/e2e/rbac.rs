@@ -283,7 +283,16 @@ fn bearer_tokens_static_and_bootstrap() {
     )
     .unwrap();
     let tokens = tmp.path().join("tokens.csv");
-    let server = Server::start_with(tmp.path(), &["--token-auth-file", tokens.to_str().unwrap()]);
+    let audit = tmp.path().join("audit.log");
+    let server = Server::start_with(
+        tmp.path(),
+        &[
+            "--token-auth-file",
+            tokens.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
     let kubectl = |kubeconfig: PathBuf| Kubectl {
         bin: std::path::Path::new("kubectl"),
         kubeconfig,
@@ -346,6 +355,27 @@ fn bearer_tokens_static_and_bootstrap() {
     assert!(
         String::from_utf8_lossy(&wrong_secret.run(&["auth", "whoami"]).stderr)
             .contains("Unauthorized")
+    );
+    // The audit log has a line per request, with who, what and the code.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|l| l["user"] == "ops-admin"
+        && l["resource"] == "namespaces"
+        && l["verb"] == "list"
+        && l["code"] == 200));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["user"] == "reader" && l["code"] == 403)
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["user"] == "system:anonymous" && l["code"] == 401)
     );
 }
 
