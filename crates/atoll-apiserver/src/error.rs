@@ -116,6 +116,12 @@ pub enum ApiError {
     UnprocessableEntity { message: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A webhook with `failurePolicy: Fail` could not be consulted (kube-apiserver: 500).
+    #[error("{message}")]
+    WebhookFailed { message: String },
+    /// A webhook said no, with the code it chose (403 by default).
+    #[error("{message}")]
+    AdmissionDenied { code: u16, message: String },
 }
 
 impl ApiError {
@@ -236,7 +242,13 @@ impl ApiError {
             ApiError::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestEntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::WebhookFailed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiError::AdmissionDenied { code, .. } => StatusCode::from_u16(*code)
+                .ok()
+                .filter(|c| c.is_client_error())
+                .unwrap_or(StatusCode::FORBIDDEN),
         }
     }
 
@@ -255,7 +267,14 @@ impl ApiError {
             ApiError::NotAcceptable { .. } => "NotAcceptable",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
             ApiError::RequestEntityTooLarge { .. } => "RequestEntityTooLarge",
-            ApiError::Internal(_) => "InternalError",
+            ApiError::Internal(_) | ApiError::WebhookFailed { .. } => "InternalError",
+            ApiError::AdmissionDenied { code, .. } => match code {
+                400 => "BadRequest",
+                404 => "NotFound",
+                409 => "Conflict",
+                422 => "Invalid",
+                _ => "Forbidden",
+            },
         }
     }
 

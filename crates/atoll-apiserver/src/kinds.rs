@@ -5,8 +5,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    apps::v1 as apps, certificates::v1 as certificates, coordination::v1 as coordination,
-    core::v1 as core, discovery::v1 as discovery, events::v1 as events, rbac::v1 as rbac,
+    admissionregistration::v1 as admission, apps::v1 as apps, certificates::v1 as certificates,
+    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+    events::v1 as events, rbac::v1 as rbac,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use serde::Serialize;
@@ -583,6 +584,42 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
                         Column::computed("Condition", crate::csr::condition_column, "Approval"),
                     ]
                 },
+            ),
+        },
+        Decl {
+            review: false,
+            group: "admissionregistration.k8s.io",
+            version: "v1",
+            resource: "validatingwebhookconfigurations",
+            kind: "ValidatingWebhookConfiguration",
+            namespaced: false,
+            short_names: &[],
+            categories: &["api-extensions"],
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            strategy: typed::<admission::ValidatingWebhookConfiguration>(
+                no_validation,
+                &[],
+                no_columns,
+            ),
+        },
+        Decl {
+            review: false,
+            group: "admissionregistration.k8s.io",
+            version: "v1",
+            resource: "mutatingwebhookconfigurations",
+            kind: "MutatingWebhookConfiguration",
+            namespaced: false,
+            short_names: &[],
+            categories: &["api-extensions"],
+            status: false,
+            scale: false,
+            name_rule: NameRule::Subdomain,
+            strategy: typed::<admission::MutatingWebhookConfiguration>(
+                no_validation,
+                &[],
+                no_columns,
             ),
         },
     ];

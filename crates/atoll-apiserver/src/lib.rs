@@ -9,6 +9,7 @@
 //!
 //! It must never be reached around: controllers talk to it only through the Kubernetes API.
 
+pub mod admission;
 pub mod audit;
 pub mod authn;
 pub mod authz;

@@ -1061,7 +1061,9 @@ impl Ctx {
                 self.rt.crd.is_some(),
             );
         }
-        let mut obj = self.admit(std::mem::take(obj), None)?;
+        let mutated = self.admission("CREATE", Some(obj), None, true).await?;
+        let mut obj = self.admit(mutated.unwrap_or_else(|| std::mem::take(obj)), None)?;
+        self.admission("CREATE", Some(&obj), None, false).await?;
         let ip = crate::services::allocate(&self.server, &self.rt, &mut obj, dry_run)?;
         if dry_run {
             if let Some(ip) = ip {
@@ -1102,6 +1104,33 @@ impl Ctx {
                 })
             }
         }
+    }
+
+    /// Run the admission webhooks for this request (see `admission.rs`).
+    async fn admission(
+        &self,
+        operation: &'static str,
+        object: Option<&Value>,
+        old: Option<&Value>,
+        mutating: bool,
+    ) -> ApiResult<Option<Value>> {
+        let name = object
+            .or(old)
+            .and_then(|o| meta_str(o, "name"))
+            .unwrap_or_else(|| self.name())
+            .to_string();
+        let req = crate::admission::Request {
+            rt: &self.rt,
+            operation,
+            namespace: self.rr.namespace.as_deref(),
+            name: &name,
+            subresource: self.rr.subresource.as_deref(),
+            object,
+            old,
+            identity: &self.identity,
+            dry_run: self.query.dry_run().unwrap_or(false),
+        };
+        crate::admission::run(&self.server, &req, mutating).await
     }
 
     /// The object as the client asked for it: in the requested version.
@@ -1241,7 +1270,16 @@ impl Ctx {
                     self.rt.crd.is_some(),
                 );
             }
+            let new = match self
+                .admission("UPDATE", Some(&new), Some(&current), true)
+                .await?
+            {
+                Some(mutated) => mutated,
+                None => new,
+            };
             let mut new = self.admit(new, Some(&current))?;
+            self.admission("UPDATE", Some(&new), Some(&current), false)
+                .await?;
             meta_mut(&mut new).insert(
                 "resourceVersion".into(),
                 json!(entry.mod_revision.to_string()),
@@ -1612,6 +1650,8 @@ impl Ctx {
                 }
                 _ => {}
             }
+            self.admission("DELETE", None, Some(&current), false)
+                .await?;
             let is_namespace = self.rt.group.is_empty() && self.rt.resource == "namespaces";
             let ns_finalizers = is_namespace
                 && current
