@@ -631,3 +631,118 @@ fn certificate_signing_requests_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A kubeconfig whose client certificate (CN `name`, O `system:masters`) is signed by the given
+/// CA (certificate and key PEM), valid from `not_before` to `not_after`.
+fn cert_kubeconfig(
+    server: &Server,
+    name: &str,
+    ca_cert: &str,
+    ca_key: &str,
+    not_before: time_offset::Offset,
+    not_after: time_offset::Offset,
+) -> PathBuf {
+    use base64::Engine;
+    let ca_key = rcgen::KeyPair::from_pem(ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_cert, &ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:masters");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = not_before.at();
+    params.not_after = not_after.at();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let kc = std::fs::read_to_string(server.kubeconfig()).unwrap();
+    let field = |f: &str| {
+        kc.lines()
+            .find_map(|l| l.trim().strip_prefix(f).map(|v| v.trim().to_string()))
+            .unwrap()
+    };
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+        field("server:"),
+        field("certificate-authority-data:"),
+        b64(cert.pem()),
+        b64(key.serialize_pem())
+    );
+    let path = server.dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Days from now, for certificate validity in tests.
+mod time_offset {
+    pub struct Offset(pub i64);
+    impl Offset {
+        pub fn at(&self) -> time::OffsetDateTime {
+            time::OffsetDateTime::now_utc() + time::Duration::days(self.0)
+        }
+    }
+}
+
+#[test]
+fn client_certificates_must_be_current_and_from_the_cluster_ca() {
+    let server = Server::start();
+    let ca_cert = std::fs::read_to_string(server.dir.join("pki/ca.crt")).unwrap();
+    let ca_key = std::fs::read_to_string(server.dir.join("pki/ca.key")).unwrap();
+    let use_ = |path: PathBuf| Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: path,
+    };
+    use time_offset::Offset;
+    // Control: a current certificate from the cluster CA works.
+    use_(cert_kubeconfig(
+        &server,
+        "current",
+        &ca_cert,
+        &ca_key,
+        Offset(-1),
+        Offset(1),
+    ))
+    .ok(&["get", "namespaces"]);
+    for (name, from, to) in [
+        ("expired", Offset(-10), Offset(-2)),
+        ("future", Offset(2), Offset(10)),
+    ] {
+        let out = use_(cert_kubeconfig(&server, name, &ca_cert, &ca_key, from, to))
+            .run(&["get", "namespaces"]);
+        assert!(!out.status.success(), "a {name} certificate is refused");
+    }
+    // A certificate from another CA, even one claiming system:masters, is refused.
+    let foreign = foreign_ca();
+    let out = use_(cert_kubeconfig(
+        &server,
+        "foreign",
+        &foreign.0,
+        &foreign.1,
+        Offset(-1),
+        Offset(1),
+    ))
+    .run(&["get", "namespaces"]);
+    assert!(
+        !out.status.success(),
+        "a foreign CA's certificate is refused"
+    );
+}
+
+/// A fresh CA (certificate PEM, key PEM), as another cluster would have.
+fn foreign_ca() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "another-ca");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
