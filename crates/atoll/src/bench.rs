@@ -85,6 +85,22 @@ fn config_map(name: String, value: String) -> ConfigMap {
     }
 }
 
+/// Create a namespace for a phase's objects.
+async fn create_namespace(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let namespace = k8s_openapi::api::core::v1::Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    nss.create(&PostParams::default(), &namespace)
+        .await
+        .with_context(|| format!("creating namespace {ns}"))?;
+    Ok(())
+}
+
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -158,19 +174,7 @@ async fn authz_cost(
 ) -> anyhow::Result<(Phase, Phase)> {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let ns = "bench-authz";
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
-    let _ = nss
-        .create(
-            &PostParams::default(),
-            &k8s_openapi::api::core::v1::Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await;
+    create_namespace(admin, ns).await?;
     let roles: Api<Role> = Api::namespaced(admin.clone(), ns);
     let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), ns);
     for i in 0..100 {
@@ -484,19 +488,7 @@ async fn watch_delivery(
     writes: usize,
 ) -> anyhow::Result<Value> {
     let ns = "bench-watch";
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let _ = nss
-        .create(
-            &PostParams::default(),
-            &k8s_openapi::api::core::v1::Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await;
+    create_namespace(client, ns).await?;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let epoch = Instant::now();
     let rv = api
@@ -578,19 +570,7 @@ async fn memory_figure(
     clients: usize,
 ) -> anyhow::Result<Value> {
     let ns = "bench-memory";
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let _ = nss
-        .create(
-            &PostParams::default(),
-            &k8s_openapi::api::core::v1::Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await;
+    create_namespace(client, ns).await?;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let before = rss_bytes();
     concurrent("memory", n, clients, move |i| {

@@ -252,8 +252,9 @@ fn aggregated_cluster_roles_pick_up_labelled_roles() {
     );
 }
 
-/// A kubeconfig that authenticates with `token` only (no client certificate).
-fn token_kubeconfig(server: &Server, token: &str) -> PathBuf {
+/// A kubeconfig for the server (its URL and CA from the admin kubeconfig) with the given
+/// `user:` entry lines (a token, or certificate and key data).
+fn kubeconfig_with(server: &Server, user: &str) -> PathBuf {
     let admin = std::fs::read_to_string(server.kubeconfig()).unwrap();
     let field = |name: &str| {
         admin
@@ -262,16 +263,35 @@ fn token_kubeconfig(server: &Server, token: &str) -> PathBuf {
             .unwrap()
     };
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n{user}contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
         field("server:"),
         field("certificate-authority-data:")
     );
-    // Long tokens (JWTs) do not fit in a file name; number the files instead.
+    // Numbered files: tokens (JWTs) are too long for file names.
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let path = server.dir.join(format!("token-{n}.kubeconfig"));
+    let path = server.dir.join(format!("user-{n}.kubeconfig"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A kubeconfig that authenticates with `token` only (no client certificate).
+fn token_kubeconfig(server: &Server, token: &str) -> PathBuf {
+    kubeconfig_with(server, &format!("    token: {token}\n"))
+}
+
+/// A kubeconfig with a client certificate and key (both PEM).
+fn cert_key_kubeconfig(server: &Server, cert_pem: &str, key_pem: &str) -> PathBuf {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    kubeconfig_with(
+        server,
+        &format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(cert_pem),
+            b64(key_pem)
+        ),
+    )
 }
 
 #[test]
@@ -525,20 +545,13 @@ fn certificate_signing_requests_end_to_end() {
     );
 
     // The issued certificate authenticates as the CSR's subject.
-    let kc = std::fs::read_to_string(server.kubeconfig()).unwrap();
-    let field = |name: &str| {
-        kc.lines()
-            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-            .unwrap()
-    };
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
-        field("server:"),
-        field("certificate-authority-data:"),
-        base64::engine::general_purpose::STANDARD.encode(key.serialize_pem())
-    );
-    let path = server.dir.join("carol.kubeconfig");
-    std::fs::write(&path, text).unwrap();
+    let cert_pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(&cert)
+            .unwrap(),
+    )
+    .unwrap();
+    let path = cert_key_kubeconfig(&server, &cert_pem, &key.serialize_pem());
     let carol = Kubectl {
         bin: std::path::Path::new("kubectl"),
         kubeconfig: path,
@@ -642,7 +655,6 @@ fn cert_kubeconfig(
     not_before: time_offset::Offset,
     not_after: time_offset::Offset,
 ) -> PathBuf {
-    use base64::Engine;
     let ca_key = rcgen::KeyPair::from_pem(ca_key).unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(ca_cert, &ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
@@ -657,23 +669,7 @@ fn cert_kubeconfig(
     params.not_before = not_before.at();
     params.not_after = not_after.at();
     let cert = params.signed_by(&key, &issuer).unwrap();
-    let kc = std::fs::read_to_string(server.kubeconfig()).unwrap();
-    let field = |f: &str| {
-        kc.lines()
-            .find_map(|l| l.trim().strip_prefix(f).map(|v| v.trim().to_string()))
-            .unwrap()
-    };
-    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
-        field("server:"),
-        field("certificate-authority-data:"),
-        b64(cert.pem()),
-        b64(key.serialize_pem())
-    );
-    let path = server.dir.join(format!("{name}.kubeconfig"));
-    std::fs::write(&path, text).unwrap();
-    path
+    cert_key_kubeconfig(server, &cert.pem(), &key.serialize_pem())
 }
 
 /// Days from now, for certificate validity in tests.
