@@ -11,8 +11,8 @@
 //! - Webhooks with side effects are not called for dry-run requests; the request is refused.
 //!
 //! # Caveats
-//! - `clientConfig.url` only; `clientConfig.service` (reaching a Service inside the cluster) is
-//!   refused as unreachable, which `failurePolicy` then decides.
+//! - `clientConfig.service` is reached at a ready address of the Service's Endpoints (numeric
+//!   target ports only); the webhook's certificate must name `<service>.<namespace>.svc`.
 //! - Admission configuration objects themselves are never sent to webhooks.
 
 use std::sync::Arc;
@@ -185,21 +185,103 @@ fn review(req: &Request, uid: &str) -> Value {
 }
 
 /// POST the review to the webhook's URL over HTTPS, trusting its `caBundle`.
-async fn call(hook: &Value, body: Vec<u8>) -> Result<Value, String> {
-    let cfg = hook.get("clientConfig").cloned().unwrap_or_default();
-    let Some(url) = cfg.get("url").and_then(Value::as_str) else {
-        return Err("clientConfig.service is not supported; use clientConfig.url".into());
-    };
-    let uri: http::Uri = url.parse().map_err(|e| format!("bad url {url:?}: {e}"))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(format!("webhook url {url:?} must use https"));
+/// Where a webhook is reached: the address to connect to, the name its certificate must
+/// carry, and the request path.
+struct Target {
+    host: String,
+    port: u16,
+    server_name: String,
+    path: String,
+}
+
+/// `clientConfig.url`, or `clientConfig.service` resolved through the Service's port and a
+/// ready address of its Endpoints; the certificate must then name `<service>.<namespace>.svc`.
+fn target(server: &ApiServer, cfg: &Value) -> Result<Target, String> {
+    if let Some(url) = cfg.get("url").and_then(Value::as_str) {
+        let uri: http::Uri = url.parse().map_err(|e| format!("bad url {url:?}: {e}"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(format!("webhook url {url:?} must use https"));
+        }
+        let host = uri
+            .host()
+            .ok_or("webhook url has no host")?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
+        return Ok(Target {
+            port: uri.port_u16().unwrap_or(443),
+            server_name: host.clone(),
+            host,
+            path: uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.as_str().to_string()),
+        });
     }
-    let host = uri
-        .host()
-        .ok_or("webhook url has no host")?
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(443);
+    let svc = cfg
+        .get("service")
+        .ok_or("clientConfig needs url or service")?;
+    let (ns, name) = (
+        svc.get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        svc.get("name").and_then(Value::as_str).unwrap_or_default(),
+    );
+    let port = svc.get("port").and_then(Value::as_u64).unwrap_or(443);
+    let load = |resource: &str| -> Result<Value, String> {
+        let e = server
+            .store
+            .get(&format!("/core/{resource}/{ns}/{name}"))
+            .ok_or_else(|| format!("{resource} {ns}/{name} not found"))?;
+        serde_json::from_slice(&e.value).map_err(|e| e.to_string())
+    };
+    let service = load("services")?;
+    let target_port = service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p.get("port").and_then(Value::as_u64) == Some(port))
+        })
+        .and_then(|p| {
+            p.get("targetPort")
+                .and_then(Value::as_u64)
+                .or(p.get("port").and_then(Value::as_u64))
+        })
+        .ok_or_else(|| format!("service {ns}/{name} has no numeric target for port {port}"))?;
+    let endpoints = load("endpoints")?;
+    let ip = endpoints
+        .pointer("/subsets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|s| {
+            s.get("addresses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .find_map(|a| a.get("ip").and_then(Value::as_str).map(String::from))
+        .ok_or_else(|| format!("service {ns}/{name} has no ready endpoints"))?;
+    Ok(Target {
+        host: ip,
+        port: u16::try_from(target_port).map_err(|_| "target port out of range".to_string())?,
+        server_name: format!("{name}.{ns}.svc"),
+        path: svc
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or("/")
+            .to_string(),
+    })
+}
+
+/// POST the review to the webhook over HTTPS, trusting its `caBundle`.
+async fn call(server: &ApiServer, hook: &Value, body: Vec<u8>) -> Result<Value, String> {
+    let cfg = hook.get("clientConfig").cloned().unwrap_or_default();
+    let Target {
+        host,
+        port,
+        server_name,
+        path,
+    } = target(server, &cfg)?;
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = cfg.get("caBundle").and_then(Value::as_str) {
         let pem = base64::engine::general_purpose::STANDARD
@@ -218,8 +300,8 @@ async fn call(hook: &Value, body: Vec<u8>) -> Result<Value, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let server_name = rustls::pki_types::ServerName::try_from(host.clone())
-        .map_err(|e| format!("server name {host:?}: {e}"))?;
+    let server_name = rustls::pki_types::ServerName::try_from(server_name.clone())
+        .map_err(|e| format!("server name {server_name:?}: {e}"))?;
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| format!("connect {host}:{port}: {e}"))?;
@@ -232,8 +314,7 @@ async fn call(hook: &Value, body: Vec<u8>) -> Result<Value, String> {
             .await
             .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let request = http::Request::post(path)
+    let request = http::Request::post(path.as_str())
         .header(http::header::HOST, format!("{host}:{port}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -292,7 +373,9 @@ pub async fn run(
         };
         let body = serde_json::to_vec(&review(&current, &uid)).unwrap_or_default();
         let answer =
-            match tokio::time::timeout(Duration::from_secs(timeout), call(&hook, body)).await {
+            match tokio::time::timeout(Duration::from_secs(timeout), call(server, &hook, body))
+                .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(format!("the webhook did not answer within {timeout}s")),
             };

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 /// A webhook that denies objects labelled `deny=true` (naming the caller) and annotates
 /// everything it mutates.
 async fn start_webhook(dir: &std::path::Path) -> (u16, String) {
-    let pki = atoll_apiserver::Pki::load_or_create(&dir.join("webhook-pki"), &["127.0.0.1".into()])
-        .unwrap();
+    let hosts = ["127.0.0.1".to_string(), "svc-hook.default.svc".to_string()];
+    let pki = atoll_apiserver::Pki::load_or_create(&dir.join("webhook-pki"), &hosts).unwrap();
     let app = axum::Router::new()
         .route(
             "/validate",
@@ -218,6 +218,54 @@ async fn webhooks_deny_mutate_and_follow_failure_policy() {
     cms.create(
         &PostParams::default(),
         &cm("ignored", json!({"down": "ignore"})),
+    )
+    .await
+    .unwrap();
+
+    // A webhook reached through a Service (its Endpoints), as in-cluster webhooks are.
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc-hook"},
+        "spec": {"ports": [{"port": 443, "targetPort": port}]}}))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(h.client.clone(), "default")
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let eps: k8s_openapi::api::core::v1::Endpoints = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "svc-hook"},
+        "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": port}]}]}))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Endpoints>::namespaced(h.client.clone(), "default")
+        .create(&PostParams::default(), &eps)
+        .await
+        .unwrap();
+    let mut by_service = webhook_config(
+        "ValidatingWebhookConfiguration",
+        "by-service",
+        "https://unused",
+        &ca,
+        "Fail",
+        json!({"matchLabels": {"via": "service"}}),
+    );
+    by_service.data["webhooks"][0]["clientConfig"] = json!({"service": {"namespace": "default", "name": "svc-hook", "path": "/validate", "port": 443}, "caBundle": ca});
+    validating
+        .create(&PostParams::default(), &by_service)
+        .await
+        .unwrap();
+    let err = cms
+        .create(
+            &PostParams::default(),
+            &cm("via-service", json!({"via": "service", "deny": "true"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 403 && s.message.contains("by-service.test.atoll.io")),
+        "{err:?}"
+    );
+    cms.create(
+        &PostParams::default(),
+        &cm("via-service-ok", json!({"via": "service"})),
     )
     .await
     .unwrap();
