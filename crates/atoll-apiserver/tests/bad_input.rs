@@ -520,6 +520,18 @@ async fn nothing_odd_is_a_server_error() {
         "\u{0}\u{1}",
     ];
     let uris = [
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        "/apis/authorization.k8s.io/v1/namespaces/default/localsubjectaccessreviews",
+        "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        "/api/v1/namespaces/default/serviceaccounts/default/token",
+        "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+        "/apis/certificates.k8s.io/v1/certificatesigningrequests/x/approval",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
         CMS,
         "/api/v1/namespaces/default/configmaps/x",
         "/api/v1/namespaces/default/configmaps/x/status",
