@@ -7,9 +7,10 @@
 //! unless `force=true` — the `409 Conflict` with `FieldManagerConflict` causes kubectl prints.
 //!
 //! # Caveats
-//! - Lists are keyed by their field name's merge key for built-in kinds (`containers` by `name`,
-//!   `ports` by `port`, ...); in CRDs every list is atomic unless its schema says
-//!   `x-kubernetes-list-type: set` (scalars) — `map` lists of CRDs are treated as atomic.
+//! - Lists of built-in kinds are keyed by their field name's merge key (`containers` by `name`,
+//!   container `ports` by `containerPort`, ...), not by full per-type patch metadata. Lists of
+//!   CRDs follow their schema: `x-kubernetes-list-type: map` (by `x-kubernetes-list-map-keys`),
+//!   `set`, or atomic.
 
 use std::collections::BTreeSet;
 
@@ -25,8 +26,96 @@ use crate::rest::{Ctx, json_response};
 type FieldPath = Vec<String>;
 type FieldSet = BTreeSet<FieldPath>;
 
+/// How lists at a place in an object merge: built-in kinds by their merge keys, CRDs by their
+/// schema's `x-kubernetes-list-type` (`map` with `x-kubernetes-list-map-keys`, `set`, or
+/// atomic).
+#[derive(Clone, Copy)]
+pub(crate) enum Shape<'a> {
+    BuiltIn,
+    Schema(Option<&'a Value>),
+}
+
+enum ListKind {
+    Keys(Vec<String>),
+    Set,
+    Atomic,
+}
+
+impl<'a> Shape<'a> {
+    fn field(self, name: &str) -> Shape<'a> {
+        match self {
+            Shape::BuiltIn => Shape::BuiltIn,
+            Shape::Schema(s) => Shape::Schema(s.and_then(|s| {
+                s.get("properties")
+                    .and_then(|p| p.get(name))
+                    .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+            })),
+        }
+    }
+
+    fn items(self) -> Shape<'a> {
+        match self {
+            Shape::BuiltIn => Shape::BuiltIn,
+            Shape::Schema(s) => Shape::Schema(s.and_then(|s| s.get("items"))),
+        }
+    }
+
+    fn list(self, field: &str, items: &[Value]) -> ListKind {
+        match self {
+            Shape::BuiltIn if field == "finalizers" => ListKind::Set,
+            Shape::BuiltIn => match crate::patch::list_merge_key(field, items) {
+                Some(k) => ListKind::Keys(vec![k.to_string()]),
+                None => ListKind::Atomic,
+            },
+            Shape::Schema(s) => match s
+                .and_then(|s| s.get("x-kubernetes-list-type"))
+                .and_then(Value::as_str)
+            {
+                Some("set") => ListKind::Set,
+                Some("map") => {
+                    let keys: Vec<String> = s
+                        .and_then(|s| s.get("x-kubernetes-list-map-keys"))
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|k| k.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if !keys.is_empty()
+                        && items
+                            .iter()
+                            .all(|i| keys.iter().all(|k| i.get(k).is_some()))
+                    {
+                        ListKind::Keys(keys)
+                    } else {
+                        ListKind::Atomic
+                    }
+                }
+                _ => ListKind::Atomic,
+            },
+        }
+    }
+}
+
+/// The shape of a resource's objects.
+pub(crate) fn shape_of(rt: &crate::registry::ResourceType) -> Shape<'_> {
+    match (&rt.crd, &rt.schema) {
+        (Some(_), schema) => Shape::Schema(schema.as_ref()),
+        (None, _) => Shape::BuiltIn,
+    }
+}
+
+fn item_key(item: &Value, keys: &[String]) -> String {
+    let m: Map<String, Value> = keys
+        .iter()
+        .map(|k| (k.clone(), item.get(k).cloned().unwrap_or(Value::Null)))
+        .collect();
+    format!("k:{}", Value::Object(m))
+}
+
 /// The leaf paths of an object's fields (what a manager owns by setting them).
-fn field_set(obj: &Value, custom: bool) -> FieldSet {
+fn field_set(obj: &Value, shape: Shape) -> FieldSet {
     let mut out = FieldSet::new();
     if let Some(map) = obj.as_object() {
         for (k, v) in map {
@@ -39,60 +128,52 @@ fn field_set(obj: &Value, custom: bool) -> FieldSet {
                                 x,
                                 vec!["f:metadata".into(), format!("f:{f}")],
                                 f,
-                                custom,
+                                Shape::BuiltIn,
                                 &mut out,
                             );
                         }
                     }
                 }
-                _ => collect(v, vec![format!("f:{k}")], k, custom, &mut out),
+                _ => collect(v, vec![format!("f:{k}")], k, shape.field(k), &mut out),
             }
         }
     }
     out
 }
 
-fn list_key(field: &str, items: &[Value], custom: bool) -> Option<&'static str> {
-    if custom && field != "ownerReferences" {
-        None
-    } else {
-        crate::patch::list_merge_key(field, items)
-    }
-}
-
-fn collect(v: &Value, path: FieldPath, field: &str, custom: bool, out: &mut FieldSet) {
+fn collect(v: &Value, path: FieldPath, field: &str, shape: Shape, out: &mut FieldSet) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, x) in m {
                 let mut p = path.clone();
                 p.push(format!("f:{k}"));
-                collect(x, p, k, custom, out);
+                collect(x, p, k, shape.field(k), out);
             }
         }
-        Value::Array(items) if field == "finalizers" => {
-            out.insert(path.clone());
-            for i in items {
-                let mut p = path.clone();
-                p.push(format!("v:{i}"));
-                out.insert(p);
+        Value::Array(items) if !items.is_empty() => match shape.list(field, items) {
+            // A set's members are owned one by one; the list itself is not a leaf.
+            ListKind::Set => {
+                for i in items {
+                    let mut p = path.clone();
+                    p.push(format!("v:{i}"));
+                    out.insert(p);
+                }
             }
-        }
-        Value::Array(items) => match list_key(field, items, custom) {
-            Some(key) if !items.is_empty() => {
+            ListKind::Keys(keys) => {
                 for item in items {
                     let mut p = path.clone();
-                    p.push(format!("k:{}", json!({ key: item[key] })));
+                    p.push(item_key(item, &keys));
                     out.insert(p.clone());
                     if let Some(m) = item.as_object() {
                         for (k, x) in m {
                             let mut q = p.clone();
                             q.push(format!("f:{k}"));
-                            collect(x, q, k, custom, out);
+                            collect(x, q, k, shape.items().field(k), out);
                         }
                     }
                 }
             }
-            _ => {
+            ListKind::Atomic => {
                 out.insert(path);
             }
         },
@@ -289,18 +370,18 @@ pub fn track_update(
     manager: &str,
     api_version: &str,
     subresource: &str,
-    custom: bool,
+    shape: Shape,
 ) {
     let empty = json!({});
     let old_obj = old.unwrap_or(&empty);
     let mut list = entries(old_obj);
-    let new_fields = field_set(new, custom);
+    let new_fields = field_set(new, shape);
     let changed: FieldSet = new_fields
         .iter()
         .filter(|p| value_at(old_obj, p) != value_at(new, p))
         .cloned()
         .collect();
-    let old_fields = field_set(old_obj, custom);
+    let old_fields = field_set(old_obj, shape);
     let removed: FieldSet = old_fields.difference(&new_fields).cloned().collect();
     for e in &mut list {
         e.fields
@@ -354,8 +435,8 @@ pub async fn server_side_apply(ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
             "the name of the object ({n}) does not match the name on the URL ({name})"
         )));
     }
-    let custom = ctx.rt.crd.is_some();
-    let applied = field_set(&config, custom);
+    let shape = shape_of(&ctx.rt);
+    let applied = field_set(&config, shape);
     let api_version = ctx.rt.api_version();
     let subresource = ctx.rr.subresource.clone().unwrap_or_default();
 
@@ -427,7 +508,7 @@ pub async fn server_side_apply(ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
             {
                 patch_doc["status"] = s.clone();
             }
-            merged = merge_apply(&merged, &patch_doc, custom)?;
+            merged = merge_apply(&merged, &patch_doc, shape)?;
             // Fields this manager applied before and no longer applies, owned by no one else.
             for p in previous.difference(&applied) {
                 let owned_elsewhere = list.iter().any(|e| {
@@ -466,24 +547,34 @@ pub async fn server_side_apply(ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
     Ok(json_response(StatusCode::OK, &updated))
 }
 
-fn merge_apply(current: &Value, config: &Value, custom: bool) -> ApiResult<Value> {
-    if custom {
-        // CRD lists are atomic: a JSON merge patch has exactly that semantics, minus deletes.
-        let mut out = current.clone();
-        merge_objects(&mut out, config);
-        Ok(out)
-    } else {
-        crate::patch::apply(crate::patch::PatchKind::Strategic, current, config)
+fn merge_apply(current: &Value, config: &Value, shape: Shape) -> ApiResult<Value> {
+    match shape {
+        Shape::BuiltIn => crate::patch::apply(crate::patch::PatchKind::Strategic, current, config),
+        Shape::Schema(_) => {
+            let mut out = current.clone();
+            merge_with_shape(&mut out, config, "", shape);
+            Ok(out)
+        }
     }
 }
 
-fn merge_objects(doc: &mut Value, patch: &Value) {
-    match (doc.as_object_mut(), patch.as_object()) {
-        (Some(d), Some(p)) => {
+/// Apply semantics for CRDs: objects merge, list-maps merge item by key, sets take the union,
+/// atomic lists and scalars are replaced.
+fn merge_with_shape(doc: &mut Value, patch: &Value, field: &str, shape: Shape) {
+    match (doc, patch) {
+        (Value::Object(d), Value::Object(p)) => {
             for (k, v) in p {
+                let child = if field.is_empty() && k == "metadata" {
+                    Shape::BuiltIn
+                } else {
+                    shape.field(k)
+                };
                 match d.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => {
-                        merge_objects(existing, v)
+                    Some(existing)
+                        if (existing.is_object() && v.is_object())
+                            || (existing.is_array() && v.is_array()) =>
+                    {
+                        merge_with_shape(existing, v, k, child)
                     }
                     _ => {
                         d.insert(k.clone(), v.clone());
@@ -491,7 +582,26 @@ fn merge_objects(doc: &mut Value, patch: &Value) {
                 }
             }
         }
-        _ => *doc = patch.clone(),
+        (Value::Array(d), Value::Array(p)) => match shape.list(field, p) {
+            ListKind::Set => {
+                for x in p {
+                    if !d.contains(x) {
+                        d.push(x.clone());
+                    }
+                }
+            }
+            ListKind::Keys(keys) => {
+                for item in p {
+                    let key = item_key(item, &keys);
+                    match d.iter_mut().find(|i| item_key(i, &keys) == key) {
+                        Some(existing) => merge_with_shape(existing, item, field, shape.items()),
+                        None => d.push(item.clone()),
+                    }
+                }
+            }
+            ListKind::Atomic => *d = p.clone(),
+        },
+        (d, p) => *d = p.clone(),
     }
 }
 
@@ -559,7 +669,7 @@ mod tests {
     fn fields_v1_round_trips() {
         let obj = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n", "labels": {"a": "1"}, "finalizers": ["x/y"]},
             "spec": {"containers": [{"name": "web", "image": "i", "ports": [{"port": 80}]}], "replicas": 2, "empty": {}}});
-        let set = field_set(&obj, false);
+        let set = field_set(&obj, Shape::BuiltIn);
         assert!(set.contains(&vec!["f:spec".to_string(), "f:replicas".to_string()]));
         assert!(set.contains(&vec![
             "f:spec".into(),
@@ -591,10 +701,10 @@ mod tests {
     #[test]
     fn update_tracking_moves_ownership() {
         let mut a = json!({"metadata": {"name": "n"}, "data": {"x": "1", "y": "2"}});
-        track_update(None, &mut a, "creator", "v1", "", false);
+        track_update(None, &mut a, "creator", "v1", "", Shape::BuiltIn);
         let mut b = a.clone();
         b["data"]["x"] = json!("changed");
-        track_update(Some(&a), &mut b, "editor", "v1", "", false);
+        track_update(Some(&a), &mut b, "editor", "v1", "", Shape::BuiltIn);
         let list = entries(&b);
         let owner = |f: &str| {
             list.iter()

@@ -1058,7 +1058,7 @@ impl Ctx {
                 &self.manager,
                 &self.rt.api_version(),
                 "",
-                self.rt.crd.is_some(),
+                crate::managed::shape_of(&self.rt),
             );
         }
         let mutated = self.admission("CREATE", Some(obj), None, true).await?;
@@ -1267,7 +1267,7 @@ impl Ctx {
                     &self.manager,
                     &self.rt.api_version(),
                     &sub,
-                    self.rt.crd.is_some(),
+                    crate::managed::shape_of(&self.rt),
                 );
             }
             let new = match self

@@ -16,7 +16,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{reflector, watcher};
 use kube::{Client, CustomResource, CustomResourceExt, ResourceExt};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use atoll_store::Options;
 use common::Harness;
@@ -696,4 +696,77 @@ async fn services_get_cluster_ips_from_the_range_and_release_them() {
         .await
         .unwrap();
     assert_eq!(headless.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+}
+
+#[tokio::test]
+async fn server_side_apply_merges_crd_list_maps_by_key() {
+    let h = common::in_process(Options::default()).await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(h.client.clone());
+    let crd = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "boards.test.atoll.io"},
+        "spec": {"group": "test.atoll.io", "scope": "Namespaced", "names": {"plural": "boards", "kind": "Board"},
+                 "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                     "type": "object", "properties": {"spec": {"type": "object", "properties": {
+                         "items": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                                   "items": {"type": "object", "properties": {"name": {"type": "string"}, "v": {"type": "integer"}}}},
+                         "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}}}}}}}}]}
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("test.atoll.io", "v1", "Board"),
+        "boards",
+    );
+    let boards: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(h.client.clone(), "default", &ar);
+    let apply = |items: Value, tags: Value| json!({"apiVersion": "test.atoll.io/v1", "kind": "Board", "metadata": {"name": "b"}, "spec": {"items": items, "tags": tags}});
+    boards
+        .patch(
+            "b",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(apply(json!([{"name": "a", "v": 1}]), json!(["x"]))),
+        )
+        .await
+        .unwrap();
+    let merged = boards
+        .patch(
+            "b",
+            &PatchParams::apply("bob"),
+            &Patch::Apply(apply(json!([{"name": "b", "v": 2}]), json!(["y"]))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        merged.data["spec"]["items"],
+        json!([{"name": "a", "v": 1}, {"name": "b", "v": 2}]),
+        "list-map items merge by key"
+    );
+    assert_eq!(
+        merged.data["spec"]["tags"],
+        json!(["x", "y"]),
+        "sets take the union"
+    );
+    let err = boards
+        .patch(
+            "b",
+            &PatchParams::apply("bob"),
+            &Patch::Apply(apply(json!([{"name": "a", "v": 9}]), json!([]))),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.message.contains("alice")),
+        "{err:?}"
+    );
+    // Alice dropping her item removes it; Bob's stays.
+    let shrunk = boards
+        .patch(
+            "b",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(apply(json!([]), json!(["x"]))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(shrunk.data["spec"]["items"], json!([{"name": "b", "v": 2}]));
 }
