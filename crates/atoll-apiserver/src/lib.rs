@@ -51,7 +51,7 @@ pub use tls::{Identity, Pki};
 /// Settings of one API server.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Name of the cluster this server is (reported in `/version`'s platform field and logs).
+    /// Name of the cluster this server is, for its logs.
     pub name: String,
     /// CIDR ClusterIPs are allocated from.
     pub service_cidr: String,
@@ -132,6 +132,7 @@ impl ApiServer {
         }
         controllers::reload_rbac(&server)?;
         controllers::spawn(server.clone());
+        tracing::info!(cluster = %server.config.name, revision = server.store.revision(), "API server started");
         Ok(server)
     }
 

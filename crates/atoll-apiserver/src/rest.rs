@@ -416,6 +416,37 @@ impl Ctx {
         }
     }
 
+    /// 409 for a write whose resourceVersion no longer matches the stored object.
+    fn modified(&self, name: &str) -> ApiError {
+        ApiError::conflict(
+            &self.rt.group,
+            &self.rt.resource,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+    }
+
+    /// 409 when a read-modify-write lost the race to other writers every time it tried.
+    fn too_contended(&self, name: &str) -> ApiError {
+        ApiError::conflict(
+            &self.rt.group,
+            &self.rt.resource,
+            name,
+            "too many concurrent writers; try again",
+        )
+    }
+
+    /// A compare-and-swap write that failed: `None` means read again and retry (the object
+    /// changed under a write the client did not pin to a version), otherwise the client's error.
+    fn cas_failure(&self, e: StoreError, name: &str, retry: bool) -> Option<ApiError> {
+        match e {
+            StoreError::Conflict { .. } if retry => None,
+            StoreError::Conflict { .. } => Some(self.modified(name)),
+            StoreError::NotFound(_) => Some(self.not_found(name)),
+            other => Some(other.into()),
+        }
+    }
+
     fn not_found(&self, name: &str) -> ApiError {
         ApiError::not_found(&self.rt.group, &self.rt.resource, name)
     }

@@ -502,23 +502,15 @@ async fn watch_events_in_order_with_410_for_old_versions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_list_watch_sends_initial_events_and_bookmarks() {
-    let server = atoll_apiserver::ApiServer::start(
-        common::store(Options::default()),
+    let h = common::in_process_with(
+        Options::default(),
         atoll_apiserver::Config {
             bookmark_interval: Duration::from_millis(200),
             ..Default::default()
         },
     )
-    .await
-    .unwrap();
-    let svc = tower::ServiceBuilder::new()
-        .map_request(|mut r: http::Request<kube::client::Body>| {
-            r.extensions_mut()
-                .insert(atoll_apiserver::Identity::admin());
-            r
-        })
-        .service(server.router());
-    let client = Client::new(svc, "default");
+    .await;
+    let (server, client) = (h.server.clone(), h.client.clone());
     let cms = temp_ns(&client, "stream").await;
     for i in 0..3 {
         cms.create(&PostParams::default(), &cm(&format!("s{i}"), &[]))

@@ -91,9 +91,10 @@ impl Ctx {
                         crate::services::release(&self.server, &self.rt, &current);
                         return Ok((self.output(current), true));
                     }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(StoreError::NotFound(_)) => return Err(self.not_found(name)),
-                    Err(e) => return Err(e.into()),
+                    Err(e) => match self.cas_failure(e, name, true) {
+                        None => continue,
+                        Some(err) => return Err(err),
+                    },
                 }
             }
             // Graceful: mark for deletion and let finalizers (and controllers) finish it.
@@ -136,17 +137,13 @@ impl Ctx {
                         .insert("resourceVersion".into(), json!(event.revision.to_string()));
                     return Ok((self.output(marked), false));
                 }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(StoreError::NotFound(_)) => return Err(self.not_found(name)),
-                Err(e) => return Err(e.into()),
+                Err(e) => match self.cas_failure(e, name, true) {
+                    None => continue,
+                    Some(err) => return Err(err),
+                },
             }
         }
-        Err(ApiError::conflict(
-            &self.rt.group,
-            &self.rt.resource,
-            name,
-            "too many concurrent writers; try again",
-        ))
+        Err(self.too_contended(name))
     }
 
     pub(crate) async fn delete_collection(

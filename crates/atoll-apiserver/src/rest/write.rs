@@ -460,12 +460,16 @@ impl Ctx {
             .guaranteed_update(&name, None, |current| {
                 let patched = patch::apply(kind, current, &patch_doc)?;
                 // A resourceVersion in the patch is a precondition.
-                let want = patched.pointer("/metadata/resourceVersion").and_then(Value::as_str);
-                let have = current.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+                let want = patched
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str);
+                let have = current
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str);
                 if let (Some(w), Some(h)) = (want, have)
                     && w != h
                 {
-                    return Err(ApiError::conflict(&self.rt.group, &self.rt.resource, &name, "the object has been modified; please apply your changes to the latest version and try again"));
+                    return Err(self.modified(&name));
                 }
                 Ok(patched)
             })
@@ -492,12 +496,7 @@ impl Ctx {
             if let Some(p) = precondition
                 && p != entry.mod_revision
             {
-                return Err(ApiError::conflict(
-                    &self.rt.group,
-                    &self.rt.resource,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                ));
+                return Err(self.modified(name));
             }
             let current = decode_stored(&self.rt, &entry)?;
             let requested = change(&current)?;
@@ -559,17 +558,10 @@ impl Ctx {
                         crate::services::release(&self.server, &self.rt, &new);
                         return Ok(self.output(new));
                     }
-                    Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
-                    Err(StoreError::Conflict { .. }) => {
-                        return Err(ApiError::conflict(
-                            &self.rt.group,
-                            &self.rt.resource,
-                            name,
-                            "the object has been modified; please apply your changes to the latest version and try again",
-                        ));
-                    }
-                    Err(StoreError::NotFound(_)) => return Err(self.not_found(name)),
-                    Err(e) => return Err(e.into()),
+                    Err(e) => match self.cas_failure(e, name, precondition.is_none()) {
+                        None => continue,
+                        Some(err) => return Err(err),
+                    },
                 }
             }
             match self
@@ -587,25 +579,13 @@ impl Ctx {
                         .insert("resourceVersion".into(), json!(event.revision.to_string()));
                     return Ok(self.output(new));
                 }
-                Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
-                Err(StoreError::Conflict { .. }) => {
-                    return Err(ApiError::conflict(
-                        &self.rt.group,
-                        &self.rt.resource,
-                        name,
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    ));
-                }
-                Err(StoreError::NotFound(_)) => return Err(self.not_found(name)),
-                Err(e) => return Err(e.into()),
+                Err(e) => match self.cas_failure(e, name, precondition.is_none()) {
+                    None => continue,
+                    Some(err) => return Err(err),
+                },
             }
         }
-        Err(ApiError::conflict(
-            &self.rt.group,
-            &self.rt.resource,
-            name,
-            "too many concurrent writers; try again",
-        ))
+        Err(self.too_contended(name))
     }
 
     /// Combine the stored object with what the client sent, per the subresource written.

@@ -21,15 +21,21 @@ pub fn store(options: Options) -> Store {
 
 /// The server with an in-process client that acts as the cluster admin.
 pub async fn in_process(options: Options) -> Harness {
-    let server = ApiServer::start(
-        store(options),
+    in_process_with(
+        options,
         Config {
             bookmark_interval: std::time::Duration::from_secs(3600),
             ..Config::default()
         },
     )
     .await
-    .expect("server starts");
+}
+
+/// As [`in_process`], with a server configuration of the test's own.
+pub async fn in_process_with(options: Options, config: Config) -> Harness {
+    let server = ApiServer::start(store(options), config)
+        .await
+        .expect("server starts");
     let router = server.router();
     let svc = tower::ServiceBuilder::new()
         .map_request(|mut r: http::Request<kube::client::Body>| {

@@ -156,8 +156,8 @@ impl Kubectl<'_> {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Run with a manifest on stdin and require success.
-    pub fn ok_stdin(&self, args: &[&str], stdin: &str) -> String {
+    /// Run with `stdin` as standard input; whatever the outcome.
+    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Output {
         use std::io::Write;
         let mut child = self
             .cmd(args)
@@ -172,7 +172,12 @@ impl Kubectl<'_> {
             .expect("stdin")
             .write_all(stdin.as_bytes())
             .expect("write stdin");
-        let out = child.wait_with_output().expect("kubectl finishes");
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    /// Run with a manifest on stdin and require success.
+    pub fn ok_stdin(&self, args: &[&str], stdin: &str) -> String {
+        let out = self.run_stdin(args, stdin);
         assert!(
             out.status.success(),
             "{} {args:?} failed:\nstdout: {}\nstderr: {}",

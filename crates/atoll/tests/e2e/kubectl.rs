@@ -149,15 +149,9 @@ fn exercise(k: &Kubectl) {
     );
 
     // Schema validation errors reach the user.
-    let bad = k
-        .cmd(&["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = feed(
-        bad,
+    let out = run(
+        k,
+        &["apply", "-f", "-"],
         "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {size: 0}\n",
     );
     assert!(!out.0, "an invalid widget is refused");
@@ -219,15 +213,9 @@ fn exercise(k: &Kubectl) {
         &["apply", "--server-side", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {owned: mine}\n",
     );
-    let conflict = k
-        .cmd(&["apply", "--server-side", "--field-manager=other", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = feed(
-        conflict,
+    let out = run(
+        k,
+        &["apply", "--server-side", "--field-manager=other", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {owned: theirs}\n",
     );
     assert!(
@@ -466,16 +454,9 @@ fn exercise(k: &Kubectl) {
     assert!(!out.status.success(), "widgets are no longer served");
 }
 
-/// Write `input` to a spawned kubectl's stdin; (success, stdout, stderr).
-fn feed(mut child: std::process::Child, input: &str) -> (bool, String, String) {
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+/// Run kubectl with `input` on stdin; (success, stdout, stderr).
+fn run(k: &Kubectl, args: &[&str], input: &str) -> (bool, String, String) {
+    let out = k.run_stdin(args, input);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -169,23 +169,7 @@ fn identities_get_what_rbac_gives_them() {
 
     // Escalation: wanda may create RoleBindings but holds no cluster-admin, so cannot bind it.
     let escalate = "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: grab, namespace: team}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: wanda}]\n";
-    let out = {
-        use std::io::Write;
-        let mut child = writer
-            .cmd(&["create", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(escalate.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let out = writer.run_stdin(&["create", "-f", "-"], escalate);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("not currently held"),
@@ -603,23 +587,7 @@ fn certificate_signing_requests_end_to_end() {
         "-----BEGIN CERTIFICATE REQUEST-----\nnot a csr\n-----END CERTIFICATE REQUEST-----\n",
         "client auth",
     );
-    let out = {
-        use std::io::Write;
-        let mut child = admin
-            .cmd(&["apply", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(bad.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let out = admin.run_stdin(&["apply", "-f", "-"], &bad);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("spec.request"),
