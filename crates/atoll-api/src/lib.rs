@@ -17,3 +17,7 @@ pub const VERSION: &str = "v1alpha1";
 
 /// The version string `atoll` reports as its own (`/version` adds the Kubernetes level it serves).
 pub const ATOLL_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Annotation on a `Node`: the SHA-256 (hex) of the node agent's serving certificate, which the
+/// API server pins when it fetches container logs from the node.
+pub const KUBELET_SERVING_CERT_ANNOTATION: &str = "node.atoll.io/serving-cert-sha256";

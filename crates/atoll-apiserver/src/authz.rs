@@ -641,7 +641,101 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": role},
                "subjects": [{"apiGroup": RBAC_GROUP, "kind": "Group", "name": group}]})
     };
+    let user_binding = |name: &str, role: &str, user: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+               "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": role},
+               "subjects": [{"apiGroup": RBAC_GROUP, "kind": "User", "name": user}]})
+    };
+    let events = || {
+        vec![
+            rule(&["create", "patch", "update"], &[""], &["events"]),
+            rule(
+                &["create", "patch", "update"],
+                &["events.k8s.io"],
+                &["events"],
+            ),
+        ]
+    };
+    // The node agent: its Node and lease, the pods bound to it and what they read. (Kubernetes
+    // narrows each node further to its own objects with the Node authorizer; Atoll does not yet.)
+    let mut node_rules = vec![
+        rule(
+            &["get", "list", "watch", "create", "update", "patch"],
+            &[""],
+            &["nodes"],
+        ),
+        rule(&["update", "patch"], &[""], &["nodes/status"]),
+        rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
+        rule(&["update", "patch"], &[""], &["pods/status"]),
+        rule(&read, &[""], &["configmaps", "secrets", "services"]),
+        rule(
+            &["get", "create", "update", "patch"],
+            &["coordination.k8s.io"],
+            &["leases"],
+        ),
+    ];
+    node_rules.extend(events());
+    let mut scheduler_rules = vec![
+        rule(&read, &[""], &["pods", "nodes", "namespaces"]),
+        rule(&["create"], &[""], &["pods/binding"]),
+        rule(&["update", "patch"], &[""], &["pods/status"]),
+    ];
+    scheduler_rules.extend(events());
+    let mut controller_rules = vec![
+        rule(&all_rw, &[""], &["pods"]),
+        rule(&["update", "patch"], &[""], &["pods/status"]),
+        rule(&read, &[""], &["services", "namespaces"]),
+        rule(
+            &["get", "list", "watch", "create"],
+            &[""],
+            &["serviceaccounts"],
+        ),
+        rule(
+            &["get", "list", "watch", "update", "patch"],
+            &[""],
+            &["nodes", "nodes/status"],
+        ),
+        rule(&all_rw, &["apps"], &["replicasets", "deployments"]),
+        rule(
+            &["update", "patch"],
+            &["apps"],
+            &["replicasets/status", "deployments/status"],
+        ),
+        rule(&all_rw, &["discovery.k8s.io"], &["endpointslices"]),
+        rule(&read, &["coordination.k8s.io"], &["leases"]),
+    ];
+    controller_rules.extend(events());
     vec![
+        ("clusterroles", cluster_role("system:node", node_rules)),
+        (
+            "clusterrolebindings",
+            binding("system:node", "system:node", "system:nodes"),
+        ),
+        (
+            "clusterroles",
+            cluster_role("system:kube-scheduler", scheduler_rules),
+        ),
+        (
+            "clusterrolebindings",
+            user_binding(
+                "system:kube-scheduler",
+                "system:kube-scheduler",
+                "system:kube-scheduler",
+            ),
+        ),
+        (
+            "clusterroles",
+            cluster_role("system:kube-controller-manager", controller_rules),
+        ),
+        (
+            "clusterrolebindings",
+            user_binding(
+                "system:kube-controller-manager",
+                "system:kube-controller-manager",
+                "system:kube-controller-manager",
+            ),
+        ),
         (
             "clusterroles",
             cluster_role(

@@ -116,6 +116,9 @@ pub enum ApiError {
     UnprocessableEntity { message: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// Something the request needs beyond this server (a node agent) cannot be reached.
+    #[error("{message}")]
+    ServiceUnavailable { message: String },
     /// A webhook with `failurePolicy: Fail` could not be consulted (kube-apiserver: 500).
     #[error("{message}")]
     WebhookFailed { message: String },
@@ -245,6 +248,7 @@ impl ApiError {
             ApiError::Internal(_) | ApiError::WebhookFailed { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            ApiError::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::AdmissionDenied { code, .. } => StatusCode::from_u16(*code)
                 .ok()
                 .filter(|c| c.is_client_error())
@@ -268,6 +272,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
             ApiError::RequestEntityTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::Internal(_) | ApiError::WebhookFailed { .. } => "InternalError",
+            ApiError::ServiceUnavailable { .. } => "ServiceUnavailable",
             ApiError::AdmissionDenied { code, .. } => match code {
                 400 => "BadRequest",
                 404 => "NotFound",

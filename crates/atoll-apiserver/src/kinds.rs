@@ -255,13 +255,20 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
                 || {
                     vec![
                         Column::computed("Ready", crate::table::pod_ready, "Ready containers"),
-                        Column::text("Status", "/status/phase", "The phase of the pod"),
+                        Column::computed(
+                            "Status",
+                            crate::table::pod_status,
+                            "Why the pod is in its state, or its phase",
+                        ),
                         Column::computed(
                             "Restarts",
                             crate::table::pod_restarts,
                             "Container restarts",
                         ),
-                        Column::text("Node", "/spec/nodeName", "The node the pod is bound to"),
+                        Column::computed("Age", crate::table::age_cell, "Time since creation"),
+                        Column::text("IP", "/status/podIP", "The pod's IP").wide(),
+                        Column::text("Node", "/spec/nodeName", "The node the pod is bound to")
+                            .wide(),
                     ]
                 },
             ),
@@ -281,11 +288,19 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             strategy: typed::<core::Node>(no_validation, &["spec.unschedulable"], || {
                 vec![
                     Column::computed("Status", crate::table::node_status, "Node readiness"),
+                    Column::computed("Age", crate::table::age_cell, "Time since creation"),
                     Column::text(
                         "Version",
                         "/status/nodeInfo/kubeletVersion",
                         "Node agent version",
                     ),
+                    Column::text(
+                        "Internal-IP",
+                        "/status/addresses/0/address",
+                        "The node's address",
+                    )
+                    .wide(),
+                    Column::text("Pod-CIDR", "/spec/podCIDR", "The node's pod range").wide(),
                 ]
             }),
         },

@@ -23,6 +23,7 @@ mod managed;
 pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod podlog;
 pub mod protobuf;
 pub mod registry;
 pub mod request;
@@ -99,6 +100,8 @@ pub struct ApiServer {
     pub authorizer: authz::Authorizer,
     /// One JSON line per request, when `--audit-log` is set.
     pub audit: Option<audit::AuditLog>,
+    /// The client certificate shown to node agents for `pods/log`.
+    kubelet_client: Option<podlog::KubeletClient>,
 }
 
 impl ApiServer {
@@ -114,12 +117,17 @@ impl ApiServer {
             ),
             None => None,
         };
+        let kubelet_client = config
+            .ca
+            .as_deref()
+            .and_then(podlog::kubelet_client_identity);
         let server = Arc::new(ApiServer {
             registry: Registry::new(kinds::builtin()),
             store,
             config,
             cluster_ips,
             authorizer: authz::Authorizer::default(),
+            kubelet_client,
             audit,
         });
         controllers::load_crds(&server)?;

@@ -173,9 +173,16 @@ async fn route(
     }
     ctx.check_subresource()?;
     let result = match ctx.rr.verb {
+        Verb::Get if ctx.rr.subresource.as_deref() == Some("log") => {
+            return crate::podlog::serve(&ctx).await;
+        }
         Verb::Get => ctx.get(),
         Verb::List => ctx.list(),
         Verb::Watch => return watch::serve(ctx),
+        Verb::Create if ctx.rr.subresource.as_deref() == Some("binding") => {
+            let (ct, body) = read_body(&ctx.server, req).await?;
+            ctx.bind(&ct, &body).await
+        }
         Verb::Create if ctx.rr.subresource.as_deref() == Some("token") => {
             let (ct, body) = read_body(&ctx.server, req).await?;
             ctx.token_request(&ct, &body)
@@ -400,7 +407,7 @@ impl Ctx {
         self.rt.group.is_empty() && self.rt.resource == "namespaces"
     }
 
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.rr.name.as_deref().unwrap_or_default()
     }
 
@@ -447,6 +454,10 @@ impl Ctx {
         }
     }
 
+    pub(crate) fn is_pods(&self) -> bool {
+        self.rt.group.is_empty() && self.rt.resource == "pods"
+    }
+
     fn not_found(&self, name: &str) -> ApiError {
         ApiError::not_found(&self.rt.group, &self.rt.resource, name)
     }
@@ -461,10 +472,13 @@ impl Ctx {
             "finalize" => self.rt.group.is_empty() && self.rt.resource == "namespaces",
             "token" => self.rt.group.is_empty() && self.rt.resource == "serviceaccounts",
             "approval" => self.is_csr(),
+            "binding" | "log" => self.is_pods(),
             _ => false,
         };
-        let verb_ok = if sub == "token" {
+        let verb_ok = if sub == "token" || sub == "binding" {
             self.rr.verb == Verb::Create
+        } else if sub == "log" {
+            self.rr.verb == Verb::Get
         } else {
             matches!(self.rr.verb, Verb::Get | Verb::Update | Verb::Patch)
         };

@@ -55,6 +55,11 @@ impl Column {
     pub fn computed(name: &str, f: fn(&Value) -> Value, description: &str) -> Column {
         Column::new(name, "string", CellSource::Computed(f), description)
     }
+    /// Shown only with `-o wide`.
+    pub fn wide(mut self) -> Column {
+        self.priority = 1;
+        self
+    }
     fn new(name: &str, ty: &str, source: CellSource, description: &str) -> Column {
         Column {
             name: name.into(),
@@ -216,6 +221,60 @@ pub fn pod_ready(pod: &Value) -> Value {
                 .count()
         });
     Value::String(format!("{ready}/{total}"))
+}
+
+/// The Age column where a kind wants it before its wide columns.
+pub fn age_cell(obj: &Value) -> Value {
+    Value::String(age(obj))
+}
+
+/// kubectl's pod STATUS: the reason a container is waiting or terminated, `Terminating`, or
+/// the phase.
+pub fn pod_status(pod: &Value) -> Value {
+    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        return json!("Terminating");
+    }
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending");
+    let mut reason = String::new();
+    for c in pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let waiting = c.pointer("/state/waiting/reason").and_then(Value::as_str);
+        let terminated = c
+            .pointer("/state/terminated/reason")
+            .and_then(Value::as_str);
+        if let Some(r) = waiting.or(terminated)
+            && !r.is_empty()
+        {
+            reason = r.to_string();
+        }
+    }
+    if reason.is_empty() || (phase == "Succeeded" && reason == "Completed") {
+        if phase == "Succeeded" {
+            return json!("Completed");
+        }
+        let unschedulable = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.get("type") == Some(&json!("PodScheduled"))
+                        && c.get("status") == Some(&json!("False"))
+                })
+            });
+        return json!(if unschedulable && phase == "Pending" {
+            "Pending"
+        } else {
+            phase
+        });
+    }
+    json!(reason)
 }
 
 pub fn pod_restarts(pod: &Value) -> Value {

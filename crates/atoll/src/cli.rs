@@ -23,6 +23,10 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// Print a kubeconfig for a new user, signed by a data dir's cluster CA.
     Kubeconfig(crate::kubeconfig::KubeconfigArgs),
+    /// Run a node agent: register a Node and run the pods bound to it.
+    Node(crate::node::NodeArgs),
+    /// A hub and member clusters on this machine: `dev up`, `dev status`, `dev down`.
+    Dev(crate::dev::DevArgs),
 }
 
 impl Args {
@@ -50,6 +54,8 @@ impl Args {
                 Command::Server(a) => crate::server::run(a).await,
                 Command::Bench(a) => crate::bench::run(a).await,
                 Command::Kubeconfig(a) => crate::kubeconfig::run(a),
+                Command::Node(a) => crate::node::run(a).await,
+                Command::Dev(a) => crate::dev::run(a).await,
             }
         });
         match result {

@@ -7,7 +7,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod cli;
+mod clients;
+mod dev;
 mod kubeconfig;
+mod node;
 mod server;
 
 fn main() -> std::process::ExitCode {

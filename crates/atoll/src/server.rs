@@ -30,6 +30,16 @@ pub struct ServerArgs {
     /// Append one JSON line per request (user, verb, resource, code) to this file.
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Also run the cluster runtime's scheduler and controllers (ReplicaSet, Deployment,
+    /// EndpointSlice, default ServiceAccount, node lifecycle) against this server.
+    #[arg(long)]
+    controllers: bool,
+    /// With --controllers: the range node pod CIDRs (/24 each) come from, in 127.0.0.0/8.
+    #[arg(long, default_value = "127.16.0.0/16")]
+    cluster_cidr: String,
+    /// With --controllers: how long pods stay on an unreachable node when they do not say.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: i64,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -114,8 +124,37 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         kubeconfig_path.display()
     );
     let serving = atoll_apiserver::tls::serve(listener, tls, server.router());
+    if args.controllers {
+        start_controllers(&pki, &url, &args).await?;
+    }
     tokio::select! {
         _ = serving => Ok(()),
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = crate::clients::terminated() => Ok(()),
     }
+}
+
+/// The scheduler and the controllers, each as its own identity over the same HTTPS API any
+/// client uses (never reaching into the store).
+async fn start_controllers(pki: &Pki, url: &str, args: &ServerArgs) -> anyhow::Result<()> {
+    let identity =
+        |user: &str| -> anyhow::Result<String> { Ok(pki.kubeconfig(url, &args.name, user, &[])?) };
+    let (scheduler, _) = crate::clients::from_yaml(&identity("system:kube-scheduler")?).await?;
+    let (controllers, _) =
+        crate::clients::from_yaml(&identity("system:kube-controller-manager")?).await?;
+    let cfg = atoll_cluster::controllers::ControllerConfig {
+        cluster_cidr: args.cluster_cidr.clone(),
+        default_toleration_seconds: args.default_toleration_seconds,
+        ..Default::default()
+    };
+    tokio::spawn(async move {
+        if let Err(e) = atoll_cluster::scheduler::run(scheduler).await {
+            tracing::error!(error = %e, "the scheduler stopped");
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(e) = atoll_cluster::controllers::run(controllers, cfg).await {
+            tracing::error!(error = %e, "the controllers stopped");
+        }
+    });
+    Ok(())
 }

@@ -77,7 +77,14 @@ impl Ctx {
                     .pointer("/spec/finalizers")
                     .and_then(Value::as_array)
                     .is_some_and(|a| !a.is_empty());
-            if finalizers.is_empty() && !ns_finalizers {
+            // A pod on a node is deleted gracefully: marked, so its node agent can stop it
+            // within the grace period, then deleted by the agent with a zero grace period.
+            let pod_grace = if self.is_pods() {
+                graceful_pod_seconds(&current, opts.grace_period)
+            } else {
+                None
+            };
+            if finalizers.is_empty() && !ns_finalizers && pod_grace.is_none() {
                 if dry_run {
                     return Ok((self.output(current), true));
                 }
@@ -102,9 +109,29 @@ impl Ctx {
             let already = current.pointer("/metadata/deletionTimestamp").is_some();
             {
                 let meta = meta_mut(&mut marked);
-                if !already {
-                    meta.insert("deletionTimestamp".into(), json!(object::now()));
-                    meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                let current_grace = meta
+                    .get("deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                match pod_grace {
+                    Some(grace) if !already || grace < current_grace => {
+                        let at = jiff::Timestamp::now()
+                            .checked_add(jiff::SignedDuration::from_secs(grace))
+                            .unwrap_or_else(|_| jiff::Timestamp::now());
+                        meta.insert(
+                            "deletionTimestamp".into(),
+                            json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                        );
+                        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                    }
+                    Some(_) => {}
+                    None if !already => {
+                        meta.insert("deletionTimestamp".into(), json!(object::now()));
+                        meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                    }
+                    None => {
+                        meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                    }
                 }
                 meta.insert("finalizers".into(), json!(finalizers));
                 meta.remove("resourceVersion");
@@ -192,6 +219,31 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     pub dry_run: bool,
+    /// `gracePeriodSeconds`: how long a running pod gets to stop (0: at once).
+    pub grace_period: Option<i64>,
+}
+
+/// The grace period a pod's deletion gets, when it must be graceful: it is on a node, not
+/// finished, and neither the caller nor the pod asked for zero.
+fn graceful_pod_seconds(pod: &Value, requested: Option<i64>) -> Option<i64> {
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if !bound || finished {
+        return None;
+    }
+    let grace = requested
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30);
+    (grace > 0).then_some(grace)
 }
 
 pub(crate) fn delete_options(
@@ -226,10 +278,19 @@ pub(crate) fn delete_options(
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             .map(String::from);
+        opts.grace_period = v.get("gracePeriodSeconds").and_then(Value::as_i64);
         opts.dry_run = v
             .get("dryRun")
             .and_then(Value::as_array)
             .is_some_and(|a| a.iter().any(|x| x == "All"));
+    }
+    if let Some(g) = query.get("gracePeriodSeconds") {
+        opts.grace_period = Some(g.parse().map_err(|_| {
+            ApiError::bad_request(format!("gracePeriodSeconds: {g:?} is not a number"))
+        })?);
+    }
+    if opts.grace_period.is_some_and(|g| g < 0) {
+        opts.grace_period = Some(0);
     }
     if let Some(p) = query.get("propagationPolicy") {
         opts.propagation = Some(p.to_string());

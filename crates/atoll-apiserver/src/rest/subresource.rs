@@ -1,4 +1,4 @@
-//! Subresources with their own shapes: `scale`, and `serviceaccounts/token`.
+//! Subresources with their own shapes: `scale`, `serviceaccounts/token` and `pods/binding`.
 
 use super::*;
 
@@ -66,6 +66,94 @@ impl Ctx {
         request["spec"] = json!({"audiences": audiences, "expirationSeconds": lifetime, "boundObjectRef": spec.get("boundObjectRef")});
         request["status"] = json!({"token": token, "expirationTimestamp": expiration});
         Ok(json_response(StatusCode::CREATED, &request))
+    }
+
+    /// `pods/binding`: the scheduler's way to set `spec.nodeName`, once.
+    pub(crate) async fn bind(&self, content_type: &str, body: &[u8]) -> ApiResult<Response> {
+        let name = self.name().to_string();
+        let binding = self.decode_object(content_type, body)?;
+        let target = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let target_kind = binding
+            .pointer("/target/kind")
+            .and_then(Value::as_str)
+            .unwrap_or("Node");
+        if target.is_empty() || (target_kind != "Node" && !target_kind.is_empty()) {
+            return Err(ApiError::invalid(
+                "",
+                "Binding",
+                &name,
+                vec![Cause::required("target.name")],
+            ));
+        }
+        if let Some(bound_name) = binding.pointer("/metadata/name").and_then(Value::as_str)
+            && bound_name != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the binding ({bound_name}) does not match the pod ({name})"
+            )));
+        }
+        let key = self.key(&name);
+        for _ in 0..16 {
+            let entry = self.get_entry(&name)?;
+            let mut pod = decode_stored(&self.rt, &entry)?;
+            if let Some(uid) = binding.pointer("/metadata/uid").and_then(Value::as_str)
+                && meta_str(&pod, "uid") != Some(uid)
+            {
+                return Err(ApiError::conflict(
+                    "",
+                    "pods",
+                    &name,
+                    "the pod's UID does not match the binding's",
+                ));
+            }
+            let current = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !current.is_empty() {
+                return Err(ApiError::conflict(
+                    "",
+                    "pods/binding",
+                    &name,
+                    &format!("pod {name} is already assigned to node \"{current}\""),
+                ));
+            }
+            if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                return Err(ApiError::conflict(
+                    "",
+                    "pods/binding",
+                    &name,
+                    &format!("pod {name} is being deleted, cannot be assigned to a host"),
+                ));
+            }
+            set_pointer(&mut pod, "/spec/nodeName", json!(target));
+            meta_mut(&mut pod).remove("resourceVersion");
+            match self
+                .server
+                .store
+                .update(
+                    &key,
+                    encode_for_store(&mut pod),
+                    Precondition::ModRevision(entry.mod_revision),
+                )
+                .await
+            {
+                Ok(_) => {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Success", "code": 201});
+                    return Ok(json_response(StatusCode::CREATED, &status));
+                }
+                Err(e) => match self.cas_failure(e, &name, true) {
+                    None => continue,
+                    Some(err) => return Err(err),
+                },
+            }
+        }
+        Err(self.too_contended(&name))
     }
 
     pub(crate) fn scale_of(&self, obj: &Value) -> Value {

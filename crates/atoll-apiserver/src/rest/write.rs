@@ -538,8 +538,13 @@ impl Ctx {
             if new == cur_cmp {
                 return Ok(self.output(current));
             }
+            // A pod still within its grace period is gone only when its node agent deletes it.
             let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
                 && object::finalizers_of(&new).is_empty()
+                && new
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .is_none_or(|g| g == 0 || !self.is_pods())
                 && new
                     .pointer("/spec/finalizers")
                     .and_then(Value::as_array)

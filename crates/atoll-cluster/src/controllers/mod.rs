@@ -1,0 +1,455 @@
+//! The workload controllers (kube-controller-manager's part of a cluster): ReplicaSet,
+//! Deployment, EndpointSlice, the default ServiceAccount, and node lifecycle.
+//!
+//! One set of caches (kube-rs reflectors) feeds all of them. Each cache's events are mapped to
+//! the keys of the objects to reconcile and put on that controller's work queue *after* the
+//! cache has applied them, so a reconcile always sees at least the state that triggered it. A
+//! key is never reconciled twice at once; a change during a reconcile runs it again after.
+
+mod deployment;
+mod endpointslice;
+mod nodelifecycle;
+mod replicaset;
+mod serviceaccount;
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::Notify;
+
+use crate::Error;
+
+/// Settings of the controllers.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// The range node pod CIDRs (/24 each) are carved from, in 127.0.0.0/8.
+    pub cluster_cidr: String,
+    /// How long a pod stays on an unreachable or not-ready node when it has no toleration of
+    /// its own (what kube-apiserver's DefaultTolerationSeconds admission adds: 300 s).
+    pub default_toleration_seconds: i64,
+    /// Concurrent reconciles per controller.
+    pub workers: usize,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            cluster_cidr: "127.16.0.0/16".into(),
+            default_toleration_seconds: 300,
+            workers: 8,
+        }
+    }
+}
+
+/// A namespaced (or cluster-scoped, empty namespace) object key.
+pub(crate) type Key = (String, String);
+
+/// The caches every controller reads.
+pub(crate) struct Caches {
+    pub pods: Store<Pod>,
+    pub replicasets: Store<ReplicaSet>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub nodes: Store<Node>,
+    pub leases: Store<Lease>,
+    pub namespaces: Store<Namespace>,
+}
+
+pub(crate) struct Ctx {
+    pub client: Client,
+    pub cfg: ControllerConfig,
+    pub caches: Caches,
+}
+
+/// Run every controller until the process ends.
+pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
+    let rs_queue = WorkQueue::new();
+    let deploy_queue = WorkQueue::new();
+    let svc_queue = WorkQueue::new();
+    let ns_queue = WorkQueue::new();
+
+    let (pods, pods_w) = reflector::store();
+    let (replicasets, rs_w) = reflector::store();
+    let (deployments, deploy_w) = reflector::store();
+    let (services, svc_w) = reflector::store();
+    let (nodes, nodes_w) = reflector::store();
+    let (leases, leases_w) = reflector::store();
+    let (namespaces, ns_w) = reflector::store();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        cfg: cfg.clone(),
+        caches: Caches {
+            pods,
+            replicasets,
+            deployments,
+            services,
+            nodes,
+            leases,
+            namespaces,
+        },
+    });
+
+    {
+        let (rs_q, svc_q, ctx2) = (rs_queue.clone(), svc_queue.clone(), ctx.clone());
+        drive(Api::<Pod>::all(client.clone()), pods_w, move |pod: &Pod| {
+            if let Some(owner) = controller_of(pod, "ReplicaSet") {
+                rs_q.add((pod.namespace().unwrap_or_default(), owner));
+            }
+            for svc in endpointslice::services_selecting(&ctx2, pod) {
+                svc_q.add(svc);
+            }
+        });
+    }
+    {
+        let (rs_q, d_q) = (rs_queue.clone(), deploy_queue.clone());
+        drive(
+            Api::<ReplicaSet>::all(client.clone()),
+            rs_w,
+            move |rs: &ReplicaSet| {
+                rs_q.add(key_of(rs));
+                if let Some(owner) = controller_of(rs, "Deployment") {
+                    d_q.add((rs.namespace().unwrap_or_default(), owner));
+                }
+            },
+        );
+    }
+    {
+        let d_q = deploy_queue.clone();
+        drive(
+            Api::<Deployment>::all(client.clone()),
+            deploy_w,
+            move |d: &Deployment| d_q.add(key_of(d)),
+        );
+    }
+    {
+        let s_q = svc_queue.clone();
+        drive(
+            Api::<Service>::all(client.clone()),
+            svc_w,
+            move |s: &Service| s_q.add(key_of(s)),
+        );
+    }
+    {
+        let n_q = ns_queue.clone();
+        drive(
+            Api::<Namespace>::all(client.clone()),
+            ns_w,
+            move |n: &Namespace| n_q.add(key_of(n)),
+        );
+    }
+    drive(Api::<Node>::all(client.clone()), nodes_w, |_: &Node| {});
+    drive(
+        Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
+        leases_w,
+        |_: &Lease| {},
+    );
+    // Slices and service accounts are not cached; their changes only trigger their owners.
+    {
+        let s_q = svc_queue.clone();
+        trigger(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default().labels(endpointslice::MANAGED_BY_SELECTOR),
+            move |s: &EndpointSlice| {
+                if let Some(svc) = s.labels().get("kubernetes.io/service-name") {
+                    s_q.add((s.namespace().unwrap_or_default(), svc.clone()));
+                }
+            },
+        );
+    }
+    {
+        let n_q = ns_queue.clone();
+        trigger(
+            Api::<ServiceAccount>::all(client.clone()),
+            watcher::Config::default().fields("metadata.name=default"),
+            move |sa: &ServiceAccount| n_q.add((String::new(), sa.namespace().unwrap_or_default())),
+        );
+    }
+
+    for store in [&ctx.caches.pods.clone()] {
+        let _ = store.wait_until_ready().await;
+    }
+    let _ = ctx.caches.replicasets.wait_until_ready().await;
+    let _ = ctx.caches.deployments.wait_until_ready().await;
+    let _ = ctx.caches.services.wait_until_ready().await;
+    let _ = ctx.caches.nodes.wait_until_ready().await;
+    let _ = ctx.caches.namespaces.wait_until_ready().await;
+    tracing::info!("cluster controllers ready");
+
+    let workers = cfg.workers.max(1);
+    let c = ctx.clone();
+    rs_queue.run(workers, "replicaset", move |k| {
+        replicaset::reconcile(c.clone(), k)
+    });
+    let c = ctx.clone();
+    deploy_queue.run(workers, "deployment", move |k| {
+        deployment::reconcile(c.clone(), k)
+    });
+    let c = ctx.clone();
+    svc_queue.run(workers, "endpointslice", move |k| {
+        endpointslice::reconcile(c.clone(), k)
+    });
+    let c = ctx.clone();
+    ns_queue.run(2, "serviceaccount", move |k| {
+        serviceaccount::reconcile(c.clone(), k)
+    });
+    // A periodic pass catches what no event announced (a lapsed lease, a pod that stopped
+    // matching a Service's selector).
+    let resync = {
+        let (rs_q, d_q, s_q, ctx) = (
+            rs_queue.clone(),
+            deploy_queue.clone(),
+            svc_queue.clone(),
+            ctx.clone(),
+        );
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                ctx.caches
+                    .replicasets
+                    .state()
+                    .iter()
+                    .for_each(|o| rs_q.add(key_of(o.as_ref())));
+                ctx.caches
+                    .deployments
+                    .state()
+                    .iter()
+                    .for_each(|o| d_q.add(key_of(o.as_ref())));
+                ctx.caches
+                    .services
+                    .state()
+                    .iter()
+                    .for_each(|o| s_q.add(key_of(o.as_ref())));
+            }
+        }
+    };
+    tokio::join!(nodelifecycle::run(ctx.clone()), resync);
+    Ok(())
+}
+
+pub(crate) fn key_of<K: Resource>(o: &K) -> Key {
+    (
+        o.meta().namespace.clone().unwrap_or_default(),
+        o.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+/// The name of `o`'s controlling owner of `kind`.
+pub(crate) fn controller_of<K: Resource>(o: &K, kind: &str) -> Option<String> {
+    o.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true) && r.kind == kind)
+        .map(|r| r.name.clone())
+}
+
+/// Keep a cache in sync and call `on_change` for every object it applies or deletes.
+fn drive<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    on_change: impl Fn(&K) + Send + 'static,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(async move {
+        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff();
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(
+                    watcher::Event::Apply(o)
+                    | watcher::Event::Delete(o)
+                    | watcher::Event::InitApply(o),
+                ) => on_change(&o),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cache watch error"),
+            }
+        }
+    });
+}
+
+/// Watch without caching, calling `on_change` for every change.
+fn trigger<K>(api: Api<K>, wc: watcher::Config, on_change: impl Fn(&K) + Send + 'static)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(async move {
+        let stream = watcher(api, wc).default_backoff();
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => on_change(&o),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "trigger watch error"),
+            }
+        }
+    });
+}
+
+/// Keys waiting to be reconciled, each at most once in the queue and once in flight.
+#[derive(Clone)]
+pub(crate) struct WorkQueue {
+    inner: Arc<(Mutex<QueueState>, Notify)>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    queue: VecDeque<Key>,
+    queued: HashSet<Key>,
+    running: HashSet<Key>,
+    /// Changed while running: queue again when done.
+    dirty: HashSet<Key>,
+}
+
+impl WorkQueue {
+    fn new() -> WorkQueue {
+        WorkQueue {
+            inner: Arc::new((Mutex::new(QueueState::default()), Notify::new())),
+        }
+    }
+
+    pub(crate) fn add(&self, key: Key) {
+        let mut s = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        if s.running.contains(&key) {
+            s.dirty.insert(key);
+            return;
+        }
+        if s.queued.insert(key.clone()) {
+            s.queue.push_back(key);
+            drop(s);
+            self.inner.1.notify_one();
+        }
+    }
+
+    fn add_after(&self, key: Key, after: Duration) {
+        let q = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            q.add(key);
+        });
+    }
+
+    async fn next(&self) -> Key {
+        loop {
+            {
+                let mut s = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(k) = s.queue.pop_front() {
+                    s.queued.remove(&k);
+                    s.running.insert(k.clone());
+                    if !s.queue.is_empty() {
+                        self.inner.1.notify_one();
+                    }
+                    return k;
+                }
+            }
+            self.inner.1.notified().await;
+        }
+    }
+
+    fn done(&self, key: &Key) {
+        let mut s = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.running.remove(key);
+        if s.dirty.remove(key) && s.queued.insert(key.clone()) {
+            s.queue.push_back(key.clone());
+            drop(s);
+            self.inner.1.notify_one();
+        }
+    }
+
+    /// Start `workers` tasks reconciling keys with `f`; an error retries with back-off, an
+    /// `Ok(Some(d))` asks to be run again after `d`.
+    fn run<F, Fut>(&self, workers: usize, name: &'static str, f: F)
+    where
+        F: Fn(Key) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Duration>, Error>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let failures: Arc<Mutex<std::collections::HashMap<Key, u32>>> = Default::default();
+        for _ in 0..workers {
+            let q = self.clone();
+            let f = f.clone();
+            let failures = failures.clone();
+            tokio::spawn(async move {
+                loop {
+                    let key = q.next().await;
+                    let result = f(key.clone()).await;
+                    q.done(&key);
+                    match result {
+                        Ok(again) => {
+                            failures
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&key);
+                            if let Some(d) = again {
+                                q.add_after(key, d);
+                            }
+                        }
+                        Err(e) => {
+                            let n = {
+                                let mut m = failures.lock().unwrap_or_else(|p| p.into_inner());
+                                let n = m.entry(key.clone()).or_default();
+                                *n += 1;
+                                *n
+                            };
+                            let delay = Duration::from_millis((100u64 << n.min(8)).min(30_000));
+                            tracing::warn!(controller = name, namespace = %key.0, name = %key.1, error = %e, "reconcile failed; retrying in {delay:?}");
+                            q.add_after(key, delay);
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Wait (briefly) until the cache shows what we just did, so the next reconcile does not act
+/// on a state from before it.
+pub(crate) async fn wait_for_cache(check: impl Fn() -> bool) {
+    for _ in 0..250 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pods in `namespace` controlled by the object with `uid`.
+pub(crate) fn pods_controlled_by(ctx: &Ctx, namespace: &str, uid: &str) -> Vec<Arc<Pod>> {
+    ctx.caches
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(namespace)
+                && p.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|r| r.controller == Some(true) && r.uid == uid)
+        })
+        .collect()
+}

@@ -1,0 +1,221 @@
+//! ReplicaSet: keep `spec.replicas` pods from the template running; report how many are
+//! ready and available.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Ctx, Key, pods_controlled_by, wait_for_cache};
+use crate::Error;
+use crate::util::{pod_finished, pod_ready, pod_ready_since};
+
+/// Most pods created or deleted in one pass (the rest in the next), as Kubernetes' burst.
+const BURST: usize = 500;
+
+pub(crate) async fn reconcile(
+    ctx: Arc<Ctx>,
+    (namespace, name): Key,
+) -> Result<Option<Duration>, Error> {
+    let Some(rs) = ctx
+        .caches
+        .replicasets
+        .get(&ObjectRef::new(&name).within(&namespace))
+    else {
+        return Ok(None);
+    };
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok(None);
+    }
+    let uid = rs.uid().unwrap_or_default();
+    let spec = rs.spec.clone().unwrap_or_default();
+    let want = spec.replicas.unwrap_or(1).max(0) as usize;
+    let active = |ctx: &Ctx| -> Vec<Arc<Pod>> {
+        pods_controlled_by(ctx, &namespace, &uid)
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && !pod_finished(p))
+            .collect()
+    };
+    let pods = active(&ctx);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    if pods.len() < want {
+        let missing = (want - pods.len()).min(BURST);
+        let template = pod_from_template(&rs);
+        let created: Vec<String> = futures::stream::iter(0..missing)
+            .map(|_| {
+                let api = api.clone();
+                let pod = template.clone();
+                async move { api.create(&PostParams::default(), &pod).await }
+            })
+            .buffer_unordered(32)
+            .filter_map(|r| async move {
+                match r {
+                    Ok(p) => Some(p.name_any()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot create a pod for a ReplicaSet");
+                        None
+                    }
+                }
+            })
+            .collect()
+            .await;
+        wait_for_cache(|| {
+            created.iter().all(|n| {
+                ctx.caches
+                    .pods
+                    .get(&ObjectRef::new(n).within(&namespace))
+                    .is_some()
+            })
+        })
+        .await;
+        if created.len() < missing {
+            return Err(Error::Config(format!(
+                "created {} of {missing} pods for ReplicaSet {namespace}/{name}",
+                created.len()
+            )));
+        }
+    } else if pods.len() > want {
+        let mut victims = pods.clone();
+        // Delete the least useful first: unscheduled, then not ready, then the newest.
+        victims.sort_by_key(|p| {
+            let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+            let created = p
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .unwrap_or(0);
+            (scheduled, pod_ready(p), std::cmp::Reverse(created))
+        });
+        let victims: Vec<String> = victims
+            .iter()
+            .take(pods.len() - want)
+            .map(|p| p.name_any())
+            .collect();
+        futures::stream::iter(victims.iter().cloned())
+            .map(|n| {
+                let api = api.clone();
+                async move {
+                    match api.delete(&n, &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => {
+                            tracing::warn!(pod = %n, error = %e, "cannot delete a surplus pod")
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        wait_for_cache(|| {
+            victims.iter().all(|n| {
+                ctx.caches
+                    .pods
+                    .get(&ObjectRef::new(n).within(&namespace))
+                    .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+            })
+        })
+        .await;
+    }
+    // Status from what the cache now shows.
+    let pods = active(&ctx);
+    let min_ready = spec.min_ready_seconds.unwrap_or(0).max(0) as f64;
+    let ready = pods.iter().filter(|p| pod_ready(p)).count() as i32;
+    let mut wait_for_available: Option<f64> = None;
+    let available = pods
+        .iter()
+        .filter(|p| pod_ready(p))
+        .filter(|p| {
+            let since = pod_ready_since(p)
+                .map(|t| crate::util::age_seconds(&t))
+                .unwrap_or(0.0);
+            let ok = since >= min_ready;
+            if !ok {
+                let left = min_ready - since;
+                wait_for_available = Some(wait_for_available.map_or(left, |w: f64| w.min(left)));
+            }
+            ok
+        })
+        .count() as i32;
+    let labels = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let fully_labeled = pods
+        .iter()
+        .filter(|p| {
+            let l = p.labels();
+            labels.iter().all(|(k, v)| l.get(k) == Some(v))
+        })
+        .count() as i32;
+    let status = json!({
+        "replicas": pods.len(),
+        "fullyLabeledReplicas": fully_labeled,
+        "readyReplicas": ready,
+        "availableReplicas": available,
+        "observedGeneration": rs.metadata.generation,
+    });
+    let current = rs.status.as_ref().map(|s| {
+        json!({
+            "replicas": s.replicas,
+            "fullyLabeledReplicas": s.fully_labeled_replicas.unwrap_or(0),
+            "readyReplicas": s.ready_replicas.unwrap_or(0),
+            "availableReplicas": s.available_replicas.unwrap_or(0),
+            "observedGeneration": s.observed_generation,
+        })
+    });
+    if current.as_ref() != Some(&status) {
+        let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
+        match rs_api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": status})),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(wait_for_available.map(|s| Duration::from_secs_f64(s.max(0.0) + 0.05)))
+}
+
+fn pod_from_template(rs: &ReplicaSet) -> Pod {
+    let template = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
+    let meta = template.metadata.unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", rs.name_any())),
+            namespace: rs.namespace(),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            owner_references: Some(vec![OwnerReference {
+                api_version: ReplicaSet::api_version(&()).into(),
+                kind: ReplicaSet::kind(&()).into(),
+                name: rs.name_any(),
+                uid: rs.uid().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    }
+}

@@ -1,0 +1,960 @@
+//! The `process` runtime: each container's command runs as a local process.
+//!
+//! A pod gets a directory (`ROOT/pods/<namespace>_<name>_<uid>`) holding its volumes, its
+//! containers' logs and their pid files, and one loopback address from the node's range. Each
+//! container is supervised by its own task: start, probe, restart per `restartPolicy` with
+//! back-off, stop with SIGTERM then SIGKILL after the grace period. A status writer turns the
+//! containers' state into the pod's `status` and patches it when it changes.
+//!
+//! Volumes: `emptyDir`, `configMap`, `secret` and `hostPath`. A container cannot see a mount
+//! path of its own (there are no mount namespaces), so a volume mounted at `/etc/config` is at
+//! `etc/config` under the pod directory, which is the container's working directory and
+//! `$POD_DIR`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodIP, PodStatus, Secret,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use rustix::process::{Pid, Signal};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+
+use super::{NodeCtx, PodUpdate, env, probe};
+use crate::util::now;
+
+/// A pod running here, as the log endpoint and the agent's shutdown see it.
+pub(crate) struct PodHandle {
+    pub dir: PathBuf,
+    pub containers: Mutex<Vec<CState>>,
+    changed: Notify,
+    stop: watch::Sender<Option<Stop>>,
+    done: watch::Sender<bool>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Stop {
+    grace: Duration,
+    /// The agent is stopping, not the pod: leave the pod in the API.
+    shutdown: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct CState {
+    pub name: String,
+    image: String,
+    pub state: State,
+    last: Option<ContainerStateTerminated>,
+    ready: bool,
+    started: bool,
+    restarts: i32,
+    /// It has stopped for good (restart policy says no more).
+    finished: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum State {
+    Waiting { reason: String, message: String },
+    Running { since: Time },
+    Terminated(ContainerStateTerminated),
+}
+
+impl PodHandle {
+    pub(crate) fn container_running(&self, name: &str) -> bool {
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|c| c.name == name && matches!(c.state, State::Running { .. }))
+    }
+
+    /// Stop the pod's processes because the agent is stopping; wait until they are.
+    pub(crate) async fn stop_for_shutdown(&self) {
+        let _ = self.stop.send(Some(Stop {
+            grace: Duration::from_secs(5),
+            shutdown: true,
+        }));
+        let mut done = self.done.subscribe();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    fn update(&self, idx: usize, f: impl FnOnce(&mut CState)) {
+        if let Some(c) = self
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(idx)
+        {
+            f(c);
+        }
+        self.changed.notify_one();
+    }
+}
+
+pub(crate) fn pod_dir(root: &Path, pod: &Pod) -> PathBuf {
+    root.join("pods").join(format!(
+        "{}_{}_{}",
+        pod.namespace().unwrap_or_default(),
+        pod.name_any(),
+        pod.uid().unwrap_or_default()
+    ))
+}
+
+/// Kill the process groups recorded in pid files under `pods` (a previous agent's).
+pub(crate) fn kill_leftovers(pods: &Path) {
+    let Ok(dirs) = std::fs::read_dir(pods) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let Ok(files) = std::fs::read_dir(d.path().join("run")) else {
+            continue;
+        };
+        for f in files.flatten() {
+            if let Some(pid) = std::fs::read_to_string(f.path())
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .and_then(Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+            }
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+}
+
+pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Receiver<PodUpdate>) {
+    let PodUpdate { pod, gone } = rx.borrow_and_update().clone();
+    let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    let dir = pod_dir(&root, &pod);
+    if gone {
+        return;
+    }
+    // A pod that finished, or whose deletion began while no agent ran, is not started again.
+    if crate::util::pod_finished(&pod) || pod.metadata.deletion_timestamp.is_some() {
+        loop {
+            let PodUpdate { pod, gone } = rx.borrow_and_update().clone();
+            if gone {
+                break;
+            }
+            if pod.metadata.deletion_timestamp.is_some() {
+                super::finish_deletion(&ctx, &pod).await;
+                break;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let wanted = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+    let Some(pod_ip) = ctx
+        .ips
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .allocate(wanted.as_deref())
+    else {
+        tracing::error!(pod = %key, "the node's pod range is exhausted");
+        return;
+    };
+    let containers: Vec<Container> = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    let (stop_tx, _) = watch::channel(None);
+    let (done_tx, _) = watch::channel(false);
+    let handle = Arc::new(PodHandle {
+        dir: dir.clone(),
+        containers: Mutex::new(
+            containers
+                .iter()
+                .map(|c| CState {
+                    name: c.name.clone(),
+                    image: c.image.clone().unwrap_or_default(),
+                    state: State::Waiting {
+                        reason: "ContainerCreating".into(),
+                        message: String::new(),
+                    },
+                    last: None,
+                    ready: false,
+                    started: false,
+                    restarts: 0,
+                    finished: false,
+                })
+                .collect(),
+        ),
+        changed: Notify::new(),
+        stop: stop_tx,
+        done: done_tx,
+    });
+    // Restart counts survive agent restarts through the pod's own status.
+    if let Some(statuses) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+    {
+        let mut cs = handle.containers.lock().unwrap_or_else(|p| p.into_inner());
+        for c in cs.iter_mut() {
+            if let Some(s) = statuses.iter().find(|s| s.name == c.name) {
+                c.restarts = s.restart_count;
+            }
+        }
+    }
+    ctx.running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone(), handle.clone());
+    let writer = tokio::spawn(write_status(
+        ctx.clone(),
+        handle.clone(),
+        pod.clone(),
+        pod_ip.clone(),
+    ));
+    handle.changed.notify_one();
+
+    // Volumes first; a missing ConfigMap or Secret keeps the pod waiting, as in Kubernetes.
+    let mut stop_rx = handle.stop.subscribe();
+    let mut stopped_early = None;
+    loop {
+        match prepare_volumes(&ctx, &pod, &dir).await {
+            Ok(()) => break,
+            Err(message) => {
+                for i in 0..containers.len() {
+                    handle.update(i, |c| {
+                        c.state = State::Waiting {
+                            reason: "ContainerCreating".into(),
+                            message: message.clone(),
+                        }
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            r = rx.changed() => {
+                let u = rx.borrow_and_update().clone();
+                if r.is_err() || u.gone || u.pod.metadata.deletion_timestamp.is_some() {
+                    stopped_early = Some(u);
+                    break;
+                }
+            }
+            _ = stop_rx.changed() => { stopped_early = Some(PodUpdate { pod: pod.clone(), gone: true }); break; }
+        }
+    }
+
+    let mut supervisors = Vec::new();
+    if stopped_early.is_none() {
+        for (idx, c) in containers.iter().enumerate() {
+            supervisors.push(tokio::spawn(supervise(
+                ctx.clone(),
+                handle.clone(),
+                pod.clone(),
+                idx,
+                c.clone(),
+                pod_ip.clone(),
+            )));
+        }
+    }
+    // Wait for the pod's deletion (or the agent's shutdown).
+    let mut shutdown = false;
+    let last = match stopped_early {
+        Some(u) => u,
+        None => loop {
+            tokio::select! {
+                r = rx.changed() => {
+                    let u = rx.borrow_and_update().clone();
+                    if r.is_err() || u.gone || u.pod.metadata.deletion_timestamp.is_some() {
+                        let grace = u.pod.metadata.deletion_grace_period_seconds.unwrap_or(0).max(0) as u64;
+                        let _ = handle.stop.send(Some(Stop { grace: Duration::from_secs(grace), shutdown: false }));
+                        break u;
+                    }
+                }
+                _ = stop_rx.changed() => {
+                    shutdown = stop_rx.borrow().is_some_and(|s| s.shutdown);
+                    break PodUpdate { pod: pod.clone(), gone: false };
+                }
+            }
+        },
+    };
+    if shutdown {
+        // The agent stops, not the pod: the pod's status stays as it was, for the agent's return.
+        writer.abort();
+    }
+    for s in supervisors {
+        let _ = s.await;
+    }
+    if !shutdown {
+        // One last status with every container terminated, then the pod goes.
+        handle.changed.notify_one();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        writer.abort();
+    }
+    ctx.running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
+    if !shutdown {
+        ctx.ips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(&pod_ip);
+        if !last.gone {
+            super::finish_deletion(&ctx, &last.pod).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = handle.done.send(true);
+}
+
+/// Run one container for as long as the pod lives, restarting it per the pod's policy.
+async fn supervise(
+    ctx: Arc<NodeCtx>,
+    handle: Arc<PodHandle>,
+    pod: Pod,
+    idx: usize,
+    container: Container,
+    pod_ip: String,
+) {
+    let mut stop_rx = handle.stop.subscribe();
+    let policy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into());
+    let logs = handle.dir.join("logs");
+    let run_dir = handle.dir.join("run");
+    let _ = std::fs::create_dir_all(&logs);
+    let _ = std::fs::create_dir_all(&run_dir);
+    let log_path = logs.join(format!("{}.log", container.name));
+    let previous_path = logs.join(format!("{}.previous.log", container.name));
+    let pid_path = run_dir.join(format!("{}.pid", container.name));
+    let mut backoff = Duration::from_secs(1);
+    let stopped = |rx: &watch::Receiver<Option<Stop>>| *rx.borrow();
+    loop {
+        if let Some(_s) = stopped(&stop_rx) {
+            return;
+        }
+        // The environment (ConfigMaps and Secrets may not exist yet).
+        let env = match env::resolve(&ctx.client, &pod, &container, &pod_ip, &ctx.host_ip).await {
+            Ok(e) => e,
+            Err(e) => {
+                handle.update(idx, |c| {
+                    c.state = State::Waiting {
+                        reason: "CreateContainerConfigError".into(),
+                        message: e.0.clone(),
+                    }
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    _ = stop_rx.changed() => return,
+                }
+            }
+        };
+        // POD_IP and friends are there for `$(POD_IP)` too, before the container's own.
+        let mut full_env: Vec<(String, String)> = vec![
+            (
+                "PATH".into(),
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            ),
+            ("HOME".into(), handle.dir.display().to_string()),
+            ("HOSTNAME".into(), pod.name_any()),
+            ("POD_IP".into(), pod_ip.clone()),
+            ("POD_DIR".into(), handle.dir.display().to_string()),
+        ];
+        if let Ok(lang) = std::env::var("LANG") {
+            full_env.push(("LANG".into(), lang));
+        }
+        full_env.extend(env.iter().cloned());
+        let mut argv: Vec<String> = container
+            .command
+            .iter()
+            .flatten()
+            .chain(container.args.iter().flatten())
+            .map(|a| env::expand(a, &full_env))
+            .collect();
+        if container.command.as_ref().is_none_or(|c| c.is_empty()) {
+            let image = container.image.clone().unwrap_or_default();
+            handle.update(idx, |c| {
+                c.state = State::Waiting {
+                    reason: "NoCommand".into(),
+                    message: format!(
+                        "the process runtime runs a container's command and does not run images; set `command` for container {:?} (image {image:?} is only recorded)",
+                        container.name
+                    ),
+                }
+            });
+            let _ = stop_rx.changed().await;
+            return;
+        }
+        let program = argv.remove(0);
+        // The previous run's log is kept for `kubectl logs --previous`.
+        if log_path.exists() {
+            let _ = std::fs::rename(&log_path, &previous_path);
+        }
+        let spawned = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .and_then(|out| {
+                let err = out.try_clone()?;
+                let workdir = container
+                    .working_dir
+                    .as_ref()
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_dir())
+                    .unwrap_or_else(|| handle.dir.clone());
+                tokio::process::Command::new(&program)
+                    .args(&argv)
+                    .env_clear()
+                    .envs(full_env.iter().map(|(k, v)| (k, v)))
+                    .current_dir(workdir)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(out)
+                    .stderr(err)
+                    .process_group(0)
+                    .spawn()
+            });
+        let started_at = Instant::now();
+        let exit = match spawned {
+            Err(e) => {
+                let message = format!("exec {program:?}: {e}");
+                let _ = std::fs::write(&log_path, format!("{message}\n"));
+                handle.update(idx, |c| {
+                    c.state = State::Waiting {
+                        reason: "RunContainerError".into(),
+                        message: message.clone(),
+                    };
+                    c.ready = false;
+                });
+                Err(message)
+            }
+            Ok(mut child) => {
+                let pid = child
+                    .id()
+                    .and_then(|p| i32::try_from(p).ok())
+                    .and_then(Pid::from_raw);
+                if let Some(p) = pid {
+                    let _ = std::fs::write(&pid_path, p.as_raw_nonzero().to_string());
+                }
+                let has_startup = container.startup_probe.is_some();
+                handle.update(idx, |c| {
+                    c.state = State::Running { since: now() };
+                    c.started = !has_startup;
+                    c.ready = !has_startup && container.readiness_probe.is_none();
+                });
+                let (kill_tx, mut kill_rx) = tokio::sync::mpsc::channel::<String>(1);
+                let probes = tokio::spawn(run_probes(
+                    handle.clone(),
+                    idx,
+                    container.clone(),
+                    pod_ip.clone(),
+                    full_env.clone(),
+                    kill_tx,
+                ));
+                let grace_default = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(30)
+                    .max(0) as u64;
+                let outcome = tokio::select! {
+                    s = child.wait() => s.map(exit_code).map_err(|e| e.to_string()),
+                    _ = stop_rx.changed() => {
+                        let grace = stop_rx.borrow().map(|s| s.grace).unwrap_or_default();
+                        Ok(terminate(&mut child, pid, grace).await)
+                    }
+                    Some(why) = kill_rx.recv() => {
+                        tracing::info!(container = %container.name, reason = ?why, "restarting container after a failed probe");
+                        Ok(terminate(&mut child, pid, Duration::from_secs(grace_default)).await)
+                    }
+                };
+                probes.abort();
+                let _ = std::fs::remove_file(&pid_path);
+                outcome
+            }
+        };
+        let code = match &exit {
+            Ok(c) => *c,
+            Err(_) => 128,
+        };
+        let finished_at = now();
+        let terminated = ContainerStateTerminated {
+            exit_code: code,
+            reason: Some(match &exit {
+                Ok(0) => "Completed".into(),
+                Ok(137) => "Error".into(),
+                Ok(_) => "Error".into(),
+                Err(_) => "ContainerCannotRun".into(),
+            }),
+            message: exit.as_ref().err().cloned(),
+            started_at: Some(Time(
+                k8s_openapi::jiff::Timestamp::now()
+                    .checked_sub(
+                        k8s_openapi::jiff::SignedDuration::try_from(started_at.elapsed())
+                            .unwrap_or_default(),
+                    )
+                    .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
+            )),
+            finished_at: Some(finished_at),
+            ..Default::default()
+        };
+        let stopping = stopped(&stop_rx).is_some();
+        let restart = !stopping
+            && match policy.as_str() {
+                "Never" => false,
+                "OnFailure" => code != 0,
+                _ => true,
+            };
+        handle.update(idx, |c| {
+            c.ready = false;
+            c.state = State::Terminated(terminated.clone());
+            c.finished = !restart;
+        });
+        if !restart {
+            if !stopping {
+                let _ = stop_rx.changed().await;
+            }
+            return;
+        }
+        // Back off before the restart: 1 s doubling to 5 min, reset after 10 minutes of running.
+        if started_at.elapsed() > Duration::from_secs(600) {
+            backoff = Duration::from_secs(1);
+        }
+        handle.update(idx, |c| {
+            c.last = Some(terminated.clone());
+            c.restarts += 1;
+            c.state = State::Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: format!(
+                    "back-off {}s restarting failed container={} pod={}",
+                    backoff.as_secs(),
+                    container.name,
+                    pod.name_any()
+                ),
+            };
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop_rx.changed() => {
+                handle.update(idx, |c| { c.state = State::Terminated(terminated.clone()); c.finished = true; });
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(300));
+    }
+}
+
+fn exit_code(s: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+}
+
+/// SIGTERM to the container's process group, SIGKILL after `grace`.
+async fn terminate(child: &mut tokio::process::Child, pid: Option<Pid>, grace: Duration) -> i32 {
+    if let Some(p) = pid {
+        let _ = rustix::process::kill_process_group(p, Signal::TERM);
+    }
+    let code = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(s)) => exit_code(s),
+        _ => {
+            if let Some(p) = pid {
+                let _ = rustix::process::kill_process_group(p, Signal::KILL);
+            }
+            let _ = child.start_kill();
+            child.wait().await.map(exit_code).unwrap_or(137)
+        }
+    };
+    // Whatever else the container started in its group goes with it.
+    if let Some(p) = pid {
+        let _ = rustix::process::kill_process_group(p, Signal::KILL);
+    }
+    code
+}
+
+/// Startup, then readiness and liveness probes for one run of a container.
+async fn run_probes(
+    handle: Arc<PodHandle>,
+    idx: usize,
+    container: Container,
+    pod_ip: String,
+    env: Vec<(String, String)>,
+    kill: tokio::sync::mpsc::Sender<String>,
+) {
+    let dir = handle.dir.clone();
+    let period = |p: &k8s_openapi::api::core::v1::Probe| {
+        Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64)
+    };
+    let delay = |p: &k8s_openapi::api::core::v1::Probe| {
+        Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)
+    };
+    if let Some(p) = &container.startup_probe {
+        tokio::time::sleep(delay(p)).await;
+        let threshold = p.failure_threshold.unwrap_or(3).max(1);
+        let mut failures = 0;
+        loop {
+            if probe::check(p, &container, &pod_ip, &env, &dir).await {
+                break;
+            }
+            failures += 1;
+            if failures >= threshold {
+                let _ = kill.send("startup probe failed".into()).await;
+                return;
+            }
+            tokio::time::sleep(period(p)).await;
+        }
+        let ready_now = container.readiness_probe.is_none();
+        handle.update(idx, |c| {
+            c.started = true;
+            c.ready = ready_now;
+        });
+    }
+    let readiness = async {
+        let Some(p) = &container.readiness_probe else {
+            return;
+        };
+        tokio::time::sleep(delay(p)).await;
+        let (need_ok, need_fail) = (
+            p.success_threshold.unwrap_or(1).max(1),
+            p.failure_threshold.unwrap_or(3).max(1),
+        );
+        let (mut ok, mut fail) = (0, 0);
+        loop {
+            if probe::check(p, &container, &pod_ip, &env, &dir).await {
+                ok += 1;
+                fail = 0;
+                if ok >= need_ok {
+                    handle.update(idx, |c| c.ready = true);
+                }
+            } else {
+                fail += 1;
+                ok = 0;
+                if fail >= need_fail {
+                    handle.update(idx, |c| c.ready = false);
+                }
+            }
+            tokio::time::sleep(period(p)).await;
+        }
+    };
+    let liveness = async {
+        let Some(p) = &container.liveness_probe else {
+            return;
+        };
+        tokio::time::sleep(delay(p)).await;
+        let need_fail = p.failure_threshold.unwrap_or(3).max(1);
+        let mut fail = 0;
+        loop {
+            if probe::check(p, &container, &pod_ip, &env, &dir).await {
+                fail = 0;
+            } else {
+                fail += 1;
+                if fail >= need_fail {
+                    let _ = kill.send("liveness probe failed".into()).await;
+                    return;
+                }
+            }
+            tokio::time::sleep(period(p)).await;
+        }
+    };
+    tokio::join!(readiness, liveness);
+}
+
+/// Write the pod's volumes under its directory and link each mount path to its volume.
+async fn prepare_volumes(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<(), String> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let io = |e: std::io::Error| format!("cannot prepare the pod directory {}: {e}", dir.display());
+    std::fs::create_dir_all(dir.join("volumes")).map_err(io)?;
+    let Some(spec) = &pod.spec else { return Ok(()) };
+    let mut paths: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for v in spec.volumes.iter().flatten() {
+        let target = dir.join("volumes").join(&v.name);
+        let files: Option<BTreeMap<String, Vec<u8>>> = if let Some(cm) = &v.config_map {
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+            match api.get_opt(&cm.name).await.map_err(|e| e.to_string())? {
+                Some(c) => {
+                    let mut data: BTreeMap<String, Vec<u8>> = c
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect();
+                    data.extend(
+                        c.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0)),
+                    );
+                    Some(select_items(data, cm.items.as_deref()))
+                }
+                None if cm.optional.unwrap_or(false) => Some(BTreeMap::new()),
+                None => {
+                    return Err(format!(
+                        "MountVolume.SetUp failed for volume {:?}: configmap {:?} not found",
+                        v.name, cm.name
+                    ));
+                }
+            }
+        } else if let Some(s) = &v.secret {
+            let name = s.secret_name.clone().unwrap_or_default();
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+            match api.get_opt(&name).await.map_err(|e| e.to_string())? {
+                Some(sec) => {
+                    let mut data: BTreeMap<String, Vec<u8>> = sec
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    data.extend(
+                        sec.string_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_bytes())),
+                    );
+                    Some(select_items(data, s.items.as_deref()))
+                }
+                None if s.optional.unwrap_or(false) => Some(BTreeMap::new()),
+                None => {
+                    return Err(format!(
+                        "MountVolume.SetUp failed for volume {:?}: secret {name:?} not found",
+                        v.name
+                    ));
+                }
+            }
+        } else if v.empty_dir.is_some() {
+            None
+        } else if let Some(h) = &v.host_path {
+            paths.insert(v.name.clone(), PathBuf::from(&h.path));
+            continue;
+        } else {
+            return Err(format!(
+                "volume {:?}: the process runtime supports emptyDir, configMap, secret and hostPath volumes",
+                v.name
+            ));
+        };
+        std::fs::create_dir_all(&target).map_err(io)?;
+        for (path, bytes) in files.into_iter().flatten() {
+            if path.split('/').any(|p| p == ".." || p.is_empty()) {
+                return Err(format!("volume {:?}: invalid item path {path:?}", v.name));
+            }
+            let file = target.join(&path);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            std::fs::write(&file, bytes).map_err(io)?;
+        }
+        paths.insert(v.name.clone(), target);
+    }
+    for c in &spec.containers {
+        for m in c.volume_mounts.iter().flatten() {
+            let Some(source) = paths.get(&m.name) else {
+                return Err(format!(
+                    "container {:?} mounts volume {:?}, which the pod does not define",
+                    c.name, m.name
+                ));
+            };
+            let source = match &m.sub_path {
+                Some(s) if !s.is_empty() => source.join(s),
+                _ => source.clone(),
+            };
+            let relative = m.mount_path.trim_start_matches('/');
+            if relative.is_empty() || relative.split('/').any(|p| p == "..") {
+                continue;
+            }
+            let link = dir.join(relative);
+            if let Some(parent) = link.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&source, &link).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+fn select_items(
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+) -> BTreeMap<String, Vec<u8>> {
+    match items {
+        Some(items) if !items.is_empty() => items
+            .iter()
+            .filter_map(|i| data.get(&i.key).map(|b| (i.path.clone(), b.clone())))
+            .collect(),
+        _ => data,
+    }
+}
+
+/// Patch the pod's status whenever the containers' state changes.
+async fn write_status(ctx: Arc<NodeCtx>, handle: Arc<PodHandle>, pod: Pod, pod_ip: String) {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let name = pod.name_any();
+    let mut last_sent: Option<serde_json::Value> = None;
+    let mut transitions: BTreeMap<String, (String, Time)> = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| {
+            Some((
+                c.type_.clone(),
+                (c.status.clone(), c.last_transition_time.clone()?),
+            ))
+        })
+        .collect();
+    let start_time = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.clone())
+        .unwrap_or_else(now);
+    loop {
+        handle.changed.notified().await;
+        // Let a burst of changes settle into one write.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if handle.stop.borrow().is_some_and(|s| s.shutdown) {
+            return;
+        }
+        let cs = handle
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let status = pod_status(
+            &pod,
+            &cs,
+            &pod_ip,
+            &ctx.host_ip,
+            &start_time,
+            &mut transitions,
+        );
+        let body = json!({"status": status});
+        if last_sent.as_ref() == Some(&body) {
+            continue;
+        }
+        for attempt in 0..5u32 {
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+            {
+                Ok(_) => break,
+                Err(kube::Error::Api(e)) if e.code == 404 => return,
+                Err(e) => {
+                    tracing::debug!(pod = %name, error = %e, attempt, "status update failed");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        last_sent = Some(body);
+    }
+}
+
+fn pod_status(
+    pod: &Pod,
+    cs: &[CState],
+    pod_ip: &str,
+    host_ip: &str,
+    start_time: &Time,
+    transitions: &mut BTreeMap<String, (String, Time)>,
+) -> PodStatus {
+    let all_done = !cs.is_empty() && cs.iter().all(|c| c.finished);
+    let exit_ok = |c: &CState| matches!(&c.state, State::Terminated(t) if t.exit_code == 0);
+    let ever_ran = cs
+        .iter()
+        .any(|c| c.restarts > 0 || matches!(c.state, State::Running { .. } | State::Terminated(_)));
+    let phase = if all_done {
+        if cs.iter().all(exit_ok) {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if ever_ran {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let all_ready = !cs.is_empty() && cs.iter().all(|c| c.ready) && !all_done;
+    let mut condition = |type_: &str, ok: bool| {
+        let status = if ok { "True" } else { "False" };
+        let entry = transitions
+            .entry(type_.to_string())
+            .or_insert_with(|| (status.to_string(), now()));
+        if entry.0 != status {
+            *entry = (status.to_string(), now());
+        }
+        PodCondition {
+            type_: type_.into(),
+            status: status.into(),
+            last_transition_time: Some(entry.1.clone()),
+            reason: (!ok && (type_ == "Ready" || type_ == "ContainersReady")).then(|| {
+                if all_done {
+                    "PodCompleted".into()
+                } else {
+                    "ContainersNotReady".into()
+                }
+            }),
+            ..Default::default()
+        }
+    };
+    let conditions = vec![
+        condition("PodReadyToStartContainers", true),
+        condition("Initialized", true),
+        condition("Ready", all_ready),
+        condition("ContainersReady", all_ready),
+        condition("PodScheduled", true),
+    ];
+    let statuses = cs
+        .iter()
+        .map(|c| ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            image_id: String::new(),
+            container_id: Some(format!("atoll-process://{}", c.name)),
+            ready: c.ready,
+            started: Some(c.started && matches!(c.state, State::Running { .. })),
+            restart_count: c.restarts,
+            last_state: c.last.clone().map(|t| ContainerState {
+                terminated: Some(t),
+                ..Default::default()
+            }),
+            state: Some(match &c.state {
+                State::Waiting { reason, message } => ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(reason.clone()),
+                        message: (!message.is_empty()).then(|| message.clone()),
+                    }),
+                    ..Default::default()
+                },
+                State::Running { since } => ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(since.clone()),
+                    }),
+                    ..Default::default()
+                },
+                State::Terminated(t) => ContainerState {
+                    terminated: Some(t.clone()),
+                    ..Default::default()
+                },
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let _ = pod;
+    PodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(conditions),
+        host_ip: Some(host_ip.into()),
+        pod_ip: Some(pod_ip.into()),
+        pod_ips: Some(vec![PodIP { ip: pod_ip.into() }]),
+        start_time: Some(start_time.clone()),
+        container_statuses: Some(statuses),
+        ..Default::default()
+    }
+}

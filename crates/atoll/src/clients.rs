@@ -1,0 +1,40 @@
+//! Building kube clients from kubeconfigs, and waiting for the signals that end a process.
+
+use std::path::Path;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// A client for the current context of a kubeconfig given as text.
+pub async fn from_yaml(yaml: &str) -> anyhow::Result<(kube::Client, kube::Config)> {
+    let kc = Kubeconfig::from_yaml(yaml).context("the kubeconfig does not parse")?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .context("the kubeconfig is not usable")?;
+    let client = kube::Client::try_from(config.clone()).context("cannot build a client")?;
+    Ok((client, config))
+}
+
+/// A client for the current context of the kubeconfig at `path`.
+pub async fn from_path(path: &Path) -> anyhow::Result<(kube::Client, kube::Config)> {
+    let yaml = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+    from_yaml(&yaml)
+        .await
+        .with_context(|| format!("kubeconfig {}", path.display()))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
