@@ -41,15 +41,16 @@ struct DirArgs {
 
 #[derive(clap::Args)]
 struct UpArgs {
-    /// Member clusters besides the hub (at most 7).
-    #[arg(long, default_value_t = 2)]
-    clusters: u32,
-    /// Nodes per cluster.
-    #[arg(long, default_value_t = 1)]
-    nodes: u32,
-    /// `process` runs containers' commands as local processes; `simulated` only pretends.
-    #[arg(long, default_value = "process")]
-    runtime: String,
+    /// Member clusters besides the hub, 1 to 7 (default 2). An existing environment keeps its shape.
+    #[arg(long)]
+    clusters: Option<u32>,
+    /// Nodes per cluster, 1 to 50 (default 1).
+    #[arg(long)]
+    nodes: Option<u32>,
+    /// `process` (default) runs containers' commands as local processes; `simulated` only
+    /// pretends, like kwok.
+    #[arg(long)]
+    runtime: Option<String>,
     /// The environment's directory (default: ~/.atoll/dev).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -129,89 +130,245 @@ fn running_pids(state: &Value, dir: &Path) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// One background process of the environment.
+struct Proc {
+    name: String,
+    role: &'static str,
+    cluster: String,
+    args: Vec<String>,
+    log: PathBuf,
+    /// A node's directory (pod directories, kubeconfig).
+    dir: Option<PathBuf>,
+    pid: Option<i64>,
+}
+
+impl Proc {
+    fn to_json(&self) -> Value {
+        json!({"name": self.name, "role": self.role, "cluster": self.cluster, "args": self.args,
+               "log": self.log, "dir": self.dir, "pid": self.pid})
+    }
+
+    fn from_json(v: &Value) -> Option<Proc> {
+        Some(Proc {
+            name: v["name"].as_str()?.to_string(),
+            role: if v["role"] == "node" {
+                "node"
+            } else {
+                "server"
+            },
+            cluster: v["cluster"].as_str()?.to_string(),
+            args: v["args"]
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect(),
+            log: PathBuf::from(v["log"].as_str()?),
+            dir: v["dir"].as_str().map(PathBuf::from),
+            pid: v["pid"].as_i64(),
+        })
+    }
+}
+
+/// The processes of a new environment.
+fn plan(
+    dir: &Path,
+    args: &UpArgs,
+    shape: (u32, u32, &str),
+    base_port: u16,
+    octet: u8,
+) -> Vec<Proc> {
+    let (members, nodes, runtime) = shape;
+    let clusters = cluster_names(members);
+    let logs = dir.join("logs");
+    let mut procs = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        procs.push(Proc {
+            name: c.clone(),
+            role: "server",
+            cluster: c.clone(),
+            args: vec![
+                "server".into(),
+                "--data-dir".into(),
+                dir.join(c).display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", base_port + i as u16),
+                "--name".into(),
+                c.clone(),
+                "--controllers".into(),
+                "--cluster-cidr".into(),
+                format!("127.{}.0.0/16", octet + i as u8),
+                "--default-toleration-seconds".into(),
+                args.default_toleration_seconds.to_string(),
+            ],
+            log: logs.join(format!("{c}.log")),
+            dir: None,
+            pid: None,
+        });
+    }
+    for c in &clusters {
+        for j in 1..=nodes {
+            let name = format!("{c}-node{j}");
+            let ndir = dir.join(c).join("nodes").join(&name);
+            procs.push(Proc {
+                name: name.clone(),
+                role: "node",
+                cluster: c.clone(),
+                args: vec![
+                    "node".into(),
+                    "--kubeconfig".into(),
+                    ndir.join("kubeconfig").display().to_string(),
+                    "--name".into(),
+                    name.clone(),
+                    "--runtime".into(),
+                    runtime.to_string(),
+                    "--data-dir".into(),
+                    ndir.display().to_string(),
+                    "--lease-seconds".into(),
+                    args.node_lease_seconds.to_string(),
+                ],
+                log: logs.join(format!("{name}.log")),
+                dir: Some(ndir),
+                pid: None,
+            });
+        }
+    }
+    procs
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    anyhow::ensure!(
-        (1..=7).contains(&args.clusters),
-        "--clusters must be between 1 and 7"
-    );
-    anyhow::ensure!(
-        (1..=50).contains(&args.nodes),
-        "--nodes must be between 1 and 50"
-    );
-    anyhow::ensure!(
-        args.runtime == "process" || args.runtime == "simulated",
-        "--runtime {}: must be process or simulated",
-        args.runtime
-    );
-    let dir = data_dir(args.data_dir.clone())?;
-    let previous = read_state(&dir);
-    if let Some(state) = &previous
-        && !running_pids(state, &dir).is_empty()
-    {
-        bail!(
-            "an environment is already running in {} (see `atoll dev status --data-dir {0}`; stop it with `atoll dev down --data-dir {0}`)",
-            dir.display()
+    if let Some(n) = args.clusters {
+        anyhow::ensure!(
+            (1..=7).contains(&n),
+            "--clusters {n}: must be between 1 and 7"
         );
     }
+    if let Some(n) = args.nodes {
+        anyhow::ensure!(
+            (1..=50).contains(&n),
+            "--nodes {n}: must be between 1 and 50"
+        );
+    }
+    if let Some(r) = &args.runtime {
+        anyhow::ensure!(
+            r == "process" || r == "simulated",
+            "--runtime {r}: must be process or simulated"
+        );
+    }
+    let dir = data_dir(args.data_dir.clone())?;
+    let previous = read_state(&dir);
     let (mut base_port, mut octet) = layout_for(&dir);
     if let Some(state) = &previous {
         base_port = state["basePort"].as_u64().map_or(base_port, |p| p as u16);
         octet = state["cidrOctet"].as_u64().map_or(octet, |o| o as u8);
     }
-    let clusters = cluster_names(args.clusters);
+    // An existing environment keeps its shape (its data is that shape); `up` only starts what
+    // is not running in it.
+    let running = previous
+        .as_ref()
+        .map(|s| running_pids(s, &dir))
+        .unwrap_or_default();
+    let known: Vec<Proc> = previous
+        .as_ref()
+        .and_then(|s| s["processes"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(Proc::from_json)
+        .collect();
+    let mut procs = if known.iter().any(|p| p.role == "server") {
+        known
+    } else {
+        let shape = (
+            args.clusters.unwrap_or(2),
+            args.nodes.unwrap_or(1),
+            args.runtime.as_deref().unwrap_or("process"),
+        );
+        plan(&dir, &args, shape, base_port, octet)
+    };
+    for p in &mut procs {
+        if !p.pid.is_some_and(|pid| alive(pid, &dir)) {
+            p.pid = None;
+        }
+    }
+    let clusters: Vec<String> = procs
+        .iter()
+        .filter(|p| p.role == "server")
+        .map(|p| p.cluster.clone())
+        .collect();
+    let nodes_per_cluster = procs
+        .iter()
+        .filter(|p| p.role == "node" && p.cluster == clusters[0])
+        .count();
+    let runtime = procs
+        .iter()
+        .find(|p| p.role == "node")
+        .and_then(|p| {
+            p.args
+                .iter()
+                .skip_while(|a| *a != "--runtime")
+                .nth(1)
+                .cloned()
+        })
+        .unwrap_or_else(|| "process".into());
+    let members = clusters.len() as u32 - 1;
+    if args.clusters.is_some_and(|n| n != members)
+        || args.nodes.is_some_and(|n| n as usize != nodes_per_cluster)
+        || args.runtime.as_ref().is_some_and(|r| *r != runtime)
+    {
+        bail!(
+            "the environment in {} has {members} member cluster(s) with {nodes_per_cluster} node(s) each ({runtime} runtime), and keeps that shape; \
+             use another --data-dir, or `atoll dev down` and remove {} to start over",
+            dir.display(),
+            dir.display()
+        );
+    }
     // Every port first, so a collision is reported before anything starts.
-    for (i, c) in clusters.iter().enumerate() {
+    for (i, p) in procs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.role == "server" && p.pid.is_none())
+    {
         let port = base_port + i as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             bail!(
-                "port {port} (the {c} API server of the environment in {}) is already in use; stop what holds it, or use another --data-dir",
+                "port {port} (the {} API server of the environment in {}) is already in use; stop what holds it, or use another --data-dir",
+                p.cluster,
                 dir.display()
             );
         }
     }
     let exe = std::env::current_exe().context("cannot find the atoll executable")?;
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let mut processes = Vec::new();
-    let mut urls = Vec::new();
-    eprintln!(
-        "atoll dev: starting {} clusters in {}",
-        clusters.len(),
-        dir.display()
-    );
-    // API servers (with their controllers), all at once.
-    let mut servers = Vec::new();
-    for (i, c) in clusters.iter().enumerate() {
-        let port = base_port + i as u16;
-        let cdir = dir.join(c);
-        std::fs::create_dir_all(&cdir)?;
-        let log_path = logs.join(format!("{c}.log"));
-        let cidr = format!("127.{}.0.0/16", octet + i as u8);
-        let child = spawn(
-            &exe,
-            &[
-                "server".into(),
-                "--data-dir".into(),
-                cdir.display().to_string(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--name".into(),
-                c.clone(),
-                "--controllers".into(),
-                "--cluster-cidr".into(),
-                cidr,
-                "--default-toleration-seconds".into(),
-                args.default_toleration_seconds.to_string(),
-            ],
-            &log_path,
-        )?;
-        processes.push(json!({"name": c, "role": "server", "cluster": c, "pid": child.0}));
-        servers.push((c.clone(), child, log_path));
-        urls.push(format!("https://127.0.0.1:{port}"));
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let starting = procs.iter().filter(|p| p.pid.is_none()).count();
+    if starting == 0 {
+        eprintln!(
+            "atoll dev: everything in {} is already running",
+            dir.display()
+        );
+    } else if running.is_empty() {
+        eprintln!(
+            "atoll dev: starting a hub and {members} member cluster(s) in {}",
+            dir.display()
+        );
+    } else {
+        eprintln!(
+            "atoll dev: restarting {starting} stopped process(es) in {}",
+            dir.display()
+        );
     }
-    write_state(&dir, &args, base_port, octet, &clusters, &processes)?;
-    for (c, (pid, offset), log) in &servers {
+    // API servers (with their controllers), all at once.
+    let mut waits = Vec::new();
+    for p in procs
+        .iter_mut()
+        .filter(|p| p.role == "server" && p.pid.is_none())
+    {
+        std::fs::create_dir_all(dir.join(&p.cluster))?;
+        let (pid, offset) = spawn(&exe, &p.args, &p.log)?;
+        p.pid = Some(pid);
+        waits.push((p.cluster.clone(), pid, p.log.clone(), offset));
+    }
+    write_state(&dir, base_port, octet, &clusters, &procs)?;
+    for (c, pid, log, offset) in &waits {
         wait_for_line(
             *pid,
             log,
@@ -223,52 +380,36 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await?;
     }
     // Node agents, each with its own identity from its cluster's CA.
-    for (i, c) in clusters.iter().enumerate() {
-        let cdir = dir.join(c);
-        let pki = load_pki(&cdir)?;
-        for j in 1..=args.nodes {
-            let name = format!("{c}-node{j}");
-            let ndir = cdir.join("nodes").join(&name);
-            std::fs::create_dir_all(&ndir)?;
-            let kubeconfig = ndir.join("kubeconfig");
-            if !kubeconfig.exists() {
-                let text = pki.kubeconfig(
-                    &urls[i],
-                    c,
-                    &format!("system:node:{name}"),
-                    &["system:nodes".to_string()],
-                )?;
-                atoll_apiserver::tls::write_private(&kubeconfig, &text)?;
-            }
-            let log_path = logs.join(format!("{name}.log"));
-            let (pid, _) = spawn(
-                &exe,
-                &[
-                    "node".into(),
-                    "--kubeconfig".into(),
-                    kubeconfig.display().to_string(),
-                    "--name".into(),
-                    name.clone(),
-                    "--runtime".into(),
-                    args.runtime.clone(),
-                    "--data-dir".into(),
-                    ndir.display().to_string(),
-                    "--lease-seconds".into(),
-                    args.node_lease_seconds.to_string(),
-                ],
-                &log_path,
+    for p in procs
+        .iter_mut()
+        .filter(|p| p.role == "node" && p.pid.is_none())
+    {
+        let Some(ndir) = p.dir.clone() else { continue };
+        std::fs::create_dir_all(&ndir)?;
+        let kubeconfig = ndir.join("kubeconfig");
+        if !kubeconfig.exists() {
+            let i = clusters.iter().position(|c| *c == p.cluster).unwrap_or(0);
+            let url = format!("https://127.0.0.1:{}", base_port + i as u16);
+            let pki = load_pki(&dir.join(&p.cluster))?;
+            let text = pki.kubeconfig(
+                &url,
+                &p.cluster,
+                &format!("system:node:{}", p.name),
+                &["system:nodes".to_string()],
             )?;
-            processes
-                .push(json!({"name": name, "role": "node", "cluster": c, "pid": pid, "dir": ndir}));
+            atoll_apiserver::tls::write_private(&kubeconfig, &text)?;
         }
+        let (pid, _) = spawn(&exe, &p.args, &p.log)?;
+        p.pid = Some(pid);
     }
-    write_state(&dir, &args, base_port, octet, &clusters, &processes)?;
+    write_state(&dir, base_port, octet, &clusters, &procs)?;
     let kubeconfig = write_kubeconfig(&dir, &clusters)?;
     // Ready: every node Ready with a pod range, in every cluster.
     for c in &clusters {
         let (client, _) = crate::clients::from_path(&dir.join(c).join("admin.kubeconfig")).await?;
         let nodes: Api<Node> = Api::all(client);
         let deadline = Instant::now() + Duration::from_secs(60);
+        let prefix = format!("{c}-node");
         loop {
             let ready = nodes
                 .list(&ListParams::default())
@@ -290,19 +431,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                                 && n.metadata
                                     .name
                                     .as_deref()
-                                    .is_some_and(|x| x.starts_with(&format!("{c}-node")))
+                                    .is_some_and(|x| x.starts_with(&prefix))
                         })
                         .count()
                 })
                 .unwrap_or(0);
-            if ready >= args.nodes as usize {
+            if ready >= nodes_per_cluster {
                 break;
             }
             if Instant::now() > deadline {
                 bail!(
-                    "{c}: only {ready} of {} nodes became Ready within 60 s; see {}",
-                    args.nodes,
-                    logs.display()
+                    "{c}: only {ready} of {nodes_per_cluster} nodes became Ready within 60 s; see {}",
+                    dir.join("logs").display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -310,8 +450,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let took = started.elapsed().as_secs_f64();
     println!(
-        "atoll dev: hub and {} member cluster(s) ready in {took:.1} s ({} node(s) each, {} runtime)",
-        args.clusters, args.nodes, args.runtime
+        "atoll dev: hub and {} member cluster(s) ready in {took:.1} s ({nodes_per_cluster} node(s) each, {runtime} runtime)",
+        clusters.len() - 1,
     );
     println!(
         "  kubeconfig: {} (contexts: {})",
@@ -363,6 +503,9 @@ async fn wait_for_line(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // Liveness first: a process that wrote its last words and died after the log was read
+        // would otherwise be reported without them.
+        let exited = !alive(pid, dir);
         if let Ok(f) = std::fs::File::open(log) {
             let mut r = std::io::BufReader::new(f);
             r.seek(std::io::SeekFrom::Start(offset))?;
@@ -370,7 +513,7 @@ async fn wait_for_line(
             if lines.iter().any(|l| l.contains(needle)) {
                 return Ok(());
             }
-            if !alive(pid, dir) {
+            if exited {
                 let tail = lines
                     .iter()
                     .rev()
@@ -408,19 +551,16 @@ fn load_pki(cdir: &Path) -> anyhow::Result<atoll_apiserver::Pki> {
 
 fn write_state(
     dir: &Path,
-    args: &UpArgs,
     base_port: u16,
     octet: u8,
     clusters: &[String],
-    processes: &[Value],
+    procs: &[Proc],
 ) -> anyhow::Result<()> {
     let state = json!({
         "clusters": clusters,
-        "nodes": args.nodes,
-        "runtime": args.runtime,
         "basePort": base_port,
         "cidrOctet": octet,
-        "processes": processes,
+        "processes": procs.iter().map(Proc::to_json).collect::<Vec<_>>(),
     });
     std::fs::write(dir.join("dev.json"), serde_json::to_vec_pretty(&state)?)?;
     Ok(())

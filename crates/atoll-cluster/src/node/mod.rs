@@ -220,12 +220,16 @@ pub async fn run(
     }
     let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
     tracing::info!(node = %name, %cidr, "node agent ready");
+    let sync = sync_pods(ctx.clone());
+    tokio::pin!(sync);
     let result = tokio::select! {
-        r = sync_pods(ctx.clone()) => r,
+        r = &mut sync => r,
         _ = shutdown => Ok(()),
     };
     heartbeat.abort();
-    // Stop what runs here; the pods stay bound and restart with the agent.
+    // Stop what runs here; the pods stay bound and restart with the agent. The pod watch (and
+    // with it every pod worker's update channel) is dropped only after, so that no worker
+    // mistakes the agent stopping for its pod being deleted.
     let handles: Vec<_> = ctx
         .running
         .lock()
@@ -234,6 +238,7 @@ pub async fn run(
         .cloned()
         .collect();
     futures::future::join_all(handles.iter().map(|h| h.stop_for_shutdown())).await;
+
     result
 }
 

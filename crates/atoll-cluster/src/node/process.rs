@@ -270,8 +270,14 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
         None => loop {
             tokio::select! {
                 r = rx.changed() => {
+                    if r.is_err() {
+                        // The agent dropped its pod watch: it is stopping, the pod is not.
+                        let _ = handle.stop.send(Some(Stop { grace: Duration::from_secs(5), shutdown: true }));
+                        shutdown = true;
+                        break PodUpdate { pod: pod.clone(), gone: false };
+                    }
                     let u = rx.borrow_and_update().clone();
-                    if r.is_err() || u.gone || u.pod.metadata.deletion_timestamp.is_some() {
+                    if u.gone || u.pod.metadata.deletion_timestamp.is_some() {
                         let grace = u.pod.metadata.deletion_grace_period_seconds.unwrap_or(0).max(0) as u64;
                         let _ = handle.stop.send(Some(Stop { grace: Duration::from_secs(grace), shutdown: false }));
                         break u;
@@ -527,6 +533,12 @@ async fn supervise(
         // Back off before the restart: 1 s doubling to 5 min, reset after 10 minutes of running.
         if started_at.elapsed() > Duration::from_secs(600) {
             backoff = Duration::from_secs(1);
+        }
+        // As with the kubelet, while the container waits to restart both `kubectl logs` and
+        // `kubectl logs --previous` show the run that just ended (the restart renames it).
+        let _ = std::fs::remove_file(&previous_path);
+        if std::fs::hard_link(&log_path, &previous_path).is_err() {
+            let _ = std::fs::copy(&log_path, &previous_path);
         }
         handle.update(idx, |c| {
             c.last = Some(terminated.clone());

@@ -1,0 +1,771 @@
+//! The cluster runtime end to end: `atoll dev up` environments (real API servers, schedulers,
+//! controllers and node agents as separate processes), driven with kubectl and curl.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::Kubectl;
+
+/// A `dev up` environment in a temporary directory; `dev down` when dropped.
+struct DevEnv {
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl DevEnv {
+    fn up(extra: &[&str]) -> DevEnv {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let out = atoll(&dir, &[&["dev", "up"], extra].concat());
+        assert!(out.0, "dev up failed: {}", out.1);
+        assert!(
+            out.1.contains("ready"),
+            "dev up printed no ready line: {}",
+            out.1
+        );
+        DevEnv { dir, _tmp: tmp }
+    }
+
+    fn kubectl(&self) -> Kubectl<'static> {
+        Kubectl {
+            bin: Path::new("kubectl"),
+            kubeconfig: self.dir.join("kubeconfig"),
+        }
+    }
+
+    fn pid_of(&self, name: &str) -> i32 {
+        let state: Value =
+            serde_json::from_slice(&std::fs::read(self.dir.join("dev.json")).unwrap()).unwrap();
+        state["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["pid"].as_i64())
+            .expect("the process is in dev.json") as i32
+    }
+}
+
+impl Drop for DevEnv {
+    fn drop(&mut self) {
+        let _ = atoll(&self.dir, &["dev", "down"]);
+    }
+}
+
+/// Run `atoll ARGS --data-dir DIR`; (success, stdout + stderr).
+fn atoll(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("atoll runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Poll until `f` returns Some, for up to `secs` seconds.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ready_endpoints(k: &Kubectl, ctx: &str, svc: &str) -> Vec<String> {
+    let slices = json(&k.ok(&[
+        "--context",
+        ctx,
+        "get",
+        "endpointslices",
+        "-l",
+        &format!("kubernetes.io/service-name={svc}"),
+        "-o",
+        "json",
+    ]));
+    slices["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["conditions"]["ready"] == true)
+        .filter_map(|e| e["addresses"][0].as_str().map(String::from))
+        .collect()
+}
+
+fn http_status(url: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn running_pods(k: &Kubectl, ctx: &str, selector: &str) -> Vec<Value> {
+    let pods = json(&k.ok(&[
+        "--context",
+        ctx,
+        "get",
+        "pods",
+        "-l",
+        selector,
+        "-o",
+        "json",
+    ]));
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+        .collect()
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+#[test]
+fn deployment_of_http_servers_serves_scales_probes_logs_and_rolls_out() {
+    let env = DevEnv::up(&["--clusters", "2"]);
+    let k = env.kubectl();
+    // Every context answers; each member has its node.
+    for ctx in ["hub", "member1", "member2"] {
+        let nodes = k.ok(&["--context", ctx, "get", "nodes"]);
+        assert!(nodes.contains(" Ready "), "{ctx}: {nodes}");
+    }
+    let m1 = ["--context", "member1"];
+    k.ok(&[
+        &m1[..],
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--replicas=3",
+            "--image=python:3",
+            "--port=8000",
+            "--",
+            "sh",
+            "-c",
+            "touch ready; exec python3 -m http.server 8000 --bind $POD_IP",
+        ],
+    ]
+    .concat());
+    k.ok(&[
+        &m1[..],
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--port=80",
+            "--target-port=8000",
+        ],
+    ]
+    .concat());
+    let pods = wait_for(60, "3 ready web pods", || {
+        let pods = running_pods(&k, "member1", "app=web");
+        (pods.len() == 3 && pods.iter().all(is_ready)).then_some(pods)
+    });
+    let ips: Vec<String> = pods
+        .iter()
+        .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
+        .collect();
+    let distinct: std::collections::HashSet<_> = ips.iter().collect();
+    assert_eq!(distinct.len(), 3, "each pod has its own IP: {ips:?}");
+    for ip in &ips {
+        assert!(
+            ip.starts_with("127."),
+            "pod IPs are loopback addresses: {ip}"
+        );
+        assert_eq!(
+            http_status(&format!("http://{ip}:8000/")),
+            "200",
+            "pod {ip} answers"
+        );
+    }
+    let mut ready = wait_for(30, "3 ready endpoints", || {
+        let e = ready_endpoints(&k, "member1", "web");
+        (e.len() == 3).then_some(e)
+    });
+    ready.sort();
+    let mut sorted_ips = ips.clone();
+    sorted_ips.sort();
+    assert_eq!(ready, sorted_ips);
+
+    // Logs: the server's access log, with --tail, and followed.
+    let first = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let first_ip = pods[0]["status"]["podIP"].as_str().unwrap().to_string();
+    assert_eq!(
+        http_status(&format!("http://{first_ip}:8000/hello-logs")),
+        "404"
+    );
+    let logs = k.eventually(&[&m1[..], &["logs", &first]].concat(), |t| {
+        t.contains("/hello-logs")
+    });
+    assert!(logs.contains("GET / HTTP/1.1"), "{logs}");
+    let tail = k.ok(&[&m1[..], &["logs", &first, "--tail=1"]].concat());
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    assert!(tail.contains("/hello-logs"), "{tail}");
+    let mut follow = k
+        .cmd(&[&m1[..], &["logs", "-f", &first]].concat())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("/while-following"))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    http_status(&format!("http://{first_ip}:8000/while-following"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        reader.join().unwrap().is_some(),
+        "kubectl logs -f showed the new request"
+    );
+
+    // A readiness probe; a pod whose probe fails loses its endpoint.
+    k.ok(&[
+        &m1[..],
+        &[
+            "patch", "deployment", "web", "--type=strategic", "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"python","readinessProbe":{"httpGet":{"path":"/ready","port":8000},"periodSeconds":1,"failureThreshold":1}}]}}}}"#,
+        ],
+    ]
+    .concat());
+    k.ok(&[
+        &m1[..],
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    ]
+    .concat());
+    let pods = wait_for(30, "3 ready probed pods", || {
+        let pods = running_pods(&k, "member1", "app=web");
+        (pods.len() == 3 && pods.iter().all(is_ready)).then_some(pods)
+    });
+    wait_for(30, "3 ready endpoints after the rollout", || {
+        (ready_endpoints(&k, "member1", "web").len() == 3).then_some(())
+    });
+    let victim = &pods[1];
+    let victim_ip = victim["status"]["podIP"].as_str().unwrap().to_string();
+    let pod_dir = find_pod_dir(&env.dir, victim["metadata"]["uid"].as_str().unwrap());
+    std::fs::remove_file(pod_dir.join("ready")).expect("the pod's ready file");
+    let left = wait_for(30, "the failing pod's endpoint to go", || {
+        let e = ready_endpoints(&k, "member1", "web");
+        (e.len() == 2).then_some(e)
+    });
+    assert!(!left.contains(&victim_ip), "{left:?} still has {victim_ip}");
+
+    // Scale to 1.
+    k.ok(&[&m1[..], &["scale", "deployment", "web", "--replicas=1"]].concat());
+    wait_for(60, "one pod left", || {
+        let pods =
+            json(&k.ok(&[&m1[..], &["get", "pods", "-l", "app=web", "-o", "json"]].concat()));
+        (pods["items"].as_array().unwrap().len() == 1).then_some(())
+    });
+    wait_for(30, "one endpoint left", || {
+        (ready_endpoints(&k, "member1", "web").len() <= 1).then_some(())
+    });
+
+    // An image change rolls out.
+    k.ok(&[
+        &m1[..],
+        &["set", "image", "deployment/web", "python=python:3.12"],
+    ]
+    .concat());
+    let status = k.ok(&[
+        &m1[..],
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    ]
+    .concat());
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let pods = running_pods(&k, "member1", "app=web");
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["spec"]["containers"][0]["image"], "python:3.12");
+    let rs = k.ok(&[&m1[..], &["get", "rs", "-l", "app=web", "-o", "name"]].concat());
+    assert!(
+        rs.lines().count() >= 2,
+        "old ReplicaSets are kept for history: {rs}"
+    );
+
+    // The default ServiceAccount exists in new namespaces.
+    k.ok(&[&m1[..], &["create", "namespace", "team-a"]].concat());
+    k.eventually(
+        &[
+            &m1[..],
+            &["get", "serviceaccount", "default", "-n", "team-a"],
+        ]
+        .concat(),
+        |_| true,
+    );
+}
+
+fn find_pod_dir(env_dir: &Path, uid: &str) -> PathBuf {
+    let mut stack = vec![env_dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                if p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with(uid))
+                {
+                    return p;
+                }
+                stack.push(p);
+            }
+        }
+    }
+    panic!("no pod directory for {uid} under {}", env_dir.display());
+}
+
+#[test]
+fn pods_that_cannot_run_say_why() {
+    let env = DevEnv::up(&["--clusters", "1", "--nodes", "2"]);
+    let k = env.kubectl();
+    let manifest = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data: {greeting: hello, file.txt: from-a-volume}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: sec}
+stringData: {token: s3cret}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: huge}
+spec:
+  containers:
+  - {name: main, image: busybox, command: [sleep, "3600"], resources: {requests: {cpu: "500"}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: picky}
+spec:
+  nodeSelector: {disk: ssd}
+  containers:
+  - {name: main, image: busybox, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: imageonly}
+spec:
+  containers:
+  - {name: main, image: nginx}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: env}
+spec:
+  restartPolicy: Never
+  volumes:
+  - {name: c, configMap: {name: cfg}}
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "echo name=$MY_NAME ns=$MY_NS node=$MY_NODE ip=$MY_IP pod=$POD_IP g=$GREETING t=$TOKEN e=$EXPANDED p=$P_greeting f=$(cat etc/cfg/file.txt) a=$(ARG)"]
+    env:
+    - {name: MY_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: MY_NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    - {name: MY_NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+    - {name: MY_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: cfg, key: greeting}}}
+    - {name: TOKEN, valueFrom: {secretKeyRef: {name: sec, key: token}}}
+    - {name: EXPANDED, value: "$(GREETING)-world"}
+    - {name: ARG, value: expanded-in-args}
+    envFrom:
+    - {prefix: P_, configMapRef: {name: cfg}}
+    volumeMounts:
+    - {name: c, mountPath: /etc/cfg}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crashes}
+spec:
+  restartPolicy: OnFailure
+  containers:
+  - {name: main, image: busybox, command: [sh, -c, "echo failing; exit 3"]}
+"#;
+    k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], manifest);
+    let m1 = ["--context", "member1"];
+    // Too big for any node: Pending, PodScheduled=False, a FailedScheduling event.
+    let events = k.eventually(
+        &[
+            &m1[..],
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=huge,reason=FailedScheduling",
+                "-o",
+                "json",
+            ],
+        ]
+        .concat(),
+        |t| t.contains("Insufficient cpu"),
+    );
+    assert!(events.contains("0/2 nodes are available"), "{events}");
+    let huge = json(&k.ok(&[&m1[..], &["get", "pod", "huge", "-o", "json"]].concat()));
+    assert_eq!(huge["status"]["phase"], "Pending");
+    assert!(huge["spec"]["nodeName"].is_null());
+    let sched = huge["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PodScheduled")
+        .cloned()
+        .unwrap();
+    assert_eq!(sched["status"], "False");
+    assert_eq!(sched["reason"], "Unschedulable");
+    k.eventually(
+        &[
+            &m1[..],
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=picky,reason=FailedScheduling",
+            ],
+        ]
+        .concat(),
+        |t| t.contains("didn't match Pod's node affinity/selector"),
+    );
+    // Labelling a node makes the picky pod schedulable; it is retried without being touched.
+    k.ok(&[&m1[..], &["label", "node", "member1-node2", "disk=ssd"]].concat());
+    k.eventually(
+        &[
+            &m1[..],
+            &[
+                "get",
+                "pod",
+                "picky",
+                "-o",
+                "jsonpath={.spec.nodeName} {.status.phase}",
+            ],
+        ]
+        .concat(),
+        |t| t == "member1-node2 Running",
+    );
+    // No command under the process runtime: a clear Waiting reason.
+    let waiting = k.eventually(
+        &[&m1[..], &["get", "pod", "imageonly", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"]].concat(),
+        |t| t.starts_with("NoCommand"),
+    );
+    assert!(waiting.contains("set `command`"), "{waiting}");
+    let table = k.ok(&[&m1[..], &["get", "pod", "imageonly"]].concat());
+    assert!(table.contains("NoCommand"), "{table}");
+    // Environment, volumes and $(VAR) expansion as Kubernetes builds them.
+    k.eventually(
+        &[
+            &m1[..],
+            &["get", "pod", "env", "-o", "jsonpath={.status.phase}"],
+        ]
+        .concat(),
+        |t| t == "Succeeded",
+    );
+    let pod = json(&k.ok(&[&m1[..], &["get", "pod", "env", "-o", "json"]].concat()));
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    let node = pod["spec"]["nodeName"].as_str().unwrap().to_string();
+    let out = k.ok(&[&m1[..], &["logs", "env"]].concat());
+    assert_eq!(
+        out.trim(),
+        format!(
+            "name=env ns=default node={node} ip={ip} pod={ip} g=hello t=s3cret e=hello-world p=hello f=from-a-volume a=expanded-in-args"
+        )
+    );
+    let term = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["exitCode"], 0);
+    assert_eq!(term["reason"], "Completed");
+    // A failing container is restarted (OnFailure) with its exit code recorded.
+    let crashes = k.eventually(
+        &[&m1[..], &["get", "pod", "crashes", "-o", "json"]].concat(),
+        |t| {
+            json(t)["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+    let crashes = json(&crashes);
+    assert_eq!(
+        crashes["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+        3
+    );
+    let previous = k.ok(&[&m1[..], &["logs", "crashes", "--previous"]].concat());
+    assert_eq!(previous.trim(), "failing");
+    // Deleting a running pod stops it within its grace period and removes it.
+    k.ok(&[&m1[..], &["delete", "pod", "picky", "--timeout=30s"]].concat());
+    let gone = k.run(&[&m1[..], &["get", "pod", "picky"]].concat());
+    assert!(!gone.status.success());
+}
+
+#[test]
+fn a_lost_node_is_marked_and_its_pods_are_replaced_elsewhere() {
+    let env = DevEnv::up(&[
+        "--clusters",
+        "1",
+        "--nodes",
+        "2",
+        "--node-lease-seconds",
+        "3",
+        "--default-toleration-seconds",
+        "1",
+    ]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    k.ok(&[
+        &m1[..],
+        &[
+            "create",
+            "deployment",
+            "sleepers",
+            "--replicas=4",
+            "--image=busybox",
+            "--",
+            "sleep",
+            "86399",
+        ],
+    ]
+    .concat());
+    let pods = wait_for(60, "4 running pods", || {
+        let pods = running_pods(&k, "member1", "app=sleepers");
+        (pods.len() == 4 && pods.iter().all(is_ready)).then_some(pods)
+    });
+    let on_node1 = pods
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "member1-node1")
+        .count();
+    assert!(
+        on_node1 > 0 && on_node1 < 4,
+        "the scheduler spreads pods over both nodes"
+    );
+    // SIGKILL node1's agent.
+    let pid = env.pid_of("member1-node1");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    k.eventually(
+        &[
+            &m1[..],
+            &[
+                "get",
+                "node",
+                "member1-node1",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        ]
+        .concat(),
+        |t| t == "Unknown",
+    );
+    let taints = k.ok(&[
+        &m1[..],
+        &[
+            "get",
+            "node",
+            "member1-node1",
+            "-o",
+            "jsonpath={.spec.taints[*].key}",
+        ],
+    ]
+    .concat());
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable"),
+        "{taints}"
+    );
+    let nodes = k.ok(&[&m1[..], &["get", "nodes"]].concat());
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("member1-node1") && l.contains("NotReady")),
+        "{nodes}"
+    );
+    // Its pods are evicted and replaced on node2.
+    let replaced = wait_for(60, "4 running pods on node2", || {
+        let pods = running_pods(&k, "member1", "app=sleepers");
+        (pods.len() == 4
+            && pods
+                .iter()
+                .all(|p| p["spec"]["nodeName"] == "member1-node2" && is_ready(p)))
+        .then_some(pods)
+    });
+    assert_eq!(replaced.len(), 4);
+    let all = json(
+        &k.ok(&[
+            &m1[..],
+            &["get", "pods", "-l", "app=sleepers", "-o", "json"],
+        ]
+        .concat()),
+    );
+    let terminating = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !p["metadata"]["deletionTimestamp"].is_null())
+        .count();
+    assert_eq!(
+        terminating, on_node1,
+        "the lost node's pods wait, Terminating, for their node"
+    );
+    // `dev up` brings the agent back: Ready, untainted, and it finishes the evicted pods.
+    let (ok, out) = atoll(&env.dir, &["dev", "up"]);
+    assert!(ok, "{out}");
+    k.eventually(
+        &[
+            &m1[..],
+            &[
+                "get",
+                "node",
+                "member1-node1",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}/{.spec.taints}",
+            ],
+        ]
+        .concat(),
+        |t| t == "True/" || t == "True/[]",
+    );
+    wait_for(30, "the evicted pods to be gone", || {
+        let all = json(
+            &k.ok(&[
+                &m1[..],
+                &["get", "pods", "-l", "app=sleepers", "-o", "json"],
+            ]
+            .concat()),
+        );
+        (all["items"].as_array().unwrap().len() == 4).then_some(())
+    });
+}
+
+#[test]
+fn dev_down_keeps_data_and_environments_do_not_collide() {
+    let env = DevEnv::up(&["--clusters", "1"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    k.ok(&[
+        &m1[..],
+        &["create", "configmap", "kept", "--from-literal=a=b"],
+    ]
+    .concat());
+    k.ok(&[
+        &m1[..],
+        &[
+            "create",
+            "deployment",
+            "kept",
+            "--replicas=2",
+            "--image=busybox",
+            "--",
+            "sleep",
+            "86398",
+        ],
+    ]
+    .concat());
+    let before = wait_for(60, "2 running pods", || {
+        let pods = running_pods(&k, "member1", "app=kept");
+        (pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods)
+    });
+    // A second environment in another directory runs beside the first.
+    let other = DevEnv::up(&["--clusters", "1"]);
+    other
+        .kubectl()
+        .ok(&["--context", "member1", "get", "nodes"]);
+    // Its ports are taken: an environment that would reuse them says so.
+    let third = tempfile::tempdir().unwrap();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(env.dir.join("dev.json")).unwrap()).unwrap();
+    let clash = serde_json::json!({"basePort": state["basePort"], "cidrOctet": state["cidrOctet"]});
+    std::fs::write(third.path().join("dev.json"), clash.to_string()).unwrap();
+    let (ok, out) = atoll(third.path(), &["dev", "up", "--clusters", "1"]);
+    assert!(!ok, "a port clash must fail: {out}");
+    assert!(out.contains("already in use"), "{out}");
+
+    let (ok, out) = atoll(&env.dir, &["dev", "status"]);
+    assert!(ok && out.contains("running"), "{out}");
+    let (ok, out) = atoll(&env.dir, &["dev", "down"]);
+    assert!(ok, "{out}");
+    let (_, out) = atoll(&env.dir, &["dev", "status"]);
+    assert!(out.contains("stopped") && !out.contains("running"), "{out}");
+    // The containers stopped with their node.
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("sleep 86398"),
+        "container processes outlived dev down"
+    );
+
+    // The environment keeps its shape.
+    let (ok, out) = atoll(&env.dir, &["dev", "up", "--clusters", "3"]);
+    assert!(!ok && out.contains("keeps that shape"), "{out}");
+    let (ok, out) = atoll(&env.dir, &["dev", "up"]);
+    assert!(
+        ok && out.contains("hub and 1 member cluster(s) ready"),
+        "{out}"
+    );
+    assert_eq!(
+        k.ok(&[
+            &m1[..],
+            &["get", "configmap", "kept", "-o", "jsonpath={.data.a}"]
+        ]
+        .concat()),
+        "b"
+    );
+    let after = wait_for(60, "the same 2 pods running again", || {
+        let pods = running_pods(&k, "member1", "app=kept");
+        (pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods)
+    });
+    let names = |v: &[Value]| {
+        let mut n: Vec<String> = v
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(&before),
+        names(&after),
+        "the node agent restarts its pods, it does not lose them"
+    );
+}
