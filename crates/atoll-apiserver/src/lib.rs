@@ -102,6 +102,8 @@ pub struct ApiServer {
     pub audit: Option<audit::AuditLog>,
     /// The client certificate shown to node agents for `pods/log`.
     kubelet_client: Option<podlog::KubeletClient>,
+    /// Recent events' objects, decoded once for every selective watch.
+    pub(crate) watch_decoded: watch::DecodeCache,
 }
 
 impl ApiServer {
@@ -128,6 +130,7 @@ impl ApiServer {
             cluster_ips,
             authorizer: authz::Authorizer::default(),
             kubelet_client,
+            watch_decoded: Default::default(),
             audit,
         });
         controllers::load_crds(&server)?;

@@ -14,7 +14,9 @@
 //! - The stream ends after `timeoutSeconds` (default 30 to 60 minutes, spread as kube-apiserver
 //!   spreads them) or when the client goes away.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atoll_store::{Event, EventKind, StoreError};
@@ -26,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult};
 use crate::object::{self, decode_stored};
+use crate::registry::ResourceType;
 use crate::rest::Ctx;
 use crate::selector::{FieldSelector, LabelSelector};
 
@@ -220,6 +223,24 @@ impl Stream {
         }
     }
 
+    /// The event's object as stored, with the event's revision as its `resourceVersion` (for a
+    /// deletion, the revision of the deletion), in one watch line; never decoded.
+    fn raw_line(&self, kind: &str, e: &Event) -> Option<Bytes> {
+        let entry = atoll_store::Entry {
+            value: e.value.clone(),
+            mod_revision: e.revision,
+            create_revision: e.create_revision,
+        };
+        let obj = object::stored_bytes(&self.ctx.rt, &entry).ok()?;
+        let mut line = Vec::with_capacity(obj.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(&obj);
+        line.extend_from_slice(b"}\n");
+        Some(Bytes::from(line))
+    }
+
     async fn deliver(&self, e: &Event) -> bool {
         let selective = !self.params.labels.0.is_empty() || !self.params.fields.0.is_empty();
         if !selective && !self.params.table {
@@ -229,42 +250,22 @@ impl Stream {
                 EventKind::Modified => "MODIFIED",
                 EventKind::Deleted => "DELETED",
             };
-            let entry = atoll_store::Entry {
-                value: e.value.clone(),
-                mod_revision: e.revision,
-                create_revision: e.create_revision,
-            };
-            if let Ok(obj) = object::stored_bytes(&self.ctx.rt, &entry) {
-                let mut line = Vec::with_capacity(obj.len() + 32);
-                line.extend_from_slice(b"{\"type\":\"");
-                line.extend_from_slice(kind.as_bytes());
-                line.extend_from_slice(b"\",\"object\":");
-                line.extend_from_slice(&obj);
-                line.extend_from_slice(b"}\n");
-                return self.tx.send(Bytes::from(line)).await.is_ok();
+            if let Some(line) = self.raw_line(kind, e) {
+                return self.tx.send(line).await.is_ok();
             }
         }
-        let decode = |value: &Bytes, rev: u64| -> Option<Value> {
-            decode_stored(
-                &self.ctx.rt,
-                &atoll_store::Entry {
-                    value: value.clone(),
-                    mod_revision: rev,
-                    create_revision: e.create_revision,
-                },
-            )
-            .ok()
-        };
-        let Some(new) = decode(&e.value, e.revision) else {
+        let decoded = &self.ctx.server.watch_decoded;
+        let rt = &self.ctx.rt;
+        let Some(new) = decoded.get(rt, &e.value, e.revision, e.create_revision) else {
             return true;
         };
         let now_matches = self.matches(&new);
         // Without selectors every object matches, so the previous value need not be decoded.
         // Without the previous value, assume it matched: a spurious DELETED is harmless.
         let was_matching = match &e.prev {
-            Some(p) if selective => {
-                decode(&p.value, p.mod_revision).is_some_and(|o| self.matches(&o))
-            }
+            Some(p) if selective => decoded
+                .get(rt, &p.value, p.mod_revision, e.create_revision)
+                .is_some_and(|o| self.matches(&o)),
             _ => e.kind != EventKind::Added,
         };
         let kind = match (e.kind, was_matching, now_matches) {
@@ -276,12 +277,63 @@ impl Stream {
             (EventKind::Modified, true, false) => "DELETED",
             _ => return true,
         };
-        let mut obj = new;
+        if !self.params.table
+            && let Some(line) = self.raw_line(kind, e)
+        {
+            return self.tx.send(line).await.is_ok();
+        }
+        let mut obj = (*new).clone();
         if kind == "DELETED" {
             // A deleted object carries the revision of its deletion.
             object::meta_mut(&mut obj)
                 .insert("resourceVersion".into(), json!(e.revision.to_string()));
         }
         self.send(kind, obj).await
+    }
+}
+
+/// Objects of recent events decoded for selective watches, shared by all of them. With many
+/// watches on one resource, each with its own selector (a node agent per node on pods, by
+/// `spec.nodeName`), an event is then decoded once to be matched, not once per watch; the
+/// watches all read the same events at about the same time, so a small window suffices.
+#[derive(Default)]
+pub(crate) struct DecodeCache(Mutex<HashMap<DecodeKey, Arc<Value>>>);
+
+/// The resource type, the revision, and the stored bytes' address and length (every watch of
+/// an event holds the same bytes).
+type DecodeKey = (usize, u64, usize, usize);
+
+const DECODE_CACHE_ENTRIES: usize = 4096;
+
+impl DecodeCache {
+    fn get(
+        &self,
+        rt: &Arc<ResourceType>,
+        value: &Bytes,
+        revision: u64,
+        create_revision: u64,
+    ) -> Option<Arc<Value>> {
+        let key = (
+            Arc::as_ptr(rt) as usize,
+            revision,
+            value.as_ptr() as usize,
+            value.len(),
+        );
+        if let Some(v) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Some(v.clone());
+        }
+        // Decoded outside the lock; two watches may both decode an event, neither waits.
+        let entry = atoll_store::Entry {
+            value: value.clone(),
+            mod_revision: revision,
+            create_revision,
+        };
+        let obj = Arc::new(decode_stored(rt, &entry).ok()?);
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= DECODE_CACHE_ENTRIES {
+            map.clear();
+        }
+        map.insert(key, obj.clone());
+        Some(obj)
     }
 }

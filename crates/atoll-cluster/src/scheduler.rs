@@ -6,7 +6,10 @@
 //! to the node with fewer pods. Binding is a `pods/binding` create; the decision is assumed in
 //! the cache at once so that binds can run in parallel without overcommitting a node. A pod
 //! that fits nowhere gets `PodScheduled=False` and a `FailedScheduling` event, and is tried
-//! again when a node changes, a pod goes away, or every 30 seconds.
+//! again when a node changes or a pod goes away (no sooner than its back-off: 1 s doubling to
+//! 10 s, as kube-scheduler), and at least every 30 seconds. Reports are not repeated for an
+//! unchanged reason, and come at most every 5 s per pod: a backlog of pods waiting for nodes
+//! must not turn every node change into a write per pod.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -30,6 +33,20 @@ use crate::util::record_event;
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 const PARALLEL_BINDS: usize = 64;
 const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
+const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The least time between two reports for one pod with different reasons.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// A report with an unchanged reason is repeated only this often.
+const REPORT_SAME_EVERY: Duration = Duration::from_secs(300);
+
+/// A pod that fitted nowhere at its last attempt.
+struct Unschedulable {
+    at: Instant,
+    backoff: Duration,
+    /// The last reason reported and when.
+    reported: Option<(String, Instant)>,
+}
 
 struct NodeInfo {
     node: Arc<Node>,
@@ -53,8 +70,11 @@ struct Cache {
     pending: HashMap<String, Arc<Pod>>,
     queue: VecDeque<String>,
     queued: HashSet<String>,
-    unschedulable: HashSet<String>,
-    retry_all: bool,
+    unschedulable: HashMap<String, Unschedulable>,
+    /// When something last changed that may let unschedulable pods fit.
+    changed_at: Option<Instant>,
+    /// Whether `changed_at` moved since unschedulable pods were last looked at.
+    retry_due: bool,
 }
 
 enum Input {
@@ -80,7 +100,6 @@ pub async fn run(client: Client) -> Result<(), Error> {
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<BindResult>();
     let binds = Arc::new(tokio::sync::Semaphore::new(PARALLEL_BINDS));
     let mut cache = Cache::default();
-    let mut last_retry = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -99,19 +118,11 @@ pub async fn run(client: Client) -> Result<(), Error> {
                 }
             }
             Some(done) = done_rx.recv() => cache.bind_done(done),
-            _ = tick.tick() => {
-                if last_retry.elapsed() >= RETRY_UNSCHEDULABLE && !cache.unschedulable.is_empty() {
-                    cache.retry_all = true;
-                    last_retry = Instant::now();
-                }
-            }
+            _ = tick.tick() => cache.retry_due = true,
         }
-        if cache.retry_all {
-            cache.retry_all = false;
-            let again: Vec<String> = cache.unschedulable.drain().collect();
-            for uid in again {
-                cache.enqueue(uid);
-            }
+        if cache.retry_due {
+            cache.retry_due = false;
+            cache.requeue_unschedulable(Instant::now());
         }
         while let Some(uid) = cache.queue.pop_front() {
             cache.queued.remove(&uid);
@@ -132,11 +143,12 @@ pub async fn run(client: Client) -> Result<(), Error> {
                     });
                 }
                 Err(message) => {
-                    cache.unschedulable.insert(uid.clone());
-                    let client = client.clone();
-                    tokio::spawn(
-                        async move { report_unschedulable(&client, &pod, &message).await },
-                    );
+                    if cache.failed(&uid, &message) {
+                        let client = client.clone();
+                        tokio::spawn(
+                            async move { report_unschedulable(&client, &pod, &message).await },
+                        );
+                    }
                 }
             }
         }
@@ -204,6 +216,59 @@ async fn report_unschedulable(client: &Client, pod: &Pod, message: &str) {
 }
 
 impl Cache {
+    /// Something changed that may let unschedulable pods fit.
+    fn changed(&mut self) {
+        self.changed_at = Some(Instant::now());
+        self.retry_due = true;
+    }
+
+    /// Queue the unschedulable pods whose back-off is over and that something changed for
+    /// since their last attempt, or whose last attempt is older than the periodic retry.
+    fn requeue_unschedulable(&mut self, now: Instant) {
+        let changed_at = self.changed_at;
+        let due: Vec<String> = self
+            .unschedulable
+            .iter()
+            .filter(|(_, u)| {
+                let since = now.saturating_duration_since(u.at);
+                (changed_at.is_some_and(|c| c > u.at) && since >= u.backoff)
+                    || since >= RETRY_UNSCHEDULABLE
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in due {
+            // Kept in `unschedulable` (for its back-off) until it binds or fails again.
+            if let Some(u) = self.unschedulable.get_mut(&uid) {
+                u.at = now;
+            }
+            self.enqueue(uid);
+        }
+    }
+
+    /// Record a failed attempt; whether to report it (a new reason, and not too soon).
+    fn failed(&mut self, uid: &str, message: &str) -> bool {
+        let now = Instant::now();
+        let u = self
+            .unschedulable
+            .entry(uid.to_string())
+            .and_modify(|u| u.backoff = (u.backoff * 2).min(BACKOFF_MAX))
+            .or_insert(Unschedulable {
+                at: now,
+                backoff: BACKOFF_INITIAL,
+                reported: None,
+            });
+        u.at = now;
+        let report = match &u.reported {
+            None => true,
+            Some((m, at)) if m == message => now.duration_since(*at) >= REPORT_SAME_EVERY,
+            Some((_, at)) => now.duration_since(*at) >= REPORT_EVERY,
+        };
+        if report {
+            u.reported = Some((message.to_string(), now));
+        }
+        report
+    }
+
     fn enqueue(&mut self, uid: String) {
         if self.queued.insert(uid.clone()) {
             self.queue.push_back(uid);
@@ -243,7 +308,7 @@ impl Cache {
                 self.unschedulable.remove(&uid);
                 if self.placed.contains_key(&uid) {
                     self.unplace(&uid);
-                    self.retry_all = true;
+                    self.changed();
                 }
             }
             _ => {}
@@ -278,7 +343,7 @@ impl Cache {
                     },
                 );
                 if changed {
-                    self.retry_all = true;
+                    self.changed();
                 }
             }
             watcher::Event::Delete(node) => {
@@ -300,7 +365,7 @@ impl Cache {
             self.pending.remove(&uid);
             if self.placed.contains_key(&uid) {
                 self.unplace(&uid);
-                self.retry_all = true;
+                self.changed();
             }
             return;
         }
@@ -331,7 +396,7 @@ impl Cache {
             return;
         }
         self.pending.insert(uid.clone(), Arc::new(pod));
-        if !self.unschedulable.contains(&uid) {
+        if !self.unschedulable.contains_key(&uid) {
             self.enqueue(uid);
         }
     }
@@ -549,5 +614,145 @@ pub(crate) fn tolerates(t: &Toleration, taint: &Taint) -> bool {
         Some(_) => {
             exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, extra: serde_json::Value) -> watcher::Event<Node> {
+        let mut n = json!({
+            "metadata": {"name": name, "labels": {"zone": "a"}},
+            "spec": {},
+            "status": {
+                "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "3"},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        });
+        json_patch_merge(&mut n, extra);
+        watcher::Event::Apply(serde_json::from_value(n).unwrap())
+    }
+
+    fn pod(name: &str, extra: serde_json::Value) -> Pod {
+        let mut p = json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]},
+        });
+        json_patch_merge(&mut p, extra);
+        serde_json::from_value(p).unwrap()
+    }
+
+    fn json_patch_merge(a: &mut serde_json::Value, b: serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    json_patch_merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    fn cache_with(nodes: Vec<watcher::Event<Node>>) -> Cache {
+        let mut c = Cache::default();
+        for n in nodes {
+            c.apply_node(n);
+        }
+        c
+    }
+
+    #[test]
+    fn filters_say_why_nothing_fits() {
+        let c = cache_with(vec![
+            node(
+                "tainted",
+                json!({"spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}}),
+            ),
+            node("cordoned", json!({"spec": {"unschedulable": true}})),
+            node(
+                "down",
+                json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}),
+            ),
+            node("small", json!({"status": {"allocatable": {"cpu": "100m"}}})),
+            node("elsewhere", json!({"metadata": {"labels": {"zone": "b"}}})),
+        ]);
+        let p = pod("p", json!({"spec": {"nodeSelector": {"zone": "a"}}}));
+        let err = c.choose(&p).unwrap_err();
+        assert_eq!(
+            err,
+            "0/5 nodes are available: 1 Insufficient cpu, 1 node(s) didn't match Pod's node affinity/selector, \
+             1 node(s) had untolerated taint {dedicated: gpu}, 1 node(s) were not ready, 1 node(s) were unschedulable."
+        );
+        assert_eq!(c.choose(&pod("r", json!({}))).unwrap(), "elsewhere");
+        let p = pod(
+            "q",
+            json!({"spec": {"nodeSelector": {"zone": "a"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}]}}),
+        );
+        assert_eq!(c.choose(&p).unwrap(), "tainted");
+        let big = pod(
+            "big",
+            json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "3"}}}]}}),
+        );
+        let err = c.choose(&big).unwrap_err();
+        assert!(err.contains("Insufficient cpu"), "{err}");
+    }
+
+    #[test]
+    fn least_allocated_spreads_and_assumed_pods_count() {
+        let mut c = cache_with(vec![node("n1", json!({})), node("n2", json!({}))]);
+        let mut placed = Vec::new();
+        for i in 0..4 {
+            let p = pod(&format!("p{i}"), json!({}));
+            let n = c.choose(&p).unwrap();
+            c.place(&p.uid().unwrap(), n.clone(), Resources::of_pod(&p), true);
+            placed.push(n);
+        }
+        assert_eq!(
+            placed.iter().filter(|n| *n == "n1").count(),
+            2,
+            "{placed:?}"
+        );
+        // Two more fit (3 pods each at most), then none.
+        for i in 4..6 {
+            let p = pod(&format!("p{i}"), json!({}));
+            let n = c.choose(&p).unwrap();
+            c.place(&p.uid().unwrap(), n, Resources::of_pod(&p), true);
+        }
+        let err = c.choose(&pod("p6", json!({}))).unwrap_err();
+        assert_eq!(err, "0/2 nodes are available: 2 Too many pods.");
+        // A pod going away frees its place.
+        c.apply_pod(watcher::Event::Delete(pod("p0", json!({}))));
+        assert!(c.choose(&pod("p6", json!({}))).is_ok());
+    }
+
+    #[test]
+    fn unschedulable_pods_back_off_and_reports_are_not_repeated() {
+        let mut c = Cache::default();
+        assert!(c.failed("u", "0/1 nodes are available: 1 Insufficient cpu."));
+        // The same reason again is not reported again; a new one only after REPORT_EVERY.
+        assert!(!c.failed("u", "0/1 nodes are available: 1 Insufficient cpu."));
+        assert!(!c.failed("u", "0/2 nodes are available: 2 Insufficient cpu."));
+        assert_eq!(c.unschedulable["u"].backoff, BACKOFF_INITIAL * 4);
+        for _ in 0..10 {
+            c.failed("u", "x");
+        }
+        assert_eq!(c.unschedulable["u"].backoff, BACKOFF_MAX);
+        // A change is not a retry before the back-off is over...
+        let at = c.unschedulable["u"].at;
+        c.changed_at = Some(at + Duration::from_millis(1));
+        c.requeue_unschedulable(at + Duration::from_secs(1));
+        assert!(c.queue.is_empty());
+        // ... and is one after it.
+        c.requeue_unschedulable(at + BACKOFF_MAX);
+        assert_eq!(c.queue.iter().collect::<Vec<_>>(), ["u"]);
+        // Without a change, the periodic retry still comes.
+        let mut c = Cache::default();
+        c.failed("v", "y");
+        let at = c.unschedulable["v"].at;
+        c.requeue_unschedulable(at + BACKOFF_MAX);
+        assert!(c.queue.is_empty());
+        c.requeue_unschedulable(at + RETRY_UNSCHEDULABLE);
+        assert_eq!(c.queue.len(), 1);
     }
 }

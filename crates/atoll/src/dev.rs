@@ -379,11 +379,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
-    // Node agents, each with its own identity from its cluster's CA.
+    // Node agents, each with its own identity from its cluster's CA. A node (re)started now
+    // counts as ready only once it has reported in: after `dev down` its stored status still
+    // says Ready.
+    let fresh_since = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(1))
+        .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
+    let mut started_nodes = std::collections::HashSet::new();
     for p in procs
         .iter_mut()
         .filter(|p| p.role == "node" && p.pid.is_none())
     {
+        started_nodes.insert(p.name.clone());
         let Some(ndir) = p.dir.clone() else { continue };
         std::fs::create_dir_all(&ndir)?;
         let kubeconfig = ndir.join("kubeconfig");
@@ -418,12 +425,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                     l.items
                         .iter()
                         .filter(|n| {
+                            let name = n.metadata.name.as_deref().unwrap_or_default();
+                            let reported = |c: &k8s_openapi::api::core::v1::NodeCondition| {
+                                !started_nodes.contains(name)
+                                    || c.last_heartbeat_time
+                                        .as_ref()
+                                        .is_some_and(|t| t.0 >= fresh_since)
+                            };
                             let ready = n
                                 .status
                                 .as_ref()
                                 .and_then(|s| s.conditions.as_ref())
                                 .is_some_and(|cs| {
-                                    cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                    cs.iter().any(|c| {
+                                        c.type_ == "Ready" && c.status == "True" && reported(c)
+                                    })
                                 });
                             let cidr = n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some();
                             ready

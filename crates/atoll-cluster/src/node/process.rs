@@ -403,6 +403,9 @@ async fn supervise(
         let program = argv.remove(0);
         // The previous run's log is kept for `kubectl logs --previous`.
         if log_path.exists() {
+            // Removed first: during back-off `previous` is a hard link to this very log, and a
+            // rename onto a link of the same file does nothing.
+            let _ = std::fs::remove_file(&previous_path);
             let _ = std::fs::rename(&log_path, &previous_path);
         }
         let spawned = std::fs::OpenOptions::new()

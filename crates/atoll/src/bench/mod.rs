@@ -15,9 +15,11 @@ use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchParams};
 use kube::core::WatchEvent;
 use serde_json::{Value, json};
 
+mod cluster;
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apiserver`.
+    /// What to measure: `apiserver` or `cluster`.
     area: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -34,12 +36,25 @@ pub struct BenchArgs {
     /// Objects held for the memory figure (0 skips the phase).
     #[arg(long, default_value_t = 100_000)]
     memory_objects: usize,
+    /// cluster: simulated nodes.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// cluster: pods created end to end (and held for the memory figure).
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// cluster: pods in the scheduler-only phase.
+    #[arg(long, default_value_t = 5_000)]
+    sched_pods: usize,
+    /// cluster: skip timing `atoll dev up --clusters 3`.
+    #[arg(long)]
+    no_dev_up: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.area.as_str() {
         "apiserver" => apiserver(args).await,
-        other => anyhow::bail!("unknown benchmark area {other:?}; available: apiserver"),
+        "cluster" => cluster::run(args).await,
+        other => anyhow::bail!("unknown benchmark area {other:?}; available: apiserver, cluster"),
     }
 }
 
@@ -228,31 +243,50 @@ async fn authz_cost(
     Ok((as_admin, as_user))
 }
 
+/// An API server of this process on a TLS listener: what identities are minted from.
+struct Served {
+    server: Arc<ApiServer>,
+    pki: Pki,
+    url: String,
+}
+
+impl Served {
+    async fn start(dir: &std::path::Path) -> anyhow::Result<Served> {
+        let store = Store::open(
+            BackendKind::Redb(dir.join("store.redb")),
+            Options::default(),
+        )?;
+        let server = ApiServer::start(store, Config::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let pki = Pki::load_or_create(&dir.join("pki"), &["127.0.0.1".into()])?;
+        tokio::spawn(atoll_apiserver::tls::serve(
+            listener,
+            pki.server_config()?,
+            server.router(),
+        ));
+        let url = format!("https://127.0.0.1:{}", addr.port());
+        Ok(Served { server, pki, url })
+    }
+
+    /// A client for `user` in `groups`, with a certificate from the cluster CA.
+    async fn client(&self, user: &str, groups: &[&str]) -> anyhow::Result<kube::Client> {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        client_for(&self.pki.kubeconfig(&self.url, "bench", user, &groups)?).await
+    }
+}
+
 /// The server on a TLS listener, a cluster-admin client, and a client for an unprivileged
 /// user `bench-user`.
 async fn start_server(
     dir: &std::path::Path,
 ) -> anyhow::Result<(Arc<ApiServer>, kube::Client, kube::Client)> {
-    let store = Store::open(
-        BackendKind::Redb(dir.join("store.redb")),
-        Options::default(),
-    )?;
-    let server = ApiServer::start(store, Config::default())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let pki = Pki::load_or_create(&dir.join("pki"), &["127.0.0.1".into()])?;
-    tokio::spawn(atoll_apiserver::tls::serve(
-        listener,
-        pki.server_config()?,
-        server.router(),
-    ));
-    let url = format!("https://127.0.0.1:{}", addr.port());
-    let admin =
-        client_for(&pki.kubeconfig(&url, "bench", "bench", &["system:masters".into()])?).await?;
-    let user = client_for(&pki.kubeconfig(&url, "bench", "bench-user", &[])?).await?;
-    Ok((server, admin, user))
+    let served = Served::start(dir).await?;
+    let admin = served.client("bench", &["system:masters"]).await?;
+    let user = served.client("bench-user", &[]).await?;
+    Ok((served.server, admin, user))
 }
 
 async fn apiserver(args: BenchArgs) -> anyhow::Result<()> {
