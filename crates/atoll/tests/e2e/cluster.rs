@@ -769,3 +769,121 @@ fn dev_down_keeps_data_and_environments_do_not_collide() {
         "the node agent restarts its pods, it does not lose them"
     );
 }
+
+#[test]
+fn liveness_and_startup_probes_and_graceful_termination() {
+    let env = DevEnv::up(&["--clusters", "1"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    let manifest = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  containers:
+  - name: main
+    image: python
+    command: [sh, -c, "touch alive; sleep 2; exec python3 -m http.server 8080 --bind $POD_IP"]
+    startupProbe: {tcpSocket: {port: 8080}, periodSeconds: 1, failureThreshold: 30}
+    livenessProbe: {exec: {command: [test, -f, alive]}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - {name: main, image: busybox, command: [sh, -c, "trap 'echo ignoring TERM' TERM; echo started; while true; do sleep 0.2; done"]}
+"#;
+    k.ok_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), manifest);
+    // The startup probe holds readiness back until the server listens (after 2 s).
+    let pod = wait_for(30, "probed to be started", || {
+        let p = json(&k.ok(&[&m1[..], &["get", "pod", "probed", "-o", "json"]].concat()));
+        (p["status"]["containerStatuses"][0]["started"] == true).then_some(p)
+    });
+    assert!(is_ready(&pod), "no readiness probe: ready once started");
+    let started = pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    assert_eq!(http_status(&format!("http://{ip}:8080/")), "200");
+    // A failing liveness probe restarts the container.
+    let dir = find_pod_dir(&env.dir, pod["metadata"]["uid"].as_str().unwrap());
+    std::fs::remove_file(dir.join("alive")).expect("the pod's alive file");
+    let restarted = wait_for(30, "a restart after the liveness probe failed", || {
+        let p = json(&k.ok(&[&m1[..], &["get", "pod", "probed", "-o", "json"]].concat()));
+        (p["status"]["containerStatuses"][0]["restartCount"].as_i64() >= Some(1)).then_some(p)
+    });
+    // The new run recreated `alive`, so it stays up.
+    let cs = &restarted["status"]["containerStatuses"][0];
+    assert!(cs["lastState"]["terminated"].is_object(), "{cs}");
+    wait_for(30, "the restarted container to be started", || {
+        let p = json(&k.ok(&[&m1[..], &["get", "pod", "probed", "-o", "json"]].concat()));
+        let cs = &p["status"]["containerStatuses"][0];
+        (cs["started"] == true && cs["state"]["running"]["startedAt"].as_str() != Some(&started))
+            .then_some(())
+    });
+
+    // A container that ignores SIGTERM is killed after the grace period.
+    k.eventually(&[&m1[..], &["logs", "stubborn"]].concat(), |t| {
+        t.contains("started")
+    });
+    let t = Instant::now();
+    k.ok(&[&m1[..], &["delete", "pod", "stubborn", "--timeout=30s"]].concat());
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "deleted in {took:?}, before its grace period"
+    );
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("ignoring TERM"),
+        "the container outlived its pod"
+    );
+}
+
+#[test]
+fn the_simulated_runtime_makes_pods_ready_without_processes() {
+    let env = DevEnv::up(&["--clusters", "1", "--nodes", "3", "--runtime", "simulated"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    k.ok(&[
+        &m1[..],
+        &[
+            "create",
+            "deployment",
+            "many",
+            "--replicas=30",
+            "--image=nginx",
+        ],
+    ]
+    .concat());
+    k.ok(&[
+        &m1[..],
+        &["rollout", "status", "deployment/many", "--timeout=60s"],
+    ]
+    .concat());
+    let pods = running_pods(&k, "member1", "app=many");
+    assert_eq!(pods.len(), 30);
+    assert!(pods.iter().all(is_ready));
+    let nodes: std::collections::HashSet<_> = pods
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(nodes.len(), 3, "spread over the 3 nodes");
+    let ips: std::collections::HashSet<_> = pods
+        .iter()
+        .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ips.len(), 30, "each pod has its own IP");
+    // Nothing was run.
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains("nginx"));
+    k.ok(&[&m1[..], &["scale", "deployment", "many", "--replicas=0"]].concat());
+    wait_for(30, "the pods to go", || {
+        running_pods(&k, "member1", "app=many")
+            .is_empty()
+            .then_some(())
+    });
+}
