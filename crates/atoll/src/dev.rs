@@ -397,7 +397,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         if !kubeconfig.exists() {
             let i = clusters.iter().position(|c| *c == p.cluster).unwrap_or(0);
             let url = format!("https://127.0.0.1:{}", base_port + i as u16);
-            let pki = load_pki(&dir.join(&p.cluster))?;
+            let pki = crate::kubeconfig::existing_pki(&dir.join(&p.cluster))?;
             let text = pki.kubeconfig(
                 &url,
                 &p.cluster,
@@ -552,17 +552,6 @@ async fn wait_for_line(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn load_pki(cdir: &Path) -> anyhow::Result<atoll_apiserver::Pki> {
-    let pki_dir = cdir.join("pki");
-    let hosts = std::fs::read_to_string(pki_dir.join("server.hosts")).unwrap_or_default();
-    let hosts: Vec<String> = hosts
-        .split(',')
-        .filter(|h| !h.is_empty())
-        .map(String::from)
-        .collect();
-    Ok(atoll_apiserver::Pki::load_or_create(&pki_dir, &hosts)?)
 }
 
 fn write_state(

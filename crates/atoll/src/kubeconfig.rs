@@ -2,7 +2,7 @@
 //! by the cluster CA of a data dir (CN = user, O = groups), so people and tests can act as
 //! ordinary users. What they may do is up to RBAC.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use atoll_apiserver::Pki;
@@ -44,21 +44,7 @@ pub fn run(args: KubeconfigArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{} names no server; pass --server", admin.display()))?
         }
     };
-    let pki_dir = args.data_dir.join("pki");
-    anyhow::ensure!(
-        pki_dir.join("ca.key").exists(),
-        "{} has no cluster CA; start `atoll server --data-dir {}` once first",
-        pki_dir.display(),
-        args.data_dir.display()
-    );
-    // Loading with no extra hosts keeps the existing serving certificate's names.
-    let hosts = std::fs::read_to_string(pki_dir.join("server.hosts")).unwrap_or_default();
-    let hosts: Vec<String> = hosts
-        .split(',')
-        .filter(|h| !h.is_empty())
-        .map(String::from)
-        .collect();
-    let pki = Pki::load_or_create(&pki_dir, &hosts)?;
+    let pki = existing_pki(&args.data_dir)?;
     let cluster = server
         .trim_start_matches("https://")
         .replace([':', '.', '[', ']'], "-");
@@ -67,4 +53,23 @@ pub fn run(args: KubeconfigArgs) -> anyhow::Result<()> {
         pki.kubeconfig(&server, &cluster, &args.user, &args.groups)?
     );
     Ok(())
+}
+
+/// The cluster CA of an `atoll server` data dir that has run at least once.
+pub fn existing_pki(data_dir: &Path) -> anyhow::Result<Pki> {
+    let pki_dir = data_dir.join("pki");
+    anyhow::ensure!(
+        pki_dir.join("ca.key").exists(),
+        "{} has no cluster CA; start `atoll server --data-dir {}` once first",
+        pki_dir.display(),
+        data_dir.display()
+    );
+    // Loading with no extra hosts keeps the existing serving certificate's names.
+    let hosts = std::fs::read_to_string(pki_dir.join("server.hosts")).unwrap_or_default();
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(String::from)
+        .collect();
+    Ok(Pki::load_or_create(&pki_dir, &hosts)?)
 }

@@ -268,22 +268,9 @@ fn drive<K>(
         + Sync
         + 'static,
 {
-    tokio::spawn(async move {
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff();
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(
-                    watcher::Event::Apply(o)
-                    | watcher::Event::Delete(o)
-                    | watcher::Event::InitApply(o),
-                ) => on_change(&o),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "cache watch error"),
-            }
-        }
-    });
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    consume(stream, true, "cache", on_change);
 }
 
 /// Watch without caching, calling `on_change` for every change.
@@ -297,14 +284,33 @@ where
         + Sync
         + 'static,
 {
+    consume(
+        watcher(api, wc).default_backoff(),
+        false,
+        "trigger",
+        on_change,
+    );
+}
+
+/// Call `on_change` for every object a watch reports changed or deleted, and, if `initial`,
+/// for every object it lists when it (re)starts.
+fn consume<K, S>(
+    stream: S,
+    initial: bool,
+    what: &'static str,
+    on_change: impl Fn(&K) + Send + 'static,
+) where
+    K: Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
-        let stream = watcher(api, wc).default_backoff();
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => on_change(&o),
+                Ok(watcher::Event::InitApply(o)) if initial => on_change(&o),
                 Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "trigger watch error"),
+                Err(e) => tracing::debug!(error = %e, "{what} watch error"),
             }
         }
     });

@@ -148,6 +148,14 @@ fn running_pods(k: &Kubectl, ctx: &str, selector: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Wait up to `secs` for exactly `n` pods of `selector` in member1, all Ready (none deleted).
+fn ready_pods(k: &Kubectl, selector: &str, n: usize, secs: u64) -> Vec<Value> {
+    wait_for(secs, &format!("{n} ready pods of {selector}"), || {
+        let pods = running_pods(k, "member1", selector);
+        (pods.len() == n && pods.iter().all(is_ready)).then_some(pods)
+    })
+}
+
 fn is_ready(pod: &Value) -> bool {
     pod["status"]["conditions"].as_array().is_some_and(|cs| {
         cs.iter()
@@ -192,10 +200,7 @@ fn deployment_of_http_servers_serves_scales_probes_logs_and_rolls_out() {
         ],
     ]
     .concat());
-    let pods = wait_for(60, "3 ready web pods", || {
-        let pods = running_pods(&k, "member1", "app=web");
-        (pods.len() == 3 && pods.iter().all(is_ready)).then_some(pods)
-    });
+    let pods = ready_pods(&k, "app=web", 3, 60);
     let ips: Vec<String> = pods
         .iter()
         .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
@@ -276,10 +281,7 @@ fn deployment_of_http_servers_serves_scales_probes_logs_and_rolls_out() {
         &["rollout", "status", "deployment/web", "--timeout=90s"],
     ]
     .concat());
-    let pods = wait_for(30, "3 ready probed pods", || {
-        let pods = running_pods(&k, "member1", "app=web");
-        (pods.len() == 3 && pods.iter().all(is_ready)).then_some(pods)
-    });
+    let pods = ready_pods(&k, "app=web", 3, 30);
     wait_for(30, "3 ready endpoints after the rollout", || {
         (ready_endpoints(&k, "member1", "web").len() == 3).then_some(())
     });
@@ -566,10 +568,7 @@ fn a_lost_node_is_marked_and_its_pods_are_replaced_elsewhere() {
         ],
     ]
     .concat());
-    let pods = wait_for(60, "4 running pods", || {
-        let pods = running_pods(&k, "member1", "app=sleepers");
-        (pods.len() == 4 && pods.iter().all(is_ready)).then_some(pods)
-    });
+    let pods = ready_pods(&k, "app=sleepers", 4, 60);
     let on_node1 = pods
         .iter()
         .filter(|p| p["spec"]["nodeName"] == "member1-node1")
@@ -703,10 +702,7 @@ fn dev_down_keeps_data_and_environments_do_not_collide() {
         ],
     ]
     .concat());
-    let before = wait_for(60, "2 running pods", || {
-        let pods = running_pods(&k, "member1", "app=kept");
-        (pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods)
-    });
+    let before = ready_pods(&k, "app=kept", 2, 60);
     // A second environment in another directory runs beside the first.
     let other = DevEnv::up(&["--clusters", "1"]);
     other
@@ -751,10 +747,7 @@ fn dev_down_keeps_data_and_environments_do_not_collide() {
         .concat()),
         "b"
     );
-    let after = wait_for(60, "the same 2 pods running again", || {
-        let pods = running_pods(&k, "member1", "app=kept");
-        (pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods)
-    });
+    let after = ready_pods(&k, "app=kept", 2, 60);
     let names = |v: &[Value]| {
         let mut n: Vec<String> = v
             .iter()
