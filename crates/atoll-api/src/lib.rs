@@ -21,3 +21,46 @@ pub const ATOLL_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Annotation on a `Node`: the SHA-256 (hex) of the node agent's serving certificate, which the
 /// API server pins when it fetches container logs from the node.
 pub const KUBELET_SERVING_CERT_ANNOTATION: &str = "node.atoll.io/serving-cert-sha256";
+
+pub mod cluster;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube_core::CustomResourceExt;
+
+/// Every CRD Atoll defines, as installed on a hub or member (and written to `deploy/crds/`).
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        cluster::ManagedCluster::crd(),
+        cluster::ClusterProperty::crd(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    /// `deploy/crds/<name>.yaml` is what `crds()` generates; `ATOLL_UPDATE_CRDS=1 cargo test -p
+    /// atoll-api` rewrites it. CI runs this test, so a stale file fails the build.
+    #[test]
+    fn deploy_crds_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
+        let update = std::env::var_os("ATOLL_UPDATE_CRDS").is_some();
+        let mut stale = Vec::new();
+        for crd in super::crds() {
+            let name = crd.metadata.name.clone().expect("CRDs are named");
+            let text = format!(
+                "# Generated from crates/atoll-api by `ATOLL_UPDATE_CRDS=1 cargo test -p atoll-api`; do not edit.\n{}",
+                serde_yaml::to_string(&crd).expect("a CRD serializes")
+            );
+            let path = dir.join(format!("{name}.yaml"));
+            if update {
+                std::fs::create_dir_all(&dir).expect("deploy/crds");
+                std::fs::write(&path, &text).expect("write the CRD");
+            } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                stale.push(path.display().to_string());
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "stale or missing CRD files {stale:?}: run `ATOLL_UPDATE_CRDS=1 cargo test -p atoll-api`"
+        );
+    }
+}

@@ -31,6 +31,29 @@ fn request_pem(obj: &Value) -> Option<String> {
     String::from_utf8(b).ok()
 }
 
+/// The CN and the O values of a PEM certificate request's subject.
+fn request_subject(pem_text: &str) -> Option<(String, Vec<String>)> {
+    use x509_parser::prelude::FromDer;
+    let pem = x509_parser::pem::parse_x509_pem(pem_text.as_bytes())
+        .ok()?
+        .1;
+    let csr = x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+        .ok()?
+        .1;
+    let subject = &csr.certification_request_info.subject;
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let orgs = subject
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok().map(String::from))
+        .collect();
+    Some((cn, orgs))
+}
+
 /// Why the key of a CSR is not acceptable, if it is not.
 fn weak_key(pem_text: &str) -> Option<String> {
     use x509_parser::prelude::FromDer;
@@ -253,11 +276,23 @@ pub fn sign(pki: &Pki, csr: &Value, max_seconds: i64) -> Outcome {
         Ok(r) => r,
         Err(e) => return fail(status, &format!("the request is not valid: {e}")),
     };
+    // rcgen keeps one value per attribute type: the groups (O) are taken from the request
+    // as it is, not from rcgen's reading of it, which would keep only the last.
+    match request_subject(&pem) {
+        Some((cn, orgs)) => match atoll_runtime::client_subject(&cn, &orgs) {
+            Ok(dn) => req.params.distinguished_name = dn,
+            Err(why) => return fail(status, &why),
+        },
+        None => return fail(status, "the request's subject cannot be read"),
+    }
     let lifetime = csr
         .pointer("/spec/expirationSeconds")
         .and_then(Value::as_i64)
         .unwrap_or(max_seconds)
-        .clamp(600, max_seconds);
+        .max(600)
+        // The signer's own limit (kube-controller-manager's --cluster-signing-duration) wins,
+        // even below the 10 minutes a request may ask for: short-lived test setups rely on it.
+        .min(max_seconds.max(1));
     let now = time::OffsetDateTime::now_utc();
     req.params.not_before = now - time::Duration::minutes(5);
     req.params.not_after = now + time::Duration::seconds(lifetime);

@@ -52,6 +52,8 @@ pub enum TlsError {
     Pem { path: PathBuf, why: String },
     #[error("client verifier: {0}")]
     Verifier(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl std::fmt::Debug for Pki {
@@ -209,12 +211,13 @@ impl Pki {
     ) -> Result<(String, String), TlsError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        let mut dn = DistinguishedName::new();
-        for g in groups {
-            dn.push(DnType::OrganizationName, g.as_str());
-        }
-        dn.push(DnType::CommonName, cn);
-        params.distinguished_name = dn;
+        params.distinguished_name = if server {
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, cn);
+            dn
+        } else {
+            atoll_runtime::client_subject(cn, groups).map_err(TlsError::Invalid)?
+        };
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

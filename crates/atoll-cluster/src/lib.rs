@@ -11,7 +11,7 @@
 
 pub mod controllers;
 pub mod node;
-pub mod quantity;
+pub use atoll_runtime::quantity;
 pub mod scheduler;
 
 mod util;

@@ -1,68 +1,6 @@
 //! Small helpers the controllers share: timestamps, conditions, events.
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Api, PostParams};
-use kube::{Client, Resource, ResourceExt};
-
-pub(crate) fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
-}
-
-pub(crate) fn now_micro() -> MicroTime {
-    MicroTime(k8s_openapi::jiff::Timestamp::now())
-}
-
-/// Seconds since `t` (negative if it lies ahead).
-pub(crate) fn age_seconds(t: &k8s_openapi::jiff::Timestamp) -> f64 {
-    let d = k8s_openapi::jiff::Timestamp::now().duration_since(*t);
-    d.as_secs_f64()
-}
-
-/// Record a core/v1 Event about `obj` (best effort: a lost event is logged, never fatal).
-pub(crate) async fn record_event<K>(
-    client: &Client,
-    obj: &K,
-    type_: &str,
-    reason: &str,
-    message: &str,
-    component: &str,
-) where
-    K: Resource<DynamicType = ()>,
-{
-    let namespace = obj.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
-    let event = Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", obj.name_any())),
-            namespace: Some(namespace.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some(K::api_version(&()).to_string()),
-            kind: Some(K::kind(&()).to_string()),
-            name: Some(obj.name_any()),
-            namespace: obj.namespace(),
-            uid: obj.uid(),
-            ..Default::default()
-        },
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        type_: Some(type_.into()),
-        first_timestamp: Some(now()),
-        last_timestamp: Some(now()),
-        count: Some(1),
-        source: Some(EventSource {
-            component: Some(component.into()),
-            host: None,
-        }),
-        reporting_component: Some(component.into()),
-        ..Default::default()
-    };
-    if let Err(e) = api.create(&PostParams::default(), &event).await {
-        tracing::debug!(error = %e, reason, "could not record an event");
-    }
-}
+pub(crate) use atoll_runtime::{age_seconds, now, now_micro, record_event};
 
 /// Whether a pod is Ready (its `Ready` condition is True).
 pub(crate) fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {

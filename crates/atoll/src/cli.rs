@@ -27,6 +27,19 @@ enum Command {
     Node(crate::node::NodeArgs),
     /// A hub and member clusters on this machine: `dev up`, `dev status`, `dev down`.
     Dev(crate::dev::DevArgs),
+    /// Run the hub's registration controllers; `hub token` prints a bootstrap kubeconfig.
+    Hub(crate::registration::HubArgs),
+    /// Run the member agent: join the hub, keep the lease, report status, rotate certificates.
+    Agent(crate::registration::AgentArgs),
+    /// Join this cluster to a hub: the agent, in the foreground (`--hub-kubeconfig` is the
+    /// bootstrap kubeconfig from `atoll hub token`).
+    Join(crate::registration::AgentArgs),
+    /// Accept clusters: approve their pending CSRs and set hubAcceptsClient.
+    Accept(crate::registration::AcceptArgs),
+    /// Turn clusters away: deny their pending CSRs and clear hubAcceptsClient.
+    Deny(crate::registration::AcceptArgs),
+    /// Show state at a glance: `atoll get clusters`.
+    Get(crate::registration::GetArgs),
 }
 
 impl Args {
@@ -56,6 +69,11 @@ impl Args {
                 Command::Kubeconfig(a) => crate::kubeconfig::run(a),
                 Command::Node(a) => crate::node::run(a).await,
                 Command::Dev(a) => crate::dev::run(a).await,
+                Command::Hub(a) => crate::registration::hub(a).await,
+                Command::Agent(a) | Command::Join(a) => crate::registration::agent(a).await,
+                Command::Accept(a) => crate::registration::accept(a, true).await,
+                Command::Deny(a) => crate::registration::accept(a, false).await,
+                Command::Get(a) => crate::registration::get(a).await,
             }
         });
         match result {

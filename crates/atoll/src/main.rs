@@ -11,6 +11,7 @@ mod clients;
 mod dev;
 mod kubeconfig;
 mod node;
+mod registration;
 mod server;
 
 fn main() -> std::process::ExitCode {

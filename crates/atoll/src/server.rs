@@ -40,6 +40,10 @@ pub struct ServerArgs {
     /// With --controllers: how long pods stay on an unreachable node when they do not say.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
+    /// The longest life, in seconds, of a certificate the built-in CSR signer issues (as
+    /// kube-controller-manager's --cluster-signing-duration); default one year.
+    #[arg(long, default_value_t = 365 * 86_400)]
+    cluster_signing_duration: i64,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -101,6 +105,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         static_tokens,
         name: args.name.clone(),
         service_cidr: args.service_cidr.clone(),
+        max_certificate_seconds: args.cluster_signing_duration.max(1),
         advertise_address: format!("{host}:{}", addr.port()),
         ..Config::default()
     };

@@ -1,0 +1,547 @@
+//! The member agent: joins its cluster to the hub and keeps it there.
+//!
+//! 1. With the bootstrap kubeconfig it creates its `ManagedCluster` and a CSR for the identity
+//!    `system:atoll:cluster:<name>:agent` (groups `system:atoll:cluster:<name>`,
+//!    `system:atoll:clusters`) with a key it makes itself and never sends anywhere. The key and
+//!    the CSR's name are saved first in Secret `atoll-agent/hub-kubeconfig` of its own cluster,
+//!    so an agent restarted while waiting resumes the same request instead of making another.
+//! 2. Once the CSR is approved and signed, the kubeconfig for that identity replaces them in the
+//!    Secret; from then on the agent uses only it (restarts resume from the Secret).
+//! 3. It renews Lease `cluster-lease` in `atoll-cluster-<name>` every `leaseDurationSeconds`
+//!    (with jitter), reports status (capacity and allocatable summed over Nodes, the Kubernetes
+//!    version, the cluster's `ClusterProperty` objects as claims), and at 80% of its
+//!    certificate's life asks for a new one with its current identity, which the hub approves.
+//!
+//! Hub outages and denials are retried with back-off; nothing is lost.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use atoll_api::cluster::{
+    AGENT_NAMESPACE, CLUSTER_ID_PROPERTY, CLUSTER_LEASE, CLUSTERS_GROUP, CSR_CLUSTER_LABEL,
+    ClusterClaim, ClusterProperty, ClusterVersion, HUB_KUBECONFIG_SECRET, ManagedCluster, SyncMode,
+    agent_user, cluster_group, cluster_namespace,
+};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const MANAGER: &str = "atoll-agent";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error("the hub denied cluster {0}'s certificate request")]
+    Denied(String),
+}
+
+impl Error {
+    fn config(e: impl std::fmt::Display) -> Error {
+        Error::Config(e.to_string())
+    }
+}
+
+/// What the agent is told.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub cluster_name: String,
+    /// The bootstrap kubeconfig (YAML), needed only until the cluster has its own identity.
+    pub bootstrap_kubeconfig: Option<String>,
+    /// `spec.leaseDurationSeconds` of the ManagedCluster it creates.
+    pub lease_seconds: i32,
+    pub sync_mode: SyncMode,
+    /// Lifetime to ask for the certificate (`expirationSeconds`); the hub's signer may cap it.
+    pub certificate_seconds: Option<i32>,
+}
+
+/// The identity the agent holds on the hub.
+struct Identity {
+    kubeconfig: String,
+    client: Client,
+    /// When the certificate was issued and expires (seconds since the epoch).
+    not_before: i64,
+    not_after: i64,
+}
+
+/// Run the agent until the process ends.
+pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
+    let name = cfg.cluster_name.clone();
+    ensure_namespace(&member).await?;
+    ensure_cluster_id(&member, &name).await;
+    let mut identity = obtain_identity(&member, &cfg).await?;
+    tracing::info!(cluster = %name, "joined the hub with identity {}", agent_user(&name));
+    let mut backoff = Duration::from_secs(1);
+    let mut last_status: Option<serde_json::Value> = None;
+    loop {
+        let lease_seconds = match beat(&member, &identity.client, &name, &mut last_status).await {
+            Ok(s) => {
+                backoff = Duration::from_secs(1);
+                s
+            }
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 401 || e.code == 403 => {
+                tracing::warn!(cluster = %name, reason = %e.message, "the hub refuses this cluster's identity (denied, or not yet granted); retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %name, error = %e, "cannot reach the hub; retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        // Rotation at 80% of the certificate's life, with the current identity.
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let renew_at = identity.not_before + (identity.not_after - identity.not_before) * 8 / 10;
+        if now >= renew_at {
+            match rotate(&member, &identity, &cfg).await {
+                Ok(next) => {
+                    tracing::info!(cluster = %name, "rotated the agent certificate");
+                    identity = next;
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %name, error = %e, "certificate rotation failed; retrying")
+                }
+            }
+        }
+        let until_renewal = Duration::from_secs((renew_at - now).max(1) as u64);
+        let period = Duration::from_secs(lease_seconds.max(1) as u64);
+        tokio::time::sleep(jitter(period).min(until_renewal)).await;
+    }
+}
+
+/// Up to 10% less than `d`, so that many agents do not renew in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d.mul_f64(1.0 - f64::from(nanos % 1000) / 10_000.0)
+}
+
+async fn ensure_namespace(member: &Client) -> Result<(), Error> {
+    let api: Api<Namespace> = Api::all(member.clone());
+    let ns =
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AGENT_NAMESPACE}});
+    api.patch(
+        AGENT_NAMESPACE,
+        &PatchParams::apply(MANAGER),
+        &Patch::Apply(&ns),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The ClusterProperty CRD and the cluster's id property, unless the admin set one.
+async fn ensure_cluster_id(member: &Client, name: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(member.clone());
+    let crd = <ClusterProperty as kube::CustomResourceExt>::crd();
+    if let Err(e) = crds
+        .patch(
+            &crd.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "cannot install the ClusterProperty CRD; no cluster claims");
+        return;
+    }
+    let props: Api<ClusterProperty> = Api::all(member.clone());
+    for _ in 0..100 {
+        match props.get_opt(CLUSTER_ID_PROPERTY).await {
+            Ok(Some(_)) => return,
+            Ok(None) => {
+                let p = ClusterProperty::new(
+                    CLUSTER_ID_PROPERTY,
+                    atoll_api::cluster::ClusterPropertySpec { value: name.into() },
+                );
+                let _ = props.create(&PostParams::default(), &p).await;
+                return;
+            }
+            // Not served yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn client_from(kubeconfig: &str) -> Result<Client, Error> {
+    let kc = Kubeconfig::from_yaml(kubeconfig).map_err(Error::config)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(Error::config)?;
+    Client::try_from(config).map_err(Error::config)
+}
+
+/// (not before, not after) of the first client certificate in a kubeconfig, in seconds.
+fn certificate_validity(kubeconfig: &str) -> Result<(i64, i64), Error> {
+    use base64::Engine;
+    let kc = Kubeconfig::from_yaml(kubeconfig).map_err(Error::config)?;
+    let data = kc
+        .auth_infos
+        .iter()
+        .find_map(|a| a.auth_info.as_ref()?.client_certificate_data.clone())
+        .ok_or_else(|| Error::Config("the hub kubeconfig has no client certificate".into()))?;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(Error::config)?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).map_err(Error::config)?;
+    let cert = pem.parse_x509().map_err(Error::config)?;
+    Ok((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
+async fn identity_from(kubeconfig: String) -> Result<Identity, Error> {
+    let (not_before, not_after) = certificate_validity(&kubeconfig)?;
+    let client = client_from(&kubeconfig).await?;
+    Ok(Identity {
+        kubeconfig,
+        client,
+        not_before,
+        not_after,
+    })
+}
+
+fn secret_data(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+async fn save_secret(member: &Client, data: BTreeMap<String, String>) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(member.clone(), AGENT_NAMESPACE);
+    let data: BTreeMap<String, ByteString> = data
+        .into_iter()
+        .map(|(k, v)| (k, ByteString(v.into_bytes())))
+        .collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(HUB_KUBECONFIG_SECRET.into()),
+            namespace: Some(AGENT_NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    // The whole Secret is replaced: a pending request and an identity never mix.
+    match api.get_opt(HUB_KUBECONFIG_SECRET).await? {
+        Some(old) => {
+            let mut s = secret;
+            s.metadata.resource_version = old.resource_version();
+            api.replace(HUB_KUBECONFIG_SECRET, &PostParams::default(), &s)
+                .await?;
+        }
+        None => {
+            api.create(&PostParams::default(), &secret).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The identity from the Secret, or a new one through the bootstrap kubeconfig.
+async fn obtain_identity(member: &Client, cfg: &AgentConfig) -> Result<Identity, Error> {
+    let secrets: Api<Secret> = Api::namespaced(member.clone(), AGENT_NAMESPACE);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let saved = secrets.get_opt(HUB_KUBECONFIG_SECRET).await?;
+        if let Some(kubeconfig) = saved.as_ref().and_then(|s| secret_data(s, "kubeconfig")) {
+            let id = identity_from(kubeconfig).await?;
+            if id.not_after > k8s_openapi::jiff::Timestamp::now().as_second() {
+                return Ok(id);
+            }
+            tracing::warn!(cluster = %cfg.cluster_name, "the saved hub identity has expired; joining again");
+        }
+        let boot = cfg.bootstrap_kubeconfig.as_deref().ok_or_else(|| {
+            Error::Config(format!(
+                "cluster {} has no hub identity in Secret {AGENT_NAMESPACE}/{HUB_KUBECONFIG_SECRET} and no bootstrap kubeconfig was given",
+                cfg.cluster_name
+            ))
+        })?;
+        let pending = saved.as_ref().and_then(|s| {
+            Some((
+                secret_data(s, "pending.key")?,
+                secret_data(s, "pending.csr")?,
+            ))
+        });
+        match bootstrap(member, cfg, boot, pending).await {
+            Ok(id) => return Ok(id),
+            Err(e @ Error::Config(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(cluster = %cfg.cluster_name, error = %e, "joining failed; retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// A new key and a CSR for the cluster's agent identity.
+fn new_request(name: &str) -> Result<(String, String), Error> {
+    let key = rcgen::KeyPair::generate().map_err(Error::config)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(Error::config)?;
+    params.distinguished_name = atoll_runtime::client_subject(
+        &agent_user(name),
+        &[cluster_group(name), CLUSTERS_GROUP.to_string()],
+    )
+    .map_err(Error::Config)?;
+    let csr = params.serialize_request(&key).map_err(Error::config)?;
+    Ok((key.serialize_pem(), csr.pem().map_err(Error::config)?))
+}
+
+/// Create a CSR object for `request_pem`; returns its name.
+async fn submit(
+    hub: &Client,
+    name: &str,
+    request_pem: &str,
+    cfg: &AgentConfig,
+) -> Result<String, Error> {
+    let csrs: Api<CertificateSigningRequest> = Api::all(hub.clone());
+    let mut spec = json!({
+        "signerName": "kubernetes.io/kube-apiserver-client",
+        "request": ByteString(request_pem.as_bytes().to_vec()),
+        "usages": ["client auth", "digital signature"],
+    });
+    if let Some(s) = cfg.certificate_seconds {
+        spec["expirationSeconds"] = json!(s);
+    }
+    let csr: CertificateSigningRequest = serde_json::from_value(json!({
+        "metadata": {"generateName": format!("{name}-"), "labels": {CSR_CLUSTER_LABEL: name}},
+        "spec": spec,
+    }))
+    .map_err(Error::config)?;
+    Ok(csrs.create(&PostParams::default(), &csr).await?.name_any())
+}
+
+/// Wait until CSR `csr_name` is signed; the certificate PEM.
+async fn wait_signed(hub: &Client, name: &str, csr_name: &str) -> Result<String, Error> {
+    let csrs: Api<CertificateSigningRequest> = Api::all(hub.clone());
+    let mut logged = false;
+    loop {
+        // Reading our own CSR is granted once the hub has seen it; until then, 403.
+        match csrs.get_opt(csr_name).await {
+            Ok(Some(csr)) => {
+                let status = csr.status.unwrap_or_default();
+                if let Some(cert) = status.certificate {
+                    return String::from_utf8(cert.0).map_err(Error::config);
+                }
+                let conds = status.conditions.unwrap_or_default();
+                if conds
+                    .iter()
+                    .any(|c| c.type_ == "Denied" || c.type_ == "Failed")
+                {
+                    return Err(Error::Denied(name.into()));
+                }
+                if !logged {
+                    tracing::info!(cluster = %name, csr = %csr_name, "waiting for the hub to accept this cluster (`atoll accept {name}`)");
+                    logged = true;
+                }
+            }
+            // Gone: ask again.
+            Ok(None) => return Err(Error::Denied(name.into())),
+            Err(kube::Error::Api(e)) if e.code == 403 => {}
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A kubeconfig for the hub (server and CA from `base`) with a client certificate.
+fn hub_kubeconfig(base: &str, cert_pem: &str, key_pem: &str, user: &str) -> Result<String, Error> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let kc = Kubeconfig::from_yaml(base).map_err(Error::config)?;
+    let cluster = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .ok_or_else(|| Error::Config("the kubeconfig names no cluster".into()))?;
+    let server = cluster
+        .server
+        .ok_or_else(|| Error::Config("the kubeconfig names no server".into()))?;
+    let ca = cluster.certificate_authority_data.unwrap_or_default();
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: hub\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: hub\n  context:\n    cluster: hub\n    user: {user}\ncurrent-context: hub\n",
+        b64(cert_pem),
+        b64(key_pem),
+        user = user.replace(':', "-"),
+    ))
+}
+
+async fn bootstrap(
+    member: &Client,
+    cfg: &AgentConfig,
+    boot: &str,
+    pending: Option<(String, String)>,
+) -> Result<Identity, Error> {
+    let name = &cfg.cluster_name;
+    let hub = client_from(boot).await?;
+    let mcs: Api<ManagedCluster> = Api::all(hub.clone());
+    let mut mc = ManagedCluster::new(name, Default::default());
+    mc.spec.lease_duration_seconds = cfg.lease_seconds;
+    mc.spec.sync_mode = cfg.sync_mode;
+    match mcs.create(&PostParams::default(), &mc).await {
+        Ok(_) => tracing::info!(cluster = %name, "created ManagedCluster {name} on the hub"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (key, csr_name) = match pending {
+        Some(p) => p,
+        None => {
+            let (key, request) = new_request(name)?;
+            let csr_name = submit(&hub, name, &request, cfg).await?;
+            save_secret(
+                member,
+                BTreeMap::from([
+                    ("pending.key".into(), key.clone()),
+                    ("pending.csr".into(), csr_name.clone()),
+                ]),
+            )
+            .await?;
+            (key, csr_name)
+        }
+    };
+    let cert = match wait_signed(&hub, name, &csr_name).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Denied or gone: the next attempt makes a new request.
+            save_secret(member, BTreeMap::new()).await?;
+            return Err(e);
+        }
+    };
+    let kubeconfig = hub_kubeconfig(boot, &cert, &key, &agent_user(name))?;
+    save_secret(
+        member,
+        BTreeMap::from([("kubeconfig".into(), kubeconfig.clone())]),
+    )
+    .await?;
+    identity_from(kubeconfig).await
+}
+
+/// A new certificate through a CSR made with the current identity (the hub approves renewals).
+async fn rotate(member: &Client, current: &Identity, cfg: &AgentConfig) -> Result<Identity, Error> {
+    let name = &cfg.cluster_name;
+    let (key, request) = new_request(name)?;
+    let csr_name = submit(&current.client, name, &request, cfg).await?;
+    let cert = wait_signed(&current.client, name, &csr_name).await?;
+    let kubeconfig = hub_kubeconfig(&current.kubeconfig, &cert, &key, &agent_user(name))?;
+    save_secret(
+        member,
+        BTreeMap::from([("kubeconfig".into(), kubeconfig.clone())]),
+    )
+    .await?;
+    identity_from(kubeconfig).await
+}
+
+/// One heartbeat: renew the lease, report status if it changed. Returns the lease duration.
+async fn beat(
+    member: &Client,
+    hub: &Client,
+    name: &str,
+    last_status: &mut Option<serde_json::Value>,
+) -> Result<i32, Error> {
+    let mcs: Api<ManagedCluster> = Api::all(hub.clone());
+    let mc = mcs.get(name).await?;
+    let lease_seconds = mc.spec.lease_duration_seconds;
+    let leases: Api<Lease> = Api::namespaced(hub.clone(), &cluster_namespace(name));
+    let mut lease = leases.get(CLUSTER_LEASE).await?;
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = Some(agent_user(name));
+    spec.lease_duration_seconds = Some(lease_seconds);
+    spec.renew_time = Some(atoll_runtime::now_micro());
+    leases
+        .replace(CLUSTER_LEASE, &PostParams::default(), &lease)
+        .await?;
+    let status = status_of(member).await;
+    if last_status.as_ref() != Some(&status) {
+        mcs.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
+        *last_status = Some(status);
+    }
+    Ok(lease_seconds)
+}
+
+/// Capacity and allocatable summed over the member's Nodes, its version, its claims.
+async fn status_of(member: &Client) -> serde_json::Value {
+    use atoll_runtime::quantity::{cpu_millis, units};
+    let nodes: Api<Node> = Api::all(member.clone());
+    let mut capacity: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut allocatable: BTreeMap<&str, i64> = BTreeMap::new();
+    for n in nodes
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let Some(s) = n.status else { continue };
+        for (sum, q) in [
+            (&mut capacity, s.capacity),
+            (&mut allocatable, s.allocatable),
+        ] {
+            for (k, v) in q.unwrap_or_default() {
+                let (key, value) = match k.as_str() {
+                    "cpu" => ("cpu", cpu_millis(&v.0)),
+                    "memory" => ("memory", units(&v.0)),
+                    "pods" => ("pods", units(&v.0)),
+                    _ => continue,
+                };
+                *sum.entry(key).or_default() += value.unwrap_or(0);
+            }
+        }
+    }
+    let render = |m: &BTreeMap<&str, i64>| -> BTreeMap<String, String> {
+        m.iter()
+            .map(|(k, v)| {
+                let s = match *k {
+                    "cpu" if v % 1000 == 0 => (v / 1000).to_string(),
+                    "cpu" => format!("{v}m"),
+                    "memory" if v % 1024 == 0 => format!("{}Ki", v / 1024),
+                    _ => v.to_string(),
+                };
+                (k.to_string(), s)
+            })
+            .collect()
+    };
+    let version = member
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_default();
+    let props: Api<ClusterProperty> = Api::all(member.clone());
+    let claims: Vec<ClusterClaim> = props
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .map(|p| ClusterClaim {
+                    name: p.name_any(),
+                    value: p.spec.value,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "capacity": render(&capacity),
+        "allocatable": render(&allocatable),
+        "version": ClusterVersion { kubernetes: version },
+        "clusterClaims": claims,
+    })
+}

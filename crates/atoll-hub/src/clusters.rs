@@ -1,0 +1,311 @@
+//! ManagedClusters: acceptance, denial, clean-up, and health from the cluster's lease.
+//!
+//! Conditions (as Open Cluster Management sets them):
+//! - `HubAcceptedManagedCluster`: `spec.hubAcceptsClient`; set to False with
+//!   `HubDeniedManagedCluster=True` when a cluster once accepted is turned away;
+//! - `ManagedClusterJoined`: the agent has renewed its lease with its accepted identity;
+//! - `ManagedClusterConditionAvailable`: True while the lease is renewed; Unknown, with the
+//!   taint `cluster.atoll.io/unreachable`, after 5 lease durations without a renewal.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atoll_api::cluster::{
+    CLUSTER_FINALIZER, CLUSTER_LEASE, CONDITION_AVAILABLE, CONDITION_HUB_ACCEPTED,
+    CONDITION_HUB_DENIED, CONDITION_JOINED, ClusterTaint, Condition, ManagedCluster,
+    TAINT_UNREACHABLE, agent_user, cluster_namespace, set_condition,
+};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::{Error, now_rfc3339};
+
+/// Missed lease periods before a cluster is Unknown.
+const GRACE_PERIODS: i64 = 5;
+
+struct Ctx {
+    client: Client,
+    /// Clusters whose namespace and RBAC this process has made sure of (once per process, not
+    /// on every lease renewal).
+    granted: Mutex<HashSet<String>>,
+}
+
+/// Run the ManagedCluster controller until the process ends.
+pub async fn run(client: Client) -> Result<(), Error> {
+    let mcs: Api<ManagedCluster> = Api::all(client.clone());
+    let lease_api: Api<Lease> = Api::all(client.clone());
+    let ctx = Arc::new(Ctx {
+        client,
+        granted: Mutex::new(HashSet::new()),
+    });
+    Controller::new(mcs, watcher::Config::default())
+        .watches(
+            lease_api,
+            watcher::Config::default().fields(&format!("metadata.name={CLUSTER_LEASE}")),
+            |lease: Lease| {
+                let ns = lease.namespace()?;
+                let name = ns.strip_prefix("atoll-cluster-")?.to_string();
+                Some(ObjectRef::<ManagedCluster>::new(&name))
+            },
+        )
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "cluster reconcile");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn error_policy(_mc: Arc<ManagedCluster>, e: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(error = %e, "cluster reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: now_rfc3339(),
+    }
+}
+
+async fn reconcile(mc: Arc<ManagedCluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let name = mc.name_any();
+    let api: Api<ManagedCluster> = Api::all(ctx.client.clone());
+    let finalizers = mc.finalizers().to_vec();
+    if mc.metadata.deletion_timestamp.is_some() {
+        crate::access::remove_cluster(&ctx.client, &name).await?;
+        ctx.granted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        if finalizers.iter().any(|f| f == CLUSTER_FINALIZER) {
+            let rest: Vec<&String> = finalizers
+                .iter()
+                .filter(|f| *f != CLUSTER_FINALIZER)
+                .collect();
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": rest, "resourceVersion": mc.resource_version()}})),
+            )
+            .await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if !finalizers.iter().any(|f| f == CLUSTER_FINALIZER) {
+        let mut all = finalizers.clone();
+        all.push(CLUSTER_FINALIZER.into());
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"finalizers": all, "resourceVersion": mc.resource_version()}}),
+            ),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    let mut conditions = mc
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let lease_seconds = i64::from(mc.spec.lease_duration_seconds.max(1));
+    let mut requeue = None;
+    let mut unreachable = false;
+    if mc.spec.hub_accepts_client {
+        let fresh = ctx
+            .granted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone());
+        if fresh
+            && let Err(e) =
+                crate::access::grant_cluster(&ctx.client, &name, mc.spec.lease_duration_seconds)
+                    .await
+        {
+            ctx.granted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            return Err(e);
+        }
+        set_condition(
+            &mut conditions,
+            cond(
+                CONDITION_HUB_ACCEPTED,
+                "True",
+                "HubClusterAdminAccepted",
+                "Accepted by hub cluster admin",
+            ),
+        );
+        set_condition(
+            &mut conditions,
+            cond(
+                CONDITION_HUB_DENIED,
+                "False",
+                "HubClusterAdminAccepted",
+                "Accepted by hub cluster admin",
+            ),
+        );
+        // Health from the lease the agent renews.
+        let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &cluster_namespace(&name));
+        let lease = leases.get_opt(CLUSTER_LEASE).await?;
+        let renewed = lease.as_ref().and_then(|l| {
+            let spec = l.spec.as_ref()?;
+            (spec.holder_identity.as_deref() == Some(agent_user(&name).as_str()))
+                .then_some(spec.renew_time.as_ref()?.0)
+        });
+        match renewed {
+            Some(at) => {
+                set_condition(
+                    &mut conditions,
+                    cond(
+                        CONDITION_JOINED,
+                        "True",
+                        "ManagedClusterJoined",
+                        "Managed cluster joined",
+                    ),
+                );
+                let age = k8s_openapi::jiff::Timestamp::now()
+                    .duration_since(at)
+                    .as_secs();
+                let limit = GRACE_PERIODS * lease_seconds;
+                if age <= limit {
+                    set_condition(
+                        &mut conditions,
+                        cond(
+                            CONDITION_AVAILABLE,
+                            "True",
+                            "ManagedClusterAvailable",
+                            "Managed cluster is available",
+                        ),
+                    );
+                    requeue = Some(Duration::from_secs((limit - age.max(0)) as u64 + 1));
+                } else {
+                    unreachable = true;
+                    set_condition(
+                        &mut conditions,
+                        cond(
+                            CONDITION_AVAILABLE,
+                            "Unknown",
+                            "ManagedClusterLeaseUpdateStopped",
+                            &format!(
+                                "Registration agent stopped updating its lease (none for more than {limit} s)."
+                            ),
+                        ),
+                    );
+                }
+            }
+            None if !mc.is(CONDITION_JOINED) => {
+                set_condition(
+                    &mut conditions,
+                    cond(
+                        CONDITION_AVAILABLE,
+                        "Unknown",
+                        "ManagedClusterWaitForJoin",
+                        "Waiting for the agent to join",
+                    ),
+                );
+            }
+            None => {}
+        }
+    } else if mc.is(CONDITION_HUB_ACCEPTED) || mc.is(CONDITION_HUB_DENIED) {
+        // Turned away: the cluster's identity loses everything at once.
+        crate::access::revoke_cluster(&ctx.client, &name).await?;
+        ctx.granted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        set_condition(
+            &mut conditions,
+            cond(
+                CONDITION_HUB_ACCEPTED,
+                "False",
+                "HubClusterAdminDenied",
+                "Denied by hub cluster admin",
+            ),
+        );
+        set_condition(
+            &mut conditions,
+            cond(
+                CONDITION_HUB_DENIED,
+                "True",
+                "HubClusterAdminDenied",
+                "Denied by hub cluster admin",
+            ),
+        );
+        set_condition(
+            &mut conditions,
+            cond(
+                CONDITION_JOINED,
+                "False",
+                "HubClusterAdminDenied",
+                "Denied by hub cluster admin",
+            ),
+        );
+        set_condition(
+            &mut conditions,
+            cond(
+                CONDITION_AVAILABLE,
+                "Unknown",
+                "HubClusterAdminDenied",
+                "Denied by hub cluster admin",
+            ),
+        );
+    }
+    let current = mc
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if conditions != current {
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": conditions}})),
+        )
+        .await?;
+    }
+    // The unreachable taint follows the Available condition.
+    let tainted = mc.spec.taints.iter().any(|t| t.key == TAINT_UNREACHABLE);
+    if unreachable != tainted {
+        let mut taints: Vec<ClusterTaint> = mc
+            .spec
+            .taints
+            .iter()
+            .filter(|t| t.key != TAINT_UNREACHABLE)
+            .cloned()
+            .collect();
+        if unreachable {
+            taints.push(ClusterTaint {
+                key: TAINT_UNREACHABLE.into(),
+                value: None,
+                effect: "NoSelect".into(),
+                time_added: Some(now_rfc3339()),
+            });
+        }
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": taints}})),
+        )
+        .await?;
+    }
+    Ok(match requeue {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}

@@ -1,0 +1,268 @@
+//! Agents' CertificateSigningRequests.
+//!
+//! A CSR is considered only if it is labelled with the cluster it claims, is for the
+//! `kubernetes.io/kube-apiserver-client` signer with client-auth usages, its subject is exactly
+//! that cluster's agent (CN `system:atoll:cluster:<name>:agent`, O `system:atoll:cluster:<name>`
+//! and `system:atoll:clusters`), and its requester is a bootstrap identity or that cluster's own
+//! agent. Renewals by the agent of an accepted cluster are approved here; first requests wait
+//! for `atoll accept` unless their bootstrap user is in `--auto-accept`. Anything else is left
+//! alone and reported once as an event on the CSR.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use atoll_api::cluster::{
+    CLUSTERS_GROUP, CSR_CLUSTER_LABEL, ManagedCluster, agent_user, cluster_group,
+};
+use futures::StreamExt;
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestCondition,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::{Error, HubConfig, MANAGER};
+
+pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+/// How many of a cluster's most recent CSRs its requesters may read.
+const READABLE_CSRS: usize = 10;
+
+/// Who asks for a cluster's certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requester {
+    /// A bootstrap identity: a first join (or a re-join after the agent lost its identity).
+    Bootstrap,
+    /// The cluster's current agent: a renewal.
+    Agent,
+}
+
+/// The cluster a CSR asks for and who asks, or why it is not a valid request of an agent.
+pub fn check(csr: &CertificateSigningRequest) -> Result<(String, Requester), String> {
+    let name = csr
+        .labels()
+        .get(CSR_CLUSTER_LABEL)
+        .cloned()
+        .ok_or_else(|| format!("no {CSR_CLUSTER_LABEL} label"))?;
+    let spec = &csr.spec;
+    if spec.signer_name != CLIENT_SIGNER {
+        return Err(format!(
+            "signer {:?} is not {CLIENT_SIGNER}",
+            spec.signer_name
+        ));
+    }
+    let usages = spec.usages.clone().unwrap_or_default();
+    if !usages.iter().any(|u| u == "client auth")
+        || usages.iter().any(|u| {
+            !["client auth", "digital signature", "key encipherment"].contains(&u.as_str())
+        })
+    {
+        return Err(format!(
+            "usages {usages:?} are not those of a client certificate"
+        ));
+    }
+    let (cn, orgs) = subject(&spec.request.0)?;
+    let want_orgs: BTreeSet<String> = [cluster_group(&name), CLUSTERS_GROUP.to_string()].into();
+    if cn != agent_user(&name) || orgs != want_orgs {
+        return Err(format!(
+            "subject CN={cn:?} O={orgs:?} does not match cluster {name:?}: want CN={:?} O={want_orgs:?}",
+            agent_user(&name)
+        ));
+    }
+    let username = spec.username.clone().unwrap_or_default();
+    let groups = spec.groups.clone().unwrap_or_default();
+    if username == agent_user(&name) {
+        Ok((name, Requester::Agent))
+    } else if groups.iter().any(|g| g == "system:bootstrappers") {
+        Ok((name, Requester::Bootstrap))
+    } else {
+        Err(format!(
+            "requested by {username:?}, which is neither a bootstrap identity nor cluster {name:?}'s agent"
+        ))
+    }
+}
+
+/// The CN and the set of O of a PEM certificate request.
+fn subject(pem: &[u8]) -> Result<(String, BTreeSet<String>), String> {
+    use x509_parser::prelude::FromDer;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
+    let (_, req) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+            .map_err(|e| format!("not a certificate request: {e}"))?;
+    let subject = &req.certification_request_info.subject;
+    let cn = subject
+        .iter_common_name()
+        .filter_map(|a| a.as_str().ok())
+        .collect::<Vec<_>>();
+    let [cn] = cn.as_slice() else {
+        return Err("the subject must have exactly one CN".into());
+    };
+    let orgs = subject
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok().map(String::from))
+        .collect();
+    Ok((cn.to_string(), orgs))
+}
+
+/// Whether the CSR already has an `Approved` or `Denied` condition.
+pub fn decided(csr: &CertificateSigningRequest) -> bool {
+    csr.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Approved" || c.type_ == "Denied")
+        })
+}
+
+/// Approve (or deny) through the `approval` subresource, as `kubectl certificate approve`.
+pub async fn decide(
+    client: &Client,
+    csr: &CertificateSigningRequest,
+    approve: bool,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
+    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let mut csr = csr.clone();
+    let status = csr.status.get_or_insert_with(Default::default);
+    status
+        .conditions
+        .get_or_insert_with(Vec::new)
+        .push(CertificateSigningRequestCondition {
+            type_: if approve { "Approved" } else { "Denied" }.into(),
+            status: "True".into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_update_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+            ..Default::default()
+        });
+    api.replace_subresource("approval", &csr.name_any(), &PostParams::default(), &csr)
+        .await?;
+    Ok(())
+}
+
+/// Run the CSR controller until the process ends.
+pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
+    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let mut events = watcher(api, watcher::Config::default().labels(CSR_CLUSTER_LABEL)).boxed();
+    // Per cluster: its CSRs (name -> (created, requester user)), and what was last granted.
+    let mut by_cluster: BTreeMap<String, BTreeMap<String, (String, String)>> = BTreeMap::new();
+    let mut granted: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    let mut reported: HashSet<String> = HashSet::new();
+    while let Some(event) = events.next().await {
+        let csr = match event {
+            Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => c,
+            Ok(watcher::Event::Delete(c)) => {
+                if let Some(name) = c.labels().get(CSR_CLUSTER_LABEL)
+                    && let Some(m) = by_cluster.get_mut(name)
+                {
+                    m.remove(&c.name_any());
+                }
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "CSR watch failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (cluster, requester) = match check(&csr) {
+            Ok(ok) => ok,
+            Err(why) => {
+                if !decided(&csr) && reported.insert(csr.uid().unwrap_or_default()) {
+                    tracing::warn!(csr = %csr.name_any(), %why, "ignoring a CSR");
+                    atoll_runtime::record_event(
+                        &client,
+                        &csr,
+                        "Warning",
+                        "InvalidClusterCSR",
+                        &format!("not approved by the hub: {why}"),
+                        MANAGER,
+                    )
+                    .await;
+                }
+                continue;
+            }
+        };
+        // Its requesters may read the cluster's recent CSRs (the agent waits on its own).
+        let created = csr
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        let entry = by_cluster.entry(cluster.clone()).or_default();
+        entry.insert(
+            csr.name_any(),
+            (created, csr.spec.username.clone().unwrap_or_default()),
+        );
+        let mut recent: Vec<(&String, &(String, String))> = entry.iter().collect();
+        recent.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+        recent.truncate(READABLE_CSRS);
+        let mut names: Vec<String> = recent.iter().map(|(n, _)| (*n).clone()).collect();
+        let mut users: Vec<String> = recent.iter().map(|(_, (_, u))| u.clone()).collect();
+        names.sort();
+        users.sort();
+        users.dedup();
+        if granted.get(&cluster) != Some(&(names.clone(), users.clone())) {
+            if let Err(e) = crate::access::grant_csr_reads(&client, &cluster, &names, &users).await
+            {
+                tracing::warn!(%cluster, error = %e, "cannot grant CSR reads");
+            } else {
+                granted.insert(cluster.clone(), (names, users));
+            }
+        }
+        if decided(&csr) {
+            continue;
+        }
+        let mcs: Api<ManagedCluster> = Api::all(client.clone());
+        let accepted = mcs
+            .get_opt(&cluster)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|mc| mc.spec.hub_accepts_client);
+        let username = csr.spec.username.clone().unwrap_or_default();
+        let outcome = match requester {
+            Requester::Agent if accepted => {
+                decide(
+                    &client,
+                    &csr,
+                    true,
+                    "AutoApprovedRenewal",
+                    &format!("renewal of cluster {cluster}'s agent certificate"),
+                )
+                .await
+            }
+            Requester::Bootstrap if cfg.auto_accept.contains(&username) => {
+                let r = decide(
+                    &client,
+                    &csr,
+                    true,
+                    "AutoApprovedByHub",
+                    &format!("{username} is in the hub's --auto-accept"),
+                )
+                .await;
+                if r.is_ok() {
+                    let _ = mcs
+                        .patch(
+                            &cluster,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"spec": {"hubAcceptsClient": true}})),
+                        )
+                        .await;
+                }
+                r
+            }
+            // Waits for `atoll accept`.
+            _ => Ok(()),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(csr = %csr.name_any(), error = %e, "cannot approve");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! Registration commands: `atoll hub` (the hub's controllers) and `atoll hub token`,
+//! `atoll agent` / `atoll join` (the member agent), `atoll accept` / `atoll deny`,
+//! `atoll get clusters`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use atoll_api::cluster::{
+    BOOTSTRAP_GROUP, CONDITION_AVAILABLE, CONDITION_JOINED, CSR_CLUSTER_LABEL, ManagedCluster,
+    SyncMode,
+};
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HubArgs {
+    #[command(subcommand)]
+    command: Option<HubCommand>,
+    /// Kubeconfig of the hub cluster.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Bootstrap users (`system:bootstrap:<token-id>`) whose clusters are accepted without
+    /// `atoll accept`; repeatable.
+    #[arg(long)]
+    auto_accept: Vec<String>,
+}
+
+#[derive(clap::Subcommand)]
+enum HubCommand {
+    /// Print a bootstrap kubeconfig for joining one cluster (a bootstrap token with a TTL).
+    Token {
+        /// Kubeconfig of the hub cluster (an identity that may create Secrets in kube-system).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// How long the token is valid, e.g. 30m, 1h, 24h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The name this cluster has on the hub.
+    #[arg(long)]
+    cluster_name: String,
+    /// Kubeconfig of this (member) cluster.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Bootstrap kubeconfig for the hub (`atoll hub token`); needed until the cluster has its
+    /// own identity.
+    #[arg(long, alias = "hub-kubeconfig")]
+    bootstrap_kubeconfig: Option<PathBuf>,
+    /// How the cluster gets its work: Pull (the agent fetches it) or Push (the hub writes it).
+    #[arg(long, default_value = "Pull")]
+    sync_mode: String,
+    /// Lease period, e.g. 10s or 1m (the ManagedCluster's leaseDurationSeconds).
+    #[arg(long, default_value = "60s")]
+    lease_duration: String,
+    /// Lifetime to ask for the agent's certificate, e.g. 24h (the hub's signer may cap it).
+    #[arg(long)]
+    certificate_lifetime: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct AcceptArgs {
+    /// Kubeconfig of the hub cluster.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// The clusters.
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct GetArgs {
+    /// What to list: `clusters`.
+    what: String,
+    /// Kubeconfig of the hub cluster.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+}
+
+/// "90s", "10m", "1h", "2d" or plain seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 30s, 10m, 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("{s:?} is not a duration like 30s, 10m, 1h"),
+    };
+    anyhow::ensure!(secs > 0, "{s:?}: a duration must be positive");
+    Ok(Duration::from_secs(secs))
+}
+
+async fn client(path: &std::path::Path) -> anyhow::Result<Client> {
+    Ok(crate::clients::from_path(path).await?.0)
+}
+
+pub async fn hub(args: HubArgs) -> anyhow::Result<()> {
+    if let Some(HubCommand::Token { kubeconfig, ttl }) = args.command {
+        print!("{}", token(&kubeconfig, parse_duration(&ttl)?).await?);
+        return Ok(());
+    }
+    let kubeconfig = args
+        .kubeconfig
+        .context("--kubeconfig (the hub cluster's) is required")?;
+    let client = client(&kubeconfig).await?;
+    let cfg = atoll_hub::HubConfig {
+        auto_accept: args.auto_accept,
+    };
+    atoll_hub::install(&client).await?;
+    eprintln!("atoll hub: controllers ready");
+    tokio::select! {
+        r = atoll_hub::run(client, cfg) => Ok(r?),
+        _ = crate::clients::terminated() => Ok(()),
+    }
+}
+
+/// A bootstrap token Secret in kube-system and a kubeconfig that uses it.
+pub async fn token(kubeconfig: &std::path::Path, ttl: Duration) -> anyhow::Result<String> {
+    let (client, _) = crate::clients::from_path(kubeconfig).await?;
+    let mut bytes = [0u8; 22];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let text: String = bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
+    let (id, secret) = text.split_at(6);
+    let expiration = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+            ttl.as_secs() as i64
+        ))
+        .context("--ttl is too long")?
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let token_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "stringData": {
+            "token-id": id, "token-secret": secret, "expiration": expiration,
+            "usage-bootstrap-authentication": "true",
+            "auth-extra-groups": BOOTSTRAP_GROUP,
+            "description": "atoll hub token: joins one cluster",
+        },
+    }))?;
+    let secrets: Api<Secret> = Api::namespaced(client, "kube-system");
+    secrets
+        .create(&PostParams::default(), &token_secret)
+        .await
+        .context("cannot create the bootstrap token Secret in kube-system")?;
+    let text = std::fs::read_to_string(kubeconfig)?;
+    let kc = kube::config::Kubeconfig::from_yaml(&text)?;
+    let cluster = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .context("the hub kubeconfig names no cluster")?;
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: hub\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: bootstrap\n  user:\n    token: {id}.{secret}\ncontexts:\n- name: hub\n  context:\n    cluster: hub\n    user: bootstrap\ncurrent-context: hub\n",
+        cluster.server.unwrap_or_default(),
+        cluster.certificate_authority_data.unwrap_or_default(),
+    ))
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let member = client(&args.kubeconfig).await?;
+    let bootstrap_kubeconfig = match &args.bootstrap_kubeconfig {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the bootstrap kubeconfig {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let sync_mode = match args.sync_mode.as_str() {
+        "Pull" => SyncMode::Pull,
+        "Push" => SyncMode::Push,
+        other => bail!("--sync-mode {other}: must be Pull or Push"),
+    };
+    let cfg = atoll_agent::AgentConfig {
+        cluster_name: args.cluster_name,
+        bootstrap_kubeconfig,
+        lease_seconds: i32::try_from(parse_duration(&args.lease_duration)?.as_secs())
+            .context("--lease-duration is too long")?,
+        sync_mode,
+        certificate_seconds: match &args.certificate_lifetime {
+            Some(d) => Some(
+                i32::try_from(parse_duration(d)?.as_secs())
+                    .context("--certificate-lifetime is too long")?,
+            ),
+            None => None,
+        },
+    };
+    tokio::select! {
+        r = atoll_agent::run(member, cfg) => Ok(r?),
+        _ = crate::clients::terminated() => Ok(()),
+    }
+}
+
+/// `atoll accept`: approve each cluster's pending, valid CSRs and set `hubAcceptsClient`.
+/// `atoll deny` (`accept == false`): deny them and clear `hubAcceptsClient`.
+pub async fn accept(args: AcceptArgs, accept: bool) -> anyhow::Result<()> {
+    let client = client(&args.kubeconfig).await?;
+    for name in &args.names {
+        decide(&client, name, accept).await?;
+        println!(
+            "managedcluster.cluster.atoll.io/{name} {}",
+            if accept { "accepted" } else { "denied" }
+        );
+    }
+    Ok(())
+}
+
+/// Accept or deny one cluster (also used by `atoll dev up`).
+pub async fn decide(client: &Client, name: &str, accept: bool) -> anyhow::Result<()> {
+    // Whether the caller may: `update` on the `managedclusters/accept` subresource, as Open
+    // Cluster Management asks of whoever accepts a cluster.
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"resourceAttributes": {"group": "cluster.atoll.io", "resource": "managedclusters",
+                 "subresource": "accept", "verb": "update", "name": name}},
+    }))?;
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let allowed = reviews
+        .create(&PostParams::default(), &review)
+        .await
+        .context("cannot check your access (SelfSubjectAccessReview)")?
+        .status
+        .is_some_and(|s| s.allowed);
+    anyhow::ensure!(
+        allowed,
+        "you may not {} cluster {name}: that needs `update` on `managedclusters/accept` (cluster.atoll.io)",
+        if accept { "accept" } else { "deny" }
+    );
+    let mcs: Api<ManagedCluster> = Api::all(client.clone());
+    anyhow::ensure!(
+        mcs.get_opt(name).await?.is_some(),
+        "there is no ManagedCluster {name}; has its agent run with a bootstrap kubeconfig?"
+    );
+    let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let pending = csrs
+        .list(&ListParams::default().labels(&format!("{CSR_CLUSTER_LABEL}={name}")))
+        .await?;
+    for csr in pending.items.iter().filter(|c| !atoll_hub::csr::decided(c)) {
+        match atoll_hub::csr::check(csr) {
+            Ok((cluster, _)) if cluster == *name => {
+                atoll_hub::csr::decide(
+                    client,
+                    csr,
+                    accept,
+                    if accept {
+                        "AcceptedByHubAdmin"
+                    } else {
+                        "DeniedByHubAdmin"
+                    },
+                    &format!("atoll {} {name}", if accept { "accept" } else { "deny" }),
+                )
+                .await?;
+            }
+            Ok(_) => {}
+            Err(why) => eprintln!("leaving CSR {} alone: {why}", csr.name_any()),
+        }
+    }
+    mcs.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"hubAcceptsClient": accept}})),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(
+            args.what.as_str(),
+            "clusters" | "cluster" | "managedclusters" | "mcl"
+        ),
+        "atoll get {}: only `clusters` is known",
+        args.what
+    );
+    let client = client(&args.kubeconfig).await?;
+    let mcs: Api<ManagedCluster> = Api::all(client);
+    let list = mcs.list(&ListParams::default()).await?;
+    println!(
+        "{:<20} {:<9} {:<7} {:<10} {:<20} {:<8} TAINTS",
+        "NAME", "ACCEPTED", "JOINED", "AVAILABLE", "KUBERNETES", "CPU"
+    );
+    for mc in list.items {
+        let st = |t: &str| {
+            mc.condition(t)
+                .map_or("", |c| c.status.as_str())
+                .to_string()
+        };
+        let status = mc.status.clone().unwrap_or_default();
+        println!(
+            "{:<20} {:<9} {:<7} {:<10} {:<20} {:<8} {}",
+            mc.name_any(),
+            mc.spec.hub_accepts_client,
+            st(CONDITION_JOINED),
+            st(CONDITION_AVAILABLE),
+            status.version.map(|v| v.kubernetes).unwrap_or_default(),
+            status.allocatable.get("cpu").cloned().unwrap_or_default(),
+            mc.spec
+                .taints
+                .iter()
+                .map(|t| t.key.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    Ok(())
+}
