@@ -60,6 +60,13 @@ struct UpArgs {
     /// Seconds pods stay on an unreachable node unless they tolerate it for longer or shorter.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
+    /// Members' cluster lease period on the hub, in seconds (Unknown after 5 missed).
+    #[arg(long, default_value_t = 10)]
+    cluster_lease_seconds: i32,
+    /// Longest life of certificates the clusters' CSR signers issue, in seconds (short values
+    /// make agents rotate often).
+    #[arg(long, default_value_t = 365 * 86_400)]
+    cluster_signing_duration: i64,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -107,15 +114,17 @@ fn read_state(dir: &Path) -> Option<Value> {
 
 /// Whether `pid` is a live process of this environment.
 fn alive(pid: i64, dir: &Path) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
+    let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+        .unwrap_or(false);
+    // Its command line names atoll and this environment's directory (so a recycled pid is not
+    // taken for ours). A process in the middle of exec shows an empty command line for a moment:
+    // that is one just spawned, alive.
+    running
+        && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
             let c = String::from_utf8_lossy(&c);
-            c.contains("atoll") && c.contains(&*dir.to_string_lossy())
+            c.is_empty() || (c.contains("atoll") && c.contains(&*dir.to_string_lossy()))
         })
-        .unwrap_or(false)
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
-            .unwrap_or(false)
 }
 
 fn running_pids(state: &Value, dir: &Path) -> Vec<(String, i64)> {
@@ -151,10 +160,11 @@ impl Proc {
     fn from_json(v: &Value) -> Option<Proc> {
         Some(Proc {
             name: v["name"].as_str()?.to_string(),
-            role: if v["role"] == "node" {
-                "node"
-            } else {
-                "server"
+            role: match v["role"].as_str()? {
+                "node" => "node",
+                "hub" => "hub",
+                "agent" => "agent",
+                _ => "server",
             },
             cluster: v["cluster"].as_str()?.to_string(),
             args: v["args"]
@@ -199,6 +209,8 @@ fn plan(
                 format!("127.{}.0.0/16", octet + i as u8),
                 "--default-toleration-seconds".into(),
                 args.default_toleration_seconds.to_string(),
+                "--cluster-signing-duration".into(),
+                args.cluster_signing_duration.to_string(),
             ],
             log: logs.join(format!("{c}.log")),
             dir: None,
@@ -231,6 +243,48 @@ fn plan(
                 pid: None,
             });
         }
+    }
+    // The hub's registration controllers, and each member's agent (joined and accepted by
+    // `up`, as a user would with `atoll hub token` and `atoll accept`).
+    procs.push(Proc {
+        name: "hub-controllers".into(),
+        role: "hub",
+        cluster: "hub".into(),
+        args: vec![
+            "hub".into(),
+            "--kubeconfig".into(),
+            dir.join("hub")
+                .join("admin.kubeconfig")
+                .display()
+                .to_string(),
+        ],
+        log: logs.join("hub-controllers.log"),
+        dir: None,
+        pid: None,
+    });
+    for c in clusters.iter().skip(1) {
+        procs.push(Proc {
+            name: format!("{c}-agent"),
+            role: "agent",
+            cluster: c.clone(),
+            args: vec![
+                "agent".into(),
+                "--cluster-name".into(),
+                c.clone(),
+                "--kubeconfig".into(),
+                dir.join(c).join("admin.kubeconfig").display().to_string(),
+                "--bootstrap-kubeconfig".into(),
+                dir.join(c)
+                    .join("bootstrap.kubeconfig")
+                    .display()
+                    .to_string(),
+                "--lease-duration".into(),
+                format!("{}s", args.cluster_lease_seconds),
+            ],
+            log: logs.join(format!("{c}-agent.log")),
+            dir: None,
+            pid: None,
+        });
     }
     procs
 }
@@ -409,6 +463,37 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         let (pid, _) = spawn(&exe, &p.args, &p.log)?;
         p.pid = Some(pid);
     }
+    // Registration: the hub's controllers, then each member's agent with a bootstrap token.
+    let hub_kubeconfig = dir.join("hub").join("admin.kubeconfig");
+    for p in procs
+        .iter_mut()
+        .filter(|p| p.role == "hub" && p.pid.is_none())
+    {
+        let (pid, offset) = spawn(&exe, &p.args, &p.log)?;
+        p.pid = Some(pid);
+        wait_for_line(
+            pid,
+            &p.log,
+            offset,
+            "controllers ready",
+            "hub's controllers",
+            &dir,
+        )
+        .await?;
+    }
+    for p in procs
+        .iter_mut()
+        .filter(|p| p.role == "agent" && p.pid.is_none())
+    {
+        let boot = dir.join(&p.cluster).join("bootstrap.kubeconfig");
+        if !boot.exists() {
+            let text =
+                crate::registration::token(&hub_kubeconfig, Duration::from_secs(3600)).await?;
+            atoll_apiserver::tls::write_private(&boot, &text)?;
+        }
+        let (pid, _) = spawn(&exe, &p.args, &p.log)?;
+        p.pid = Some(pid);
+    }
     write_state(&dir, base_port, octet, &clusters, &procs)?;
     let kubeconfig = write_kubeconfig(&dir, &clusters)?;
     // Ready: every node Ready with a pod range, in every cluster.
@@ -463,6 +548,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    if procs.iter().any(|p| p.role == "agent") {
+        accept_members(&dir, &hub_kubeconfig, &clusters[1..]).await?;
     }
     let took = started.elapsed().as_secs_f64();
     println!(
@@ -685,7 +773,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         .flatten()
         .collect();
     // Nodes first (they stop their pods), then the servers.
-    for role in ["node", "server"] {
+    for role in ["agent", "hub", "node", "server"] {
         let pids: Vec<i64> = procs
             .iter()
             .filter(|p| p["role"] == role)
@@ -722,5 +810,62 @@ fn signal(pid: i64, sig: rustix::process::Signal) {
         .and_then(rustix::process::Pid::from_raw)
     {
         let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// Accept every member that waits with a CSR, then wait until all are Joined and Available.
+async fn accept_members(
+    dir: &Path,
+    hub_kubeconfig: &Path,
+    members: &[String],
+) -> anyhow::Result<()> {
+    use atoll_api::cluster::{
+        CONDITION_AVAILABLE, CONDITION_JOINED, CSR_CLUSTER_LABEL, ManagedCluster,
+    };
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    let (hub, _) = crate::clients::from_path(hub_kubeconfig).await?;
+    let mcs: Api<ManagedCluster> = Api::all(hub.clone());
+    let csrs: Api<CertificateSigningRequest> = Api::all(hub.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut accepted = std::collections::HashSet::new();
+    loop {
+        let mut ready = 0;
+        for m in members {
+            let mc = mcs.get_opt(m).await.ok().flatten();
+            if mc
+                .as_ref()
+                .is_some_and(|mc| mc.is(CONDITION_JOINED) && mc.is(CONDITION_AVAILABLE))
+            {
+                ready += 1;
+                continue;
+            }
+            if mc.is_none() || accepted.contains(m) {
+                continue;
+            }
+            // Its agent has asked: accept it (a cluster joined before needs nothing).
+            let waiting = csrs
+                .list(&ListParams::default().labels(&format!("{CSR_CLUSTER_LABEL}={m}")))
+                .await?
+                .items
+                .iter()
+                .any(|c| !atoll_hub::csr::decided(c));
+            if waiting || mc.is_some_and(|mc| mc.spec.hub_accepts_client) {
+                if waiting {
+                    crate::registration::decide(&hub, m, true).await?;
+                }
+                accepted.insert(m.clone());
+            }
+        }
+        if ready == members.len() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {ready} of {} members joined the hub and became Available within 60 s; see {}",
+                members.len(),
+                dir.join("logs").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

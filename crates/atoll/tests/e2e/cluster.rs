@@ -10,13 +10,13 @@ use serde_json::Value;
 use crate::harness::Kubectl;
 
 /// A `dev up` environment in a temporary directory; `dev down` when dropped.
-struct DevEnv {
-    dir: PathBuf,
+pub(crate) struct DevEnv {
+    pub(crate) dir: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
 impl DevEnv {
-    fn up(extra: &[&str]) -> DevEnv {
+    pub(crate) fn up(extra: &[&str]) -> DevEnv {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let out = atoll(&dir, &[&["dev", "up"], extra].concat());
@@ -29,14 +29,14 @@ impl DevEnv {
         DevEnv { dir, _tmp: tmp }
     }
 
-    fn kubectl(&self) -> Kubectl<'static> {
+    pub(crate) fn kubectl(&self) -> Kubectl<'static> {
         Kubectl {
             bin: Path::new("kubectl"),
             kubeconfig: self.dir.join("kubeconfig"),
         }
     }
 
-    fn pid_of(&self, name: &str) -> i32 {
+    pub(crate) fn pid_of(&self, name: &str) -> i32 {
         let state: Value =
             serde_json::from_slice(&std::fs::read(self.dir.join("dev.json")).unwrap()).unwrap();
         state["processes"]
@@ -56,7 +56,7 @@ impl Drop for DevEnv {
 }
 
 /// Run `atoll ARGS --data-dir DIR`; (success, stdout + stderr).
-fn atoll(dir: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) fn atoll(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
         .args(args)
         .arg("--data-dir")
@@ -74,12 +74,12 @@ fn atoll(dir: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
-fn json(text: &str) -> Value {
+pub(crate) fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// Poll until `f` returns Some, for up to `secs` seconds.
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = f() {

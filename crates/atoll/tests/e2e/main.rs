@@ -8,3 +8,4 @@ mod durability;
 mod harness;
 mod kubectl;
 mod rbac;
+mod registration;
