@@ -61,6 +61,34 @@ pub struct AgentConfig {
     pub sync_mode: SyncMode,
     /// Lifetime to ask for the certificate (`expirationSeconds`); the hub's signer may cap it.
     pub certificate_seconds: Option<i32>,
+    /// The Secret in `atoll-agent` holding the hub identity (`hub-kubeconfig`; benchmarks run
+    /// many agents against one member and give each its own).
+    pub secret_name: String,
+}
+
+impl AgentConfig {
+    /// An agent for cluster `name` with the defaults.
+    pub fn new(name: &str) -> AgentConfig {
+        AgentConfig {
+            cluster_name: name.into(),
+            bootstrap_kubeconfig: None,
+            lease_seconds: 60,
+            sync_mode: SyncMode::Pull,
+            certificate_seconds: None,
+            secret_name: HUB_KUBECONFIG_SECRET.into(),
+        }
+    }
+}
+
+/// How often the agent reports status (and re-reads its lease duration); the lease itself is
+/// renewed every lease period.
+const STATUS_EVERY: Duration = Duration::from_secs(60);
+
+/// What the heartbeat remembers between beats.
+struct Beat {
+    lease_seconds: i32,
+    last_status: Option<serde_json::Value>,
+    reported_at: Option<std::time::Instant>,
 }
 
 /// The identity the agent holds on the hub.
@@ -80,12 +108,16 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
     let mut identity = obtain_identity(&member, &cfg).await?;
     tracing::info!(cluster = %name, "joined the hub with identity {}", agent_user(&name));
     let mut backoff = Duration::from_secs(1);
-    let mut last_status: Option<serde_json::Value> = None;
+    let mut state = Beat {
+        lease_seconds: cfg.lease_seconds,
+        last_status: None,
+        reported_at: None,
+    };
     loop {
-        let lease_seconds = match beat(&member, &identity.client, &name, &mut last_status).await {
-            Ok(s) => {
+        let lease_seconds = match beat(&member, &identity.client, &name, &mut state).await {
+            Ok(()) => {
                 backoff = Duration::from_secs(1);
-                s
+                state.lease_seconds
             }
             Err(Error::Kube(kube::Error::Api(e))) if e.code == 401 || e.code == 403 => {
                 tracing::warn!(cluster = %name, reason = %e.message, "the hub refuses this cluster's identity (denied, or not yet granted); retrying");
@@ -221,7 +253,11 @@ fn secret_data(secret: &Secret, key: &str) -> Option<String> {
         .and_then(|b| String::from_utf8(b.0.clone()).ok())
 }
 
-async fn save_secret(member: &Client, data: BTreeMap<String, String>) -> Result<(), Error> {
+async fn save_secret(
+    member: &Client,
+    cfg: &AgentConfig,
+    data: BTreeMap<String, String>,
+) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(member.clone(), AGENT_NAMESPACE);
     let data: BTreeMap<String, ByteString> = data
         .into_iter()
@@ -229,7 +265,7 @@ async fn save_secret(member: &Client, data: BTreeMap<String, String>) -> Result<
         .collect();
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some(HUB_KUBECONFIG_SECRET.into()),
+            name: Some(cfg.secret_name.clone()),
             namespace: Some(AGENT_NAMESPACE.into()),
             ..Default::default()
         },
@@ -238,11 +274,11 @@ async fn save_secret(member: &Client, data: BTreeMap<String, String>) -> Result<
         ..Default::default()
     };
     // The whole Secret is replaced: a pending request and an identity never mix.
-    match api.get_opt(HUB_KUBECONFIG_SECRET).await? {
+    match api.get_opt(&cfg.secret_name).await? {
         Some(old) => {
             let mut s = secret;
             s.metadata.resource_version = old.resource_version();
-            api.replace(HUB_KUBECONFIG_SECRET, &PostParams::default(), &s)
+            api.replace(&cfg.secret_name, &PostParams::default(), &s)
                 .await?;
         }
         None => {
@@ -257,7 +293,7 @@ async fn obtain_identity(member: &Client, cfg: &AgentConfig) -> Result<Identity,
     let secrets: Api<Secret> = Api::namespaced(member.clone(), AGENT_NAMESPACE);
     let mut backoff = Duration::from_secs(1);
     loop {
-        let saved = secrets.get_opt(HUB_KUBECONFIG_SECRET).await?;
+        let saved = secrets.get_opt(&cfg.secret_name).await?;
         if let Some(kubeconfig) = saved.as_ref().and_then(|s| secret_data(s, "kubeconfig")) {
             let id = identity_from(kubeconfig).await?;
             if id.not_after > k8s_openapi::jiff::Timestamp::now().as_second() {
@@ -267,8 +303,8 @@ async fn obtain_identity(member: &Client, cfg: &AgentConfig) -> Result<Identity,
         }
         let boot = cfg.bootstrap_kubeconfig.as_deref().ok_or_else(|| {
             Error::Config(format!(
-                "cluster {} has no hub identity in Secret {AGENT_NAMESPACE}/{HUB_KUBECONFIG_SECRET} and no bootstrap kubeconfig was given",
-                cfg.cluster_name
+                "cluster {} has no hub identity in Secret {AGENT_NAMESPACE}/{} and no bootstrap kubeconfig was given",
+                cfg.cluster_name, cfg.secret_name
             ))
         })?;
         let pending = saved.as_ref().and_then(|s| {
@@ -405,6 +441,7 @@ async fn bootstrap(
             let csr_name = submit(&hub, name, &request, cfg).await?;
             save_secret(
                 member,
+                cfg,
                 BTreeMap::from([
                     ("pending.key".into(), key.clone()),
                     ("pending.csr".into(), csr_name.clone()),
@@ -418,13 +455,14 @@ async fn bootstrap(
         Ok(c) => c,
         Err(e) => {
             // Denied or gone: the next attempt makes a new request.
-            save_secret(member, BTreeMap::new()).await?;
+            save_secret(member, cfg, BTreeMap::new()).await?;
             return Err(e);
         }
     };
     let kubeconfig = hub_kubeconfig(boot, &cert, &key, &agent_user(name))?;
     save_secret(
         member,
+        cfg,
         BTreeMap::from([("kubeconfig".into(), kubeconfig.clone())]),
     )
     .await?;
@@ -440,42 +478,48 @@ async fn rotate(member: &Client, current: &Identity, cfg: &AgentConfig) -> Resul
     let kubeconfig = hub_kubeconfig(&current.kubeconfig, &cert, &key, &agent_user(name))?;
     save_secret(
         member,
+        cfg,
         BTreeMap::from([("kubeconfig".into(), kubeconfig.clone())]),
     )
     .await?;
     identity_from(kubeconfig).await
 }
 
-/// One heartbeat: renew the lease, report status if it changed. Returns the lease duration.
-async fn beat(
-    member: &Client,
-    hub: &Client,
-    name: &str,
-    last_status: &mut Option<serde_json::Value>,
-) -> Result<i32, Error> {
-    let mcs: Api<ManagedCluster> = Api::all(hub.clone());
-    let mc = mcs.get(name).await?;
-    let lease_seconds = mc.spec.lease_duration_seconds;
+/// One heartbeat: renew the lease (one merge patch); every `STATUS_EVERY`, re-read the
+/// lease duration and report status if it changed.
+async fn beat(member: &Client, hub: &Client, name: &str, state: &mut Beat) -> Result<(), Error> {
     let leases: Api<Lease> = Api::namespaced(hub.clone(), &cluster_namespace(name));
-    let mut lease = leases.get(CLUSTER_LEASE).await?;
-    let spec = lease.spec.get_or_insert_with(Default::default);
-    spec.holder_identity = Some(agent_user(name));
-    spec.lease_duration_seconds = Some(lease_seconds);
-    spec.renew_time = Some(atoll_runtime::now_micro());
     leases
-        .replace(CLUSTER_LEASE, &PostParams::default(), &lease)
+        .patch(
+            CLUSTER_LEASE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "holderIdentity": agent_user(name),
+                "leaseDurationSeconds": state.lease_seconds,
+                "renewTime": atoll_runtime::now_micro(),
+            }})),
+        )
         .await?;
+    if state
+        .reported_at
+        .is_some_and(|t| t.elapsed() < STATUS_EVERY)
+    {
+        return Ok(());
+    }
+    let mcs: Api<ManagedCluster> = Api::all(hub.clone());
+    state.lease_seconds = mcs.get(name).await?.spec.lease_duration_seconds;
     let status = status_of(member).await;
-    if last_status.as_ref() != Some(&status) {
+    if state.last_status.as_ref() != Some(&status) {
         mcs.patch_status(
             name,
             &PatchParams::default(),
             &Patch::Merge(json!({"status": status})),
         )
         .await?;
-        *last_status = Some(status);
+        state.last_status = Some(status);
     }
-    Ok(lease_seconds)
+    state.reported_at = Some(std::time::Instant::now());
+    Ok(())
 }
 
 /// Capacity and allocatable summed over the member's Nodes, its version, its claims.

@@ -266,3 +266,126 @@ pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn request(cn: &str, orgs: &[&str]) -> ByteString {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        let orgs: Vec<String> = orgs.iter().map(|o| o.to_string()).collect();
+        params.distinguished_name = atoll_runtime::client_subject(cn, &orgs).expect("subject");
+        ByteString(
+            params
+                .serialize_request(&key)
+                .expect("csr")
+                .pem()
+                .expect("pem")
+                .into_bytes(),
+        )
+    }
+
+    fn csr(
+        label: &str,
+        cn: &str,
+        orgs: &[&str],
+        user: &str,
+        groups: &[&str],
+    ) -> CertificateSigningRequest {
+        let mut c = CertificateSigningRequest::default();
+        c.metadata.labels = Some([(CSR_CLUSTER_LABEL.to_string(), label.to_string())].into());
+        c.spec.signer_name = CLIENT_SIGNER.into();
+        c.spec.usages = Some(vec!["client auth".into(), "digital signature".into()]);
+        c.spec.request = request(cn, orgs);
+        c.spec.username = Some(user.into());
+        c.spec.groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        c
+    }
+
+    const ORGS_A: [&str; 2] = ["system:atoll:cluster:a", "system:atoll:clusters"];
+
+    #[test]
+    fn only_a_clusters_own_subject_from_a_bootstrap_identity_or_its_agent_passes() {
+        let boot = [
+            "system:bootstrappers",
+            "system:bootstrappers:atoll",
+            "system:authenticated",
+        ];
+        let ok = csr(
+            "a",
+            "system:atoll:cluster:a:agent",
+            &ORGS_A,
+            "system:bootstrap:abc123",
+            &boot,
+        );
+        assert_eq!(check(&ok), Ok(("a".into(), Requester::Bootstrap)));
+        let renewal = csr(
+            "a",
+            "system:atoll:cluster:a:agent",
+            &ORGS_A,
+            "system:atoll:cluster:a:agent",
+            &ORGS_A,
+        );
+        assert_eq!(check(&renewal), Ok(("a".into(), Requester::Agent)));
+        // Another cluster's name in the label, the CN or the groups.
+        let cases = [
+            csr(
+                "b",
+                "system:atoll:cluster:a:agent",
+                &ORGS_A,
+                "system:bootstrap:abc123",
+                &boot,
+            ),
+            csr(
+                "a",
+                "system:atoll:cluster:b:agent",
+                &ORGS_A,
+                "system:bootstrap:abc123",
+                &boot,
+            ),
+            csr(
+                "a",
+                "system:atoll:cluster:a:agent",
+                &["system:atoll:cluster:b", "system:atoll:clusters"],
+                "system:bootstrap:abc123",
+                &boot,
+            ),
+            csr(
+                "a",
+                "system:atoll:cluster:a:agent",
+                &["system:masters"],
+                "system:bootstrap:abc123",
+                &boot,
+            ),
+            // Cluster b's agent asking for a's identity; an ordinary user asking.
+            csr(
+                "a",
+                "system:atoll:cluster:a:agent",
+                &ORGS_A,
+                "system:atoll:cluster:b:agent",
+                &["system:atoll:cluster:b"],
+            ),
+            csr(
+                "a",
+                "system:atoll:cluster:a:agent",
+                &ORGS_A,
+                "alice",
+                &["system:authenticated"],
+            ),
+        ];
+        for c in &cases {
+            assert!(check(c).is_err(), "{:?} passed", c.spec.username);
+        }
+        let mut other_signer = ok.clone();
+        other_signer.spec.signer_name = "kubernetes.io/kubelet-serving".into();
+        assert!(check(&other_signer).unwrap_err().contains("signer"));
+        let mut server_usage = ok.clone();
+        server_usage.spec.usages = Some(vec!["server auth".into()]);
+        assert!(check(&server_usage).is_err());
+        let mut unlabelled = ok;
+        unlabelled.metadata.labels = None;
+        assert!(check(&unlabelled).is_err());
+    }
+}

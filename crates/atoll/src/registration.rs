@@ -194,6 +194,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         other => bail!("--sync-mode {other}: must be Pull or Push"),
     };
     let cfg = atoll_agent::AgentConfig {
+        secret_name: atoll_api::cluster::HUB_KUBECONFIG_SECRET.into(),
         cluster_name: args.cluster_name,
         bootstrap_kubeconfig,
         lease_seconds: i32::try_from(parse_duration(&args.lease_duration)?.as_secs())
