@@ -107,7 +107,10 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
     ensure_cluster_id(&member, &name).await;
     let mut identity = obtain_identity(&member, &cfg).await?;
     tracing::info!(cluster = %name, "joined the hub with identity {}", agent_user(&name));
-    let mut backoff = Duration::from_secs(1);
+    // Just after joining, the hub may not have granted the new identity yet (it does so when
+    // it sees the acceptance): retry fast until the first heartbeat goes through.
+    let mut backoff = Duration::from_millis(200);
+    let mut ever_beat = false;
     let mut state = Beat {
         lease_seconds: cfg.lease_seconds,
         last_status: None,
@@ -117,12 +120,18 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
         let lease_seconds = match beat(&member, &identity.client, &name, &mut state).await {
             Ok(()) => {
                 backoff = Duration::from_secs(1);
+                ever_beat = true;
                 state.lease_seconds
             }
-            Err(Error::Kube(kube::Error::Api(e))) if e.code == 401 || e.code == 403 => {
-                tracing::warn!(cluster = %name, reason = %e.message, "the hub refuses this cluster's identity (denied, or not yet granted); retrying");
+            Err(Error::Kube(kube::Error::Api(e)))
+                if e.code == 401 || e.code == 403 || (!ever_beat && e.code == 404) =>
+            {
+                if ever_beat || backoff >= Duration::from_secs(2) {
+                    tracing::warn!(cluster = %name, reason = %e.message, "the hub refuses this cluster's identity (denied, or not yet granted); retrying");
+                }
                 tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let cap = if ever_beat { 30 } else { 2 };
+                backoff = (backoff * 2).min(Duration::from_secs(cap));
                 continue;
             }
             Err(e) => {
@@ -362,36 +371,60 @@ async fn submit(
     Ok(csrs.create(&PostParams::default(), &csr).await?.name_any())
 }
 
-/// Wait until CSR `csr_name` is signed; the certificate PEM.
+/// The certificate of a signed CSR; an error if it was denied or failed; `None` while pending.
+fn outcome(name: &str, csr: &CertificateSigningRequest) -> Option<Result<String, Error>> {
+    let status = csr.status.clone().unwrap_or_default();
+    if let Some(cert) = status.certificate {
+        return Some(String::from_utf8(cert.0).map_err(Error::config));
+    }
+    let conds = status.conditions.unwrap_or_default();
+    conds
+        .iter()
+        .any(|c| c.type_ == "Denied" || c.type_ == "Failed")
+        .then(|| Err(Error::Denied(name.into())))
+}
+
+/// Wait until CSR `csr_name` is signed; the certificate PEM. Until the hub has seen the CSR,
+/// reading it is forbidden (polled); then the agent watches it, by name, rather than poll.
 async fn wait_signed(hub: &Client, name: &str, csr_name: &str) -> Result<String, Error> {
+    use futures::StreamExt;
     let csrs: Api<CertificateSigningRequest> = Api::all(hub.clone());
     let mut logged = false;
     loop {
-        // Reading our own CSR is granted once the hub has seen it; until then, 403.
-        match csrs.get_opt(csr_name).await {
-            Ok(Some(csr)) => {
-                let status = csr.status.unwrap_or_default();
-                if let Some(cert) = status.certificate {
-                    return String::from_utf8(cert.0).map_err(Error::config);
-                }
-                let conds = status.conditions.unwrap_or_default();
-                if conds
-                    .iter()
-                    .any(|c| c.type_ == "Denied" || c.type_ == "Failed")
-                {
-                    return Err(Error::Denied(name.into()));
-                }
-                if !logged {
-                    tracing::info!(cluster = %name, csr = %csr_name, "waiting for the hub to accept this cluster (`atoll accept {name}`)");
-                    logged = true;
-                }
-            }
+        let csr = match csrs.get_opt(csr_name).await {
+            Ok(Some(csr)) => csr,
             // Gone: ask again.
             Ok(None) => return Err(Error::Denied(name.into())),
-            Err(kube::Error::Api(e)) if e.code == 403 => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
             Err(e) => return Err(e.into()),
+        };
+        if let Some(done) = outcome(name, &csr) {
+            return done;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !logged {
+            tracing::info!(cluster = %name, csr = %csr_name, "waiting for the hub to accept this cluster (`atoll accept {name}`)");
+            logged = true;
+        }
+        let params = kube::api::WatchParams::default()
+            .fields(&format!("metadata.name={csr_name}"))
+            .timeout(60);
+        let rv = csr.resource_version().unwrap_or_default();
+        match csrs.watch(&params, &rv).await {
+            Ok(stream) => {
+                let mut stream = stream.boxed();
+                while let Some(Ok(event)) = stream.next().await {
+                    if let kube::core::WatchEvent::Modified(csr) = event
+                        && let Some(done) = outcome(name, &csr)
+                    {
+                        return done;
+                    }
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
     }
 }
 

@@ -51,7 +51,7 @@ struct RoleRef {
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-struct Binding {
+pub struct Binding {
     subjects: Vec<Subject>,
     role_ref: RoleRef,
 }
@@ -174,59 +174,89 @@ struct Resolved {
     rules: Arc<Vec<Rule>>,
 }
 
-/// One rule as granted to the subjects of one binding.
-struct Grant {
-    subjects: Arc<Vec<Subject>>,
-    /// The binding's namespace ("" for cluster role bindings), for service account subjects.
-    namespace: String,
-    rule: Rule,
+/// The key a subject is indexed under: `u:<user>` or `g:<group>` (a service account is the
+/// user `system:serviceaccount:<namespace>:<name>`, its namespace defaulting to the binding's).
+fn subject_key(s: &Subject, binding_ns: &str) -> Option<String> {
+    match s.kind.as_str() {
+        "User" => Some(format!("u:{}", s.name)),
+        "Group" => Some(format!("g:{}", s.name)),
+        "ServiceAccount" => {
+            let ns = if s.namespace.is_empty() {
+                binding_ns
+            } else {
+                &s.namespace
+            };
+            Some(format!("u:system:serviceaccount:{ns}:{}", s.name))
+        }
+        _ => None,
+    }
 }
 
-/// Grants bucketed by (namespace, API group, resource), so a request looks at the few rules
-/// that could allow it rather than at every rule of every binding.
+/// The keys a requester's grants are found under: its user and each of its groups.
+fn identity_keys(who: &Identity) -> Vec<String> {
+    std::iter::once(format!("u:{}", who.user))
+        .chain(who.groups.iter().map(|g| format!("g:{g}")))
+        .collect()
+}
+
+/// Rules by the subject they are granted to.
+type BySubject = HashMap<String, Vec<Arc<Rule>>>;
+
+/// Grants bucketed by (namespace, API group, resource) and then by subject, so a request
+/// looks only at the rules granted to its user and groups that could allow it, however many
+/// bindings exist (a hub holds a few for each of thousands of clusters).
 #[derive(Default)]
 struct Grants {
-    /// namespace -> API group -> resource (without subresource) -> grants.
-    by_resource: HashMap<String, HashMap<String, HashMap<String, Vec<Grant>>>>,
-    non_resource: Vec<Grant>,
+    /// namespace -> API group -> resource (without subresource) -> subject -> rules.
+    by_resource: HashMap<String, HashMap<String, HashMap<String, BySubject>>>,
+    non_resource: BySubject,
 }
 
 impl Grants {
-    fn add(&mut self, namespace: &str, subjects: &Arc<Vec<Subject>>, rules: &[Rule]) {
+    fn add(&mut self, namespace: &str, subjects: &[Subject], rules: &[Rule]) {
+        let keys: Vec<String> = subjects
+            .iter()
+            .filter_map(|s| subject_key(s, namespace))
+            .collect();
         for rule in rules {
-            let grant = || Grant {
-                subjects: subjects.clone(),
-                namespace: namespace.to_string(),
-                rule: rule.clone(),
-            };
+            let rule = Arc::new(rule.clone());
             if !rule.non_resource_urls.is_empty() {
-                self.non_resource.push(grant());
+                for k in &keys {
+                    self.non_resource
+                        .entry(k.clone())
+                        .or_default()
+                        .push(rule.clone());
+                }
                 continue;
             }
             for g in &rule.api_groups {
                 for r in &rule.resources {
                     let base = r.split('/').next().unwrap_or(r).to_string();
-                    self.by_resource
+                    let bucket = self
+                        .by_resource
                         .entry(namespace.to_string())
                         .or_default()
                         .entry(g.clone())
                         .or_default()
                         .entry(base)
-                        .or_default()
-                        .push(grant());
+                        .or_default();
+                    for k in &keys {
+                        bucket.entry(k.clone()).or_default().push(rule.clone());
+                    }
                 }
             }
         }
     }
 
     fn allowed(&self, who: &Identity, a: &Attributes) -> bool {
-        let grants_ok = |grants: &[Grant]| {
-            grants.iter().any(|g| {
-                g.rule.allows(a) && g.subjects.iter().any(|s| applies(s, who, &g.namespace))
-            })
+        let keys = identity_keys(who);
+        let ok = |by: &BySubject| {
+            keys.iter()
+                .filter_map(|k| by.get(k))
+                .any(|rules| rules.iter().any(|r| r.allows(a)))
         };
         if !a.is_resource() {
-            return grants_ok(&self.non_resource);
+            return ok(&self.non_resource);
         }
         let namespaces: &[&str] = if a.namespace.is_empty() {
             &[""]
@@ -242,7 +272,7 @@ impl Grants {
                     continue;
                 };
                 for r in [a.resource.as_str(), "*"] {
-                    if resources.get(r).is_some_and(|grants| grants_ok(grants)) {
+                    if resources.get(r).is_some_and(ok) {
                         return true;
                     }
                 }
@@ -365,49 +395,35 @@ impl Authorizer {
 
     /// Rebuild the index from the RBAC objects (stored JSON, any order).
     pub fn rebuild(&self, objects: impl IntoIterator<Item = (String, Value)>) {
+        let parsed: Vec<RbacObject> = objects
+            .into_iter()
+            .filter_map(|(resource, obj)| RbacObject::parse(&resource, &obj))
+            .collect();
+        self.rebuild_from(parsed.iter());
+    }
+
+    /// Rebuild the index from RBAC objects parsed beforehand (the RBAC loop keeps them parsed,
+    /// so a change costs one parse, not one per stored object).
+    pub fn rebuild_from<'a>(&self, objects: impl IntoIterator<Item = &'a RbacObject>) {
         let mut index = Index::default();
-        let rules_of = |v: &Value| -> Arc<Vec<Rule>> {
-            Arc::new(
-                serde_json::from_value(v.get("rules").cloned().unwrap_or(json!([])))
-                    .unwrap_or_default(),
-            )
-        };
-        let mut bindings: Vec<(String, Binding)> = Vec::new();
-        for (resource, obj) in objects {
-            let name = obj
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let ns = obj
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            match resource.as_str() {
-                "clusterroles" => {
-                    index.cluster_roles.insert(name, rules_of(&obj));
+        let mut bindings: Vec<(&str, &Binding)> = Vec::new();
+        for o in objects {
+            match o {
+                RbacObject::ClusterRole { name, rules } => {
+                    index.cluster_roles.insert(name.clone(), rules.clone());
                 }
-                "roles" => {
+                RbacObject::Role {
+                    namespace,
+                    name,
+                    rules,
+                } => {
                     index
                         .roles
-                        .entry(ns)
+                        .entry(namespace.clone())
                         .or_default()
-                        .insert(name, rules_of(&obj));
+                        .insert(name.clone(), rules.clone());
                 }
-                "clusterrolebindings" | "rolebindings" => {
-                    if let Ok(b) = serde_json::from_value::<Binding>(obj) {
-                        bindings.push((
-                            if resource == "rolebindings" {
-                                ns
-                            } else {
-                                String::new()
-                            },
-                            b,
-                        ));
-                    }
-                }
-                _ => {}
+                RbacObject::Binding { namespace, binding } => bindings.push((namespace, binding)),
             }
         }
         for (ns, b) in bindings {
@@ -415,26 +431,95 @@ impl Authorizer {
                 "ClusterRole" => index.cluster_roles.get(&b.role_ref.name).cloned(),
                 "Role" if !ns.is_empty() => index
                     .roles
-                    .get(&ns)
+                    .get(ns)
                     .and_then(|r| r.get(&b.role_ref.name))
                     .cloned(),
                 _ => None,
             };
             // A binding to a missing role grants nothing (until the role appears).
             let Some(rules) = rules else { continue };
-            let subjects = Arc::new(b.subjects.clone());
-            index.grants.add(&ns, &subjects, &rules);
+            index.grants.add(ns, &b.subjects, &rules);
             let resolved = Resolved {
-                subjects: b.subjects,
+                subjects: b.subjects.clone(),
                 rules,
             };
             if ns.is_empty() {
                 index.cluster_role_bindings.push(resolved);
             } else {
-                index.role_bindings.entry(ns).or_default().push(resolved);
+                index
+                    .role_bindings
+                    .entry(ns.to_string())
+                    .or_default()
+                    .push(resolved);
             }
         }
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+    }
+}
+
+/// One stored RBAC object as the index needs it.
+#[derive(Clone, Debug)]
+pub enum RbacObject {
+    ClusterRole {
+        name: String,
+        rules: Arc<Vec<Rule>>,
+    },
+    Role {
+        namespace: String,
+        name: String,
+        rules: Arc<Vec<Rule>>,
+    },
+    /// A RoleBinding (`namespace` set) or ClusterRoleBinding (`namespace` empty).
+    Binding {
+        namespace: String,
+        binding: Binding,
+    },
+}
+
+impl RbacObject {
+    /// Parse a stored object of `resource` (`clusterroles`, `roles`, `clusterrolebindings`,
+    /// `rolebindings`).
+    pub fn parse(resource: &str, obj: &Value) -> Option<RbacObject> {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let namespace = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let rules = || -> Arc<Vec<Rule>> {
+            Arc::new(
+                obj.get("rules")
+                    .map(|r| serde_json::from_value(r.clone()).unwrap_or_default())
+                    .unwrap_or_default(),
+            )
+        };
+        match resource {
+            "clusterroles" => Some(RbacObject::ClusterRole {
+                name,
+                rules: rules(),
+            }),
+            "roles" => Some(RbacObject::Role {
+                namespace,
+                name,
+                rules: rules(),
+            }),
+            "clusterrolebindings" | "rolebindings" => {
+                let binding = serde_json::from_value::<Binding>(obj.clone()).ok()?;
+                Some(RbacObject::Binding {
+                    namespace: if resource == "rolebindings" {
+                        namespace
+                    } else {
+                        String::new()
+                    },
+                    binding,
+                })
+            }
+            _ => None,
+        }
     }
 }
 

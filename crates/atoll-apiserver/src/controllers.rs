@@ -118,14 +118,114 @@ pub fn reload_rbac(server: &ApiServer) -> ApiResult<()> {
     Ok(())
 }
 
+/// The RBAC objects the authorizer's index is built from, kept parsed: a change costs one
+/// parse, and the index is rebuilt from memory (with thousands of clusters on a hub, each with
+/// its own roles and bindings, re-reading every stored object per change was the bottleneck).
+#[derive(Default)]
+struct RbacCache {
+    objects: HashMap<String, crate::authz::RbacObject>,
+    /// ClusterRoles as stored, for aggregation.
+    cluster_roles: HashMap<String, Value>,
+}
+
+impl RbacCache {
+    fn load(server: &ApiServer) -> ApiResult<RbacCache> {
+        let mut cache = RbacCache::default();
+        let page = server
+            .store
+            .list(&format!("/{}/", crate::authz::RBAC_GROUP), None, 0, None)?;
+        for (key, entry) in &page.items {
+            cache.put(key, &entry.value);
+        }
+        Ok(cache)
+    }
+
+    /// Take in a stored value; returns it decoded when it is a ClusterRole.
+    fn put(&mut self, key: &str, value: &[u8]) -> Option<Value> {
+        let resource = key.split('/').nth(2)?;
+        let obj: Value = serde_json::from_slice(value).ok()?;
+        if let Some(parsed) = crate::authz::RbacObject::parse(resource, &obj) {
+            self.objects.insert(key.to_string(), parsed);
+        }
+        (resource == "clusterroles").then(|| {
+            self.cluster_roles.insert(key.to_string(), obj.clone());
+            obj
+        })
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Value> {
+        self.objects.remove(key);
+        self.cluster_roles.remove(key)
+    }
+
+    /// Whether a change to this ClusterRole can change an aggregated one: it aggregates, or
+    /// an aggregating role selects it.
+    fn affects_aggregation(&self, role: &Value) -> bool {
+        if role.get("aggregationRule").is_some() {
+            return true;
+        }
+        let labels = crate::object::labels_of(role);
+        self.cluster_roles.values().any(|r| {
+            r.pointer("/aggregationRule/clusterRoleSelectors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| crate::selector::LabelSelector::from_json(s).ok())
+                .any(|s| !s.0.is_empty() && s.matches(&labels))
+        })
+    }
+}
+
 async fn rbac_loop(server: Arc<ApiServer>) {
     let s = server.clone();
     let prefix = format!("/{}/", crate::authz::RBAC_GROUP);
-    watch_forever(&server, &prefix, async move |_events| {
-        if let Err(e) = reload_rbac(&s) {
-            tracing::error!(error = %e, "reloading RBAC failed");
+    let mut cache = match RbacCache::load(&server) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "loading RBAC failed");
+            RbacCache::default()
         }
-        aggregate_cluster_roles(&s).await;
+    };
+    // Rebuilds are spaced by at least twice what the last one cost: under a burst of RBAC
+    // writes (thousands of clusters joining a hub) the index is rebuilt a few times a second
+    // with everything written meanwhile, not once per write, and never takes more than about a
+    // third of a core; a change still takes effect within milliseconds on a quiet server.
+    let mut last_rebuild = tokio::time::Instant::now();
+    let mut last_cost = Duration::ZERO;
+    watch_forever(&server, &prefix, async move |events| {
+        let mut aggregation = false;
+        if events.is_empty() {
+            // The watch was lost: start again from what is stored.
+            match RbacCache::load(&s) {
+                Ok(c) => cache = c,
+                Err(e) => tracing::error!(error = %e, "reloading RBAC failed"),
+            }
+            aggregation = true;
+        }
+        for e in &events {
+            let changed = match e.kind {
+                EventKind::Deleted => cache.remove(&e.key),
+                _ => cache.put(&e.key, &e.value),
+            };
+            let before = e
+                .prev
+                .as_ref()
+                .and_then(|p| serde_json::from_slice::<Value>(&p.value).ok())
+                .filter(|_| changed.is_some());
+            aggregation |= changed
+                .iter()
+                .chain(before.iter())
+                .any(|r| cache.affects_aggregation(r));
+        }
+        tokio::time::sleep_until(last_rebuild + (last_cost * 2).max(Duration::from_millis(5)))
+            .await;
+        let started = tokio::time::Instant::now();
+        s.authorizer.rebuild_from(cache.objects.values());
+        last_cost = started.elapsed();
+        last_rebuild = tokio::time::Instant::now();
+        if aggregation {
+            aggregate_cluster_roles(&s).await;
+        }
     })
     .await;
 }

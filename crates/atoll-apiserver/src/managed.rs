@@ -451,13 +451,16 @@ pub async fn server_side_apply(ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
                 api_version: api_version.clone(),
                 time: object::now(),
                 subresource: subresource.clone(),
-                fields: applied,
+                fields: applied.clone(),
             }],
         );
-        return Ok(ctx
-            .create_object(&mut obj)
-            .await?
-            .response(StatusCode::CREATED));
+        match ctx.create_object(&mut obj).await {
+            Ok(created) => return Ok(created.response(StatusCode::CREATED)),
+            // Created by someone else since we looked: apply onto it, as kube-apiserver's
+            // apply (an update that may create) retries, rather than failing the apply.
+            Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
     }
     let updated = ctx
         .guaranteed_update(&name, None, |current| {

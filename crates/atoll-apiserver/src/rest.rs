@@ -122,7 +122,7 @@ async fn route(
     let Some(rr) = rr else {
         return Err(ApiError::no_such_resource());
     };
-    authorize(server, &identity, &rr)?;
+    authorize(server, &identity, &rr, query)?;
     let snapshot = server.registry.snapshot();
     let Some(rt) = snapshot.get(&rr.group, &rr.version, &rr.resource).cloned() else {
         return Err(ApiError::no_such_resource());
@@ -225,7 +225,21 @@ async fn route(
 }
 
 /// RBAC for a resource request; 403 with kube-apiserver's message when denied.
-fn authorize(server: &ApiServer, who: &Identity, rr: &ResourceRequest) -> ApiResult<()> {
+/// The name in a field selector that is exactly `metadata.name=X` (or `==`).
+fn single_name(query: &crate::request::Query) -> Option<String> {
+    let sel = query.get("fieldSelector")?;
+    let value = sel
+        .strip_prefix("metadata.name==")
+        .or_else(|| sel.strip_prefix("metadata.name="))?;
+    (!value.is_empty() && !value.contains(',')).then(|| value.to_string())
+}
+
+fn authorize(
+    server: &ApiServer,
+    who: &Identity,
+    rr: &ResourceRequest,
+    query: &crate::request::Query,
+) -> ApiResult<()> {
     let verb = match rr.verb {
         Verb::Get => "get",
         Verb::List => "list",
@@ -248,7 +262,13 @@ fn authorize(server: &ApiServer, who: &Identity, rr: &ResourceRequest) -> ApiRes
         resource: rr.resource.clone(),
         subresource: rr.subresource.clone().unwrap_or_default(),
         namespace,
-        name: rr.name.clone().unwrap_or_default(),
+        // A list or watch of one object by `fieldSelector=metadata.name=X` is authorized as a
+        // request for X, as kube-apiserver does, so `resourceNames` rules cover it (a client
+        // may then watch the one object it may read).
+        name: rr.name.clone().unwrap_or_else(|| match rr.verb {
+            Verb::List | Verb::Watch => single_name(query).unwrap_or_default(),
+            _ => String::new(),
+        }),
         path: String::new(),
     };
     if server.authorizer.allowed(who, &attrs) {

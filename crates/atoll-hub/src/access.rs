@@ -71,6 +71,20 @@ pub async fn grant_cluster(client: &Client, name: &str, lease_seconds: i32) -> R
     namespaces
         .patch(&ns, &apply(), &Patch::Apply(&namespace))
         .await?;
+    // The lease before the bindings: once the identity may renew it, it is there (never
+    // overwritten here).
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": CLUSTER_LEASE, "namespace": ns},
+        "spec": {"leaseDurationSeconds": lease_seconds},
+    }))
+    .map_err(|e| Error::Invalid(e.to_string()))?;
+    match leases.create(&PostParams::default(), &lease).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+
     let role = format!("atoll:cluster:{name}");
     apply_cluster_role(
         client,
@@ -103,18 +117,7 @@ pub async fn grant_cluster(client: &Client, name: &str, lease_seconds: i32) -> R
     bindings
         .patch("atoll:cluster", &apply(), &Patch::Apply(&binding))
         .await?;
-    // The lease exists before the agent first renews it; never overwritten here.
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let lease: Lease = serde_json::from_value(json!({
-        "metadata": {"name": CLUSTER_LEASE, "namespace": ns},
-        "spec": {"leaseDurationSeconds": lease_seconds},
-    }))
-    .map_err(|e| Error::Invalid(e.to_string()))?;
-    match leases.create(&PostParams::default(), &lease).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(())
 }
 
 /// Take away what the cluster's identity may do, at once: its two bindings.
@@ -147,7 +150,7 @@ pub async fn remove_cluster(client: &Client, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Let `users` read the CSRs `csr_names` of cluster `name` (by name only).
+/// Let `users` read and watch the CSRs `csr_names` of cluster `name` (by name only).
 pub async fn grant_csr_reads(
     client: &Client,
     name: &str,
@@ -159,7 +162,7 @@ pub async fn grant_csr_reads(
         client,
         &role,
         json!([{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
-                "resourceNames": csr_names, "verbs": ["get"]}]),
+                "resourceNames": csr_names, "verbs": ["get", "list", "watch"]}]),
     )
     .await?;
     let subjects: Vec<Value> = users

@@ -8,7 +8,8 @@
 //! for `atoll accept` unless their bootstrap user is in `--auto-accept`. Anything else is left
 //! alone and reported once as an event on the CSR.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use atoll_api::cluster::{
     CLUSTERS_GROUP, CSR_CLUSTER_LABEL, ManagedCluster, agent_user, cluster_group,
@@ -143,20 +144,42 @@ pub async fn decide(
     Ok(())
 }
 
+/// A cluster's CSRs: name -> (creation time, requester).
+type ClusterCsrs = BTreeMap<String, (String, String)>;
+/// What a cluster's requesters may read: (CSR names, users).
+type Grant = (Vec<String>, Vec<String>);
+
+/// What the CSR controller's workers share.
+#[derive(Default)]
+struct Shared {
+    by_cluster: Mutex<BTreeMap<String, ClusterCsrs>>,
+    /// Per cluster: what was last granted.
+    granted: Mutex<BTreeMap<String, Grant>>,
+    /// One worker at a time per cluster, so that grants are written in order.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    reported: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Workers at once: CSRs arrive in bursts when many clusters join.
+const WORKERS: usize = 32;
+
 /// Run the CSR controller until the process ends.
 pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
     let mut events = watcher(api, watcher::Config::default().labels(CSR_CLUSTER_LABEL)).boxed();
-    // Per cluster: its CSRs (name -> (created, requester user)), and what was last granted.
-    let mut by_cluster: BTreeMap<String, BTreeMap<String, (String, String)>> = BTreeMap::new();
-    let mut granted: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
-    let mut reported: HashSet<String> = HashSet::new();
+    let shared = Arc::new(Shared::default());
+    let cfg = Arc::new(cfg);
+    let workers = Arc::new(tokio::sync::Semaphore::new(WORKERS));
     while let Some(event) = events.next().await {
         let csr = match event {
             Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => c,
             Ok(watcher::Event::Delete(c)) => {
                 if let Some(name) = c.labels().get(CSR_CLUSTER_LABEL)
-                    && let Some(m) = by_cluster.get_mut(name)
+                    && let Some(m) = lock(&shared.by_cluster).get_mut(name)
                 {
                     m.remove(&c.name_any());
                 }
@@ -169,32 +192,52 @@ pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
                 continue;
             }
         };
-        let (cluster, requester) = match check(&csr) {
-            Ok(ok) => ok,
-            Err(why) => {
-                if !decided(&csr) && reported.insert(csr.uid().unwrap_or_default()) {
-                    tracing::warn!(csr = %csr.name_any(), %why, "ignoring a CSR");
-                    atoll_runtime::record_event(
-                        &client,
-                        &csr,
-                        "Warning",
-                        "InvalidClusterCSR",
-                        &format!("not approved by the hub: {why}"),
-                        MANAGER,
-                    )
-                    .await;
-                }
-                continue;
-            }
+        let Ok(permit) = workers.clone().acquire_owned().await else {
+            break;
         };
-        // Its requesters may read the cluster's recent CSRs (the agent waits on its own).
+        let (client, shared, cfg) = (client.clone(), shared.clone(), cfg.clone());
+        tokio::spawn(async move {
+            handle(&client, &shared, &cfg, csr).await;
+            drop(permit);
+        });
+    }
+    Ok(())
+}
+
+async fn handle(client: &Client, shared: &Shared, cfg: &HubConfig, csr: CertificateSigningRequest) {
+    let (cluster, requester) = match check(&csr) {
+        Ok(ok) => ok,
+        Err(why) => {
+            if !decided(&csr) && lock(&shared.reported).insert(csr.uid().unwrap_or_default()) {
+                tracing::warn!(csr = %csr.name_any(), %why, "ignoring a CSR");
+                atoll_runtime::record_event(
+                    client,
+                    &csr,
+                    "Warning",
+                    "InvalidClusterCSR",
+                    &format!("not approved by the hub: {why}"),
+                    MANAGER,
+                )
+                .await;
+            }
+            return;
+        }
+    };
+    let cluster_lock = lock(&shared.locks)
+        .entry(cluster.clone())
+        .or_default()
+        .clone();
+    let _one_at_a_time = cluster_lock.lock().await;
+    // Its requesters may read the cluster's recent CSRs (the agent waits on its own).
+    let (names, users) = {
+        let mut by_cluster = lock(&shared.by_cluster);
+        let entry = by_cluster.entry(cluster.clone()).or_default();
         let created = csr
             .metadata
             .creation_timestamp
             .as_ref()
             .map(|t| t.0.to_string())
             .unwrap_or_default();
-        let entry = by_cluster.entry(cluster.clone()).or_default();
         entry.insert(
             csr.name_any(),
             (created, csr.spec.username.clone().unwrap_or_default()),
@@ -207,64 +250,67 @@ pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
         names.sort();
         users.sort();
         users.dedup();
-        if granted.get(&cluster) != Some(&(names.clone(), users.clone())) {
-            if let Err(e) = crate::access::grant_csr_reads(&client, &cluster, &names, &users).await
-            {
-                tracing::warn!(%cluster, error = %e, "cannot grant CSR reads");
-            } else {
-                granted.insert(cluster.clone(), (names, users));
+        (names, users)
+    };
+    if lock(&shared.granted).get(&cluster) != Some(&(names.clone(), users.clone())) {
+        match crate::access::grant_csr_reads(client, &cluster, &names, &users).await {
+            Ok(()) => {
+                lock(&shared.granted).insert(cluster.clone(), (names, users));
             }
-        }
-        if decided(&csr) {
-            continue;
-        }
-        let mcs: Api<ManagedCluster> = Api::all(client.clone());
-        let accepted = mcs
-            .get_opt(&cluster)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|mc| mc.spec.hub_accepts_client);
-        let username = csr.spec.username.clone().unwrap_or_default();
-        let outcome = match requester {
-            Requester::Agent if accepted => {
-                decide(
-                    &client,
-                    &csr,
-                    true,
-                    "AutoApprovedRenewal",
-                    &format!("renewal of cluster {cluster}'s agent certificate"),
-                )
-                .await
-            }
-            Requester::Bootstrap if cfg.auto_accept.contains(&username) => {
-                let r = decide(
-                    &client,
-                    &csr,
-                    true,
-                    "AutoApprovedByHub",
-                    &format!("{username} is in the hub's --auto-accept"),
-                )
-                .await;
-                if r.is_ok() {
-                    let _ = mcs
-                        .patch(
-                            &cluster,
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"spec": {"hubAcceptsClient": true}})),
-                        )
-                        .await;
-                }
-                r
-            }
-            // Waits for `atoll accept`.
-            _ => Ok(()),
-        };
-        if let Err(e) = outcome {
-            tracing::warn!(csr = %csr.name_any(), error = %e, "cannot approve");
+            Err(e) => tracing::warn!(%cluster, error = %e, "cannot grant CSR reads"),
         }
     }
-    Ok(())
+    if decided(&csr) {
+        return;
+    }
+    let mcs: Api<ManagedCluster> = Api::all(client.clone());
+    let username = csr.spec.username.clone().unwrap_or_default();
+    let outcome = match requester {
+        Requester::Agent => {
+            let accepted = mcs
+                .get_opt(&cluster)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|mc| mc.spec.hub_accepts_client);
+            if !accepted {
+                return;
+            }
+            decide(
+                client,
+                &csr,
+                true,
+                "AutoApprovedRenewal",
+                &format!("renewal of cluster {cluster}'s agent certificate"),
+            )
+            .await
+        }
+        Requester::Bootstrap if cfg.auto_accept.contains(&username) => {
+            let r = decide(
+                client,
+                &csr,
+                true,
+                "AutoApprovedByHub",
+                &format!("{username} is in the hub's --auto-accept"),
+            )
+            .await;
+            if r.is_ok() {
+                let _ = mcs
+                    .patch(
+                        &cluster,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"hubAcceptsClient": true}})),
+                    )
+                    .await;
+            }
+            r
+        }
+        // Waits for `atoll accept`.
+        Requester::Bootstrap => Ok(()),
+    };
+    if let Err(e) = outcome {
+        tracing::warn!(csr = %csr.name_any(), error = %e, "cannot approve");
+    }
 }
 
 #[cfg(test)]

@@ -16,10 +16,11 @@ use kube::core::WatchEvent;
 use serde_json::{Value, json};
 
 mod cluster;
+mod registration;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apiserver` or `cluster`.
+    /// What to measure: `apiserver`, `cluster` or `registration`.
     area: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -48,13 +49,25 @@ pub struct BenchArgs {
     /// cluster: skip timing `atoll dev up --clusters 3`.
     #[arg(long)]
     no_dev_up: bool,
+    /// registration: clusters (agents) joining the hub.
+    #[arg(long, default_value_t = 5_000)]
+    clusters: usize,
+    /// registration: seconds of steady state after all are Available.
+    #[arg(long, default_value_t = 60)]
+    steady_seconds: u64,
+    /// registration: how long all may take to become Available.
+    #[arg(long, default_value_t = 900)]
+    join_timeout: u64,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.area.as_str() {
         "apiserver" => apiserver(args).await,
         "cluster" => cluster::run(args).await,
-        other => anyhow::bail!("unknown benchmark area {other:?}; available: apiserver, cluster"),
+        "registration" => registration::run(args).await,
+        other => anyhow::bail!(
+            "unknown benchmark area {other:?}; available: apiserver, cluster, registration"
+        ),
     }
 }
 
