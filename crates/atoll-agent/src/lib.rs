@@ -390,13 +390,17 @@ async fn wait_signed(hub: &Client, name: &str, csr_name: &str) -> Result<String,
     use futures::StreamExt;
     let csrs: Api<CertificateSigningRequest> = Api::all(hub.clone());
     let mut logged = false;
+    // Polled with back-off while forbidden: thousands of agents joining at once must not
+    // keep the hub busy answering them.
+    let mut poll = Duration::from_millis(250);
     loop {
         let csr = match csrs.get_opt(csr_name).await {
             Ok(Some(csr)) => csr,
             // Gone: ask again.
             Ok(None) => return Err(Error::Denied(name.into())),
             Err(kube::Error::Api(e)) if e.code == 403 => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(jitter(poll)).await;
+                poll = (poll * 3 / 2).min(Duration::from_secs(3));
                 continue;
             }
             Err(e) => return Err(e.into()),

@@ -241,7 +241,49 @@ impl Stream {
         Some(Bytes::from(line))
     }
 
+    /// For a watch selected only by `metadata.name` / `metadata.namespace` (a client watching
+    /// one object): whether the event's object matches, from its key alone. Names and
+    /// namespaces never change, so the object matched before the event exactly when it matches
+    /// now. `None` when other selectors need the object itself.
+    fn matches_by_key(&self, key: &str) -> Option<bool> {
+        if !self.params.labels.0.is_empty() || self.params.fields.0.is_empty() {
+            return None;
+        }
+        let mut parts = key.rsplit('/');
+        let name = parts.next()?;
+        let namespace = if self.ctx.rt.namespaced {
+            parts.next()?
+        } else {
+            ""
+        };
+        let mut all = true;
+        for r in &self.params.fields.0 {
+            let value = match r.field.as_str() {
+                "metadata.name" => name,
+                "metadata.namespace" => namespace,
+                _ => return None,
+            };
+            all &= (value == r.value) == r.equal;
+        }
+        Some(all)
+    }
+
     async fn deliver(&self, e: &Event) -> bool {
+        if !self.params.table
+            && let Some(matches) = self.matches_by_key(&e.key)
+        {
+            if !matches {
+                return true;
+            }
+            let kind = match e.kind {
+                EventKind::Added => "ADDED",
+                EventKind::Modified => "MODIFIED",
+                EventKind::Deleted => "DELETED",
+            };
+            if let Some(line) = self.raw_line(kind, e) {
+                return self.tx.send(line).await.is_ok();
+            }
+        }
         let selective = !self.params.labels.0.is_empty() || !self.params.fields.0.is_empty();
         if !selective && !self.params.table {
             // Every object matches: send the stored bytes with their revision, undecoded.

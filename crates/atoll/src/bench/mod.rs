@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// registration: how long all may take to become Available.
     #[arg(long, default_value_t = 900)]
     join_timeout: u64,
+    /// registration: clusters then joining one at a time, for the latency of a single join.
+    #[arg(long, default_value_t = 20)]
+    late_joins: usize,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {

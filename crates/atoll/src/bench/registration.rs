@@ -4,7 +4,7 @@
 //! `--auto-accept` for the benchmark's bootstrap token: acceptance in bulk). Its CPU and memory
 //! are read from /proc for those two processes alone. The clusters are N lightweight agents in
 //! this process, each the real `atoll-agent` code with its own key, certificate, kube client
-//! and lease; they share one member API server (also in this process), each keeping its hub
+//! and lease; they share one member API server (a process of its own), each keeping its hub
 //! identity in its own Secret.
 //!
 //! Figures: time from starting the agents until all are Available, and each cluster's
@@ -25,7 +25,7 @@ use kube::ResourceExt;
 use kube::runtime::watcher;
 use serde_json::json;
 
-use super::{BenchArgs, Phase, Served};
+use super::{BenchArgs, Phase};
 
 /// A child process of the hub, killed when dropped.
 struct Child(std::process::Child);
@@ -64,14 +64,15 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
-/// Start `atoll server` on a free port in `dir`; returns the child once it is ready.
-fn start_hub_server(dir: &Path) -> anyhow::Result<Child> {
+/// Start `atoll server` named `name` on a free port in `dir`; returns the child once it is
+/// ready.
+fn start_server(dir: &Path, name: &str) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
         .args([
             "server",
             "--name",
-            "hub",
+            name,
             "--listen",
             "127.0.0.1:0",
             "--data-dir",
@@ -85,7 +86,7 @@ fn start_hub_server(dir: &Path) -> anyhow::Result<Child> {
     std::io::BufReader::new(stdout).read_line(&mut line)?;
     anyhow::ensure!(
         line.contains("ready"),
-        "the hub server did not start: {line}"
+        "the {name} server did not start: {line}"
     );
     Ok(Child(child))
 }
@@ -104,7 +105,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ));
     let tmp = tempfile::tempdir()?;
     let hub_dir = tmp.path().join("hub");
-    let server = start_hub_server(&hub_dir)?;
+    let server = start_server(&hub_dir, "hub")?;
     let hub_kubeconfig = hub_dir.join("admin.kubeconfig");
     let boot = crate::registration::token(&hub_kubeconfig, Duration::from_secs(3600)).await?;
     let token_id = boot
@@ -148,10 +149,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let (admin, _) = crate::clients::from_path(&hub_kubeconfig).await?;
 
-    // The member every agent reports from.
-    let member_tmp = tempfile::tempdir()?;
-    let member = Served::start(member_tmp.path()).await?;
-    let member_client = member.client("bench", &["system:masters"]).await?;
+    // The member every agent reports from, a process of its own (its connections would
+    // otherwise count twice against this process's open files).
+    let member_dir = tmp.path().join("member");
+    let _member = start_server(&member_dir, "member")?;
+    let (member_client, _) =
+        crate::clients::from_path(&member_dir.join("admin.kubeconfig")).await?;
 
     // Watch the hub's view: first Available per cluster, and any fall from it.
     let first_available: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -254,6 +257,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (cpu_s1, rss_end) = hub_usage();
     let steady_cores = (cpu_s1 - cpu_s0) / steady_start.elapsed().as_secs_f64();
     let falsely_unknown = fell.lock().unwrap_or_else(|p| p.into_inner()).len();
+    // One cluster at a time joining the loaded hub: what a cluster joining a hub that already
+    // holds the others waits.
+    say(&format!(
+        "{} more clusters joining one at a time...",
+        args.late_joins
+    ));
+    let mut late = Vec::new();
+    for i in 0..args.late_joins {
+        let name = format!("late{i:03}");
+        let mut cfg = atoll_agent::AgentConfig::new(&name);
+        cfg.bootstrap_kubeconfig = Some(boot.clone());
+        cfg.lease_seconds = lease;
+        cfg.secret_name = format!("hub-kubeconfig-{name}");
+        let t = Instant::now();
+        let member = member_client.clone();
+        tokio::spawn(async move {
+            let _ = atoll_agent::run(member, cfg).await;
+        });
+        let deadline = t + Duration::from_secs(60);
+        while !first_available
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&name)
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{name} did not become Available within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        late.push(t.elapsed());
+    }
+    let late = Phase {
+        name: "one join on the loaded hub",
+        ops: late.len(),
+        elapsed: late.iter().sum(),
+        latencies: late,
+    };
     watch.abort();
     let mib = |b: u64| b as f64 / 1048576.0;
     let report = json!({
@@ -268,6 +309,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "hub_rss_mib_peak": mib(peak_rss),
         "hub_rss_mib_end": mib(rss_end),
         "falsely_unknown": falsely_unknown,
+        "one_join_on_loaded_hub": late.json(),
     });
     if args.json {
         println!("{report}");
@@ -289,6 +331,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         steady_cores,
         mib(rss_end),
         mib(peak_rss)
+    );
+    println!(
+        "one cluster joining the hub holding {n}: join-to-Available p50 {:.0} ms, p99 {:.0} ms over {} joins (goal: p99 under 1 s)",
+        late.pct(0.5),
+        late.pct(0.99),
+        late.ops
     );
     println!("falsely Unknown: {falsely_unknown} (goal: 0)");
     drop(hub);
