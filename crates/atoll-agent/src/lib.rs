@@ -103,9 +103,24 @@ struct Identity {
 /// Run the agent until the process ends.
 pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
     let name = cfg.cluster_name.clone();
-    ensure_namespace(&member).await?;
-    ensure_cluster_id(&member, &name).await;
-    let mut identity = obtain_identity(&member, &cfg).await?;
+    // Its own cluster may be starting too: retry what fails there, except bad configuration.
+    let mut backoff = Duration::from_millis(200);
+    let mut identity = loop {
+        let attempt = async {
+            ensure_namespace(&member).await?;
+            ensure_cluster_id(&member, &name).await;
+            obtain_identity(&member, &cfg).await
+        };
+        match attempt.await {
+            Ok(id) => break id,
+            Err(e @ Error::Config(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(cluster = %name, error = %e, "cannot start; retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
     tracing::info!(cluster = %name, "joined the hub with identity {}", agent_user(&name));
     // Just after joining, the hub may not have granted the new identity yet (it does so when
     // it sees the acceptance): retry fast until the first heartbeat goes through.

@@ -457,8 +457,16 @@ pub async fn server_side_apply(ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
         match ctx.create_object(&mut obj).await {
             Ok(created) => return Ok(created.response(StatusCode::CREATED)),
             // Created by someone else since we looked: apply onto it, as kube-apiserver's
-            // apply (an update that may create) retries, rather than failing the apply.
-            Err(ApiError::AlreadyExists { .. }) => {}
+            // apply (an update that may create) retries, rather than failing the apply. The
+            // other write may be committed but not yet readable for a moment: wait for it.
+            Err(ApiError::AlreadyExists { .. }) => {
+                for _ in 0..200 {
+                    if ctx.server.store.get(&ctx.key(&name)).is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
             Err(e) => return Err(e),
         }
     }

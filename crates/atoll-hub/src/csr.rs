@@ -295,13 +295,24 @@ async fn handle(client: &Client, shared: &Shared, cfg: &HubConfig, csr: Certific
             )
             .await;
             if r.is_ok() {
-                let _ = mcs
-                    .patch(
-                        &cluster,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"spec": {"hubAcceptsClient": true}})),
-                    )
-                    .await;
+                // The CSR is approved now; the acceptance must follow (no later event would
+                // bring this CSR back), so it is retried.
+                let accept = json!({"spec": {"hubAcceptsClient": true}});
+                for attempt in 0..10u32 {
+                    match mcs
+                        .patch(&cluster, &PatchParams::default(), &Patch::Merge(&accept))
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(%cluster, error = %e, "cannot set hubAcceptsClient; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(
+                                100 << attempt.min(6),
+                            ))
+                            .await;
+                        }
+                    }
+                }
             }
             r
         }
