@@ -512,6 +512,11 @@ async fn bootstrap(
         }
     };
     let kubeconfig = hub_kubeconfig(boot, &cert, &key, &agent_user(name))?;
+    adopt(member, cfg, kubeconfig).await
+}
+
+/// Save a new hub identity in the Secret, then use it.
+async fn adopt(member: &Client, cfg: &AgentConfig, kubeconfig: String) -> Result<Identity, Error> {
     save_secret(
         member,
         cfg,
@@ -528,13 +533,7 @@ async fn rotate(member: &Client, current: &Identity, cfg: &AgentConfig) -> Resul
     let csr_name = submit(&current.client, name, &request, cfg).await?;
     let cert = wait_signed(&current.client, name, &csr_name).await?;
     let kubeconfig = hub_kubeconfig(&current.kubeconfig, &cert, &key, &agent_user(name))?;
-    save_secret(
-        member,
-        cfg,
-        BTreeMap::from([("kubeconfig".into(), kubeconfig.clone())]),
-    )
-    .await?;
-    identity_from(kubeconfig).await
+    adopt(member, cfg, kubeconfig).await
 }
 
 /// One heartbeat: renew the lease (one merge patch); every `STATUS_EVERY`, re-read the

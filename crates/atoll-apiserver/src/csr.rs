@@ -31,8 +31,11 @@ fn request_pem(obj: &Value) -> Option<String> {
     String::from_utf8(b).ok()
 }
 
-/// The CN and the O values of a PEM certificate request's subject.
-fn request_subject(pem_text: &str) -> Option<(String, Vec<String>)> {
+/// Run `f` on the parsed PEM certificate request.
+fn with_request<T>(
+    pem_text: &str,
+    f: impl FnOnce(&x509_parser::certification_request::X509CertificationRequest) -> Option<T>,
+) -> Option<T> {
     use x509_parser::prelude::FromDer;
     let pem = x509_parser::pem::parse_x509_pem(pem_text.as_bytes())
         .ok()?
@@ -40,29 +43,35 @@ fn request_subject(pem_text: &str) -> Option<(String, Vec<String>)> {
     let csr = x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
         .ok()?
         .1;
-    let subject = &csr.certification_request_info.subject;
-    let cn = subject
-        .iter_common_name()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let orgs = subject
-        .iter_organization()
-        .filter_map(|a| a.as_str().ok().map(String::from))
-        .collect();
-    Some((cn, orgs))
+    f(&csr)
+}
+
+/// The CN and the O values of a PEM certificate request's subject.
+fn request_subject(pem_text: &str) -> Option<(String, Vec<String>)> {
+    with_request(pem_text, |csr| {
+        let subject = &csr.certification_request_info.subject;
+        let cn = subject
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let orgs = subject
+            .iter_organization()
+            .filter_map(|a| a.as_str().ok().map(String::from))
+            .collect();
+        Some((cn, orgs))
+    })
 }
 
 /// Why the key of a CSR is not acceptable, if it is not.
 fn weak_key(pem_text: &str) -> Option<String> {
-    use x509_parser::prelude::FromDer;
-    let pem = x509_parser::pem::parse_x509_pem(pem_text.as_bytes())
-        .ok()?
-        .1;
-    let csr = x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
-        .ok()?
-        .1;
+    with_request(pem_text, weak_key_of)
+}
+
+fn weak_key_of(
+    csr: &x509_parser::certification_request::X509CertificationRequest,
+) -> Option<String> {
     match csr.certification_request_info.subject_pki.parsed() {
         Ok(x509_parser::public_key::PublicKey::RSA(rsa)) if rsa.key_size() < 2048 => {
             Some(format!("RSA keys must be at least 2048 bits, this one has {}", rsa.key_size()))

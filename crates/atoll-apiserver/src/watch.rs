@@ -275,24 +275,14 @@ impl Stream {
             if !matches {
                 return true;
             }
-            let kind = match e.kind {
-                EventKind::Added => "ADDED",
-                EventKind::Modified => "MODIFIED",
-                EventKind::Deleted => "DELETED",
-            };
-            if let Some(line) = self.raw_line(kind, e) {
+            if let Some(line) = self.raw_line(kind_name(e.kind), e) {
                 return self.tx.send(line).await.is_ok();
             }
         }
         let selective = !self.params.labels.0.is_empty() || !self.params.fields.0.is_empty();
         if !selective && !self.params.table {
             // Every object matches: send the stored bytes with their revision, undecoded.
-            let kind = match e.kind {
-                EventKind::Added => "ADDED",
-                EventKind::Modified => "MODIFIED",
-                EventKind::Deleted => "DELETED",
-            };
-            if let Some(line) = self.raw_line(kind, e) {
+            if let Some(line) = self.raw_line(kind_name(e.kind), e) {
                 return self.tx.send(line).await.is_ok();
             }
         }
@@ -331,6 +321,15 @@ impl Stream {
                 .insert("resourceVersion".into(), json!(e.revision.to_string()));
         }
         self.send(kind, obj).await
+    }
+}
+
+/// The watch event type of a store event.
+fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Added => "ADDED",
+        EventKind::Modified => "MODIFIED",
+        EventKind::Deleted => "DELETED",
     }
 }
 

@@ -229,42 +229,22 @@ async fn reconcile(mc: Arc<ManagedCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&name);
-        set_condition(
-            &mut conditions,
-            cond(
-                CONDITION_HUB_ACCEPTED,
-                "False",
-                "HubClusterAdminDenied",
-                "Denied by hub cluster admin",
-            ),
-        );
-        set_condition(
-            &mut conditions,
-            cond(
-                CONDITION_HUB_DENIED,
-                "True",
-                "HubClusterAdminDenied",
-                "Denied by hub cluster admin",
-            ),
-        );
-        set_condition(
-            &mut conditions,
-            cond(
-                CONDITION_JOINED,
-                "False",
-                "HubClusterAdminDenied",
-                "Denied by hub cluster admin",
-            ),
-        );
-        set_condition(
-            &mut conditions,
-            cond(
-                CONDITION_AVAILABLE,
-                "Unknown",
-                "HubClusterAdminDenied",
-                "Denied by hub cluster admin",
-            ),
-        );
+        for (type_, status) in [
+            (CONDITION_HUB_ACCEPTED, "False"),
+            (CONDITION_HUB_DENIED, "True"),
+            (CONDITION_JOINED, "False"),
+            (CONDITION_AVAILABLE, "Unknown"),
+        ] {
+            set_condition(
+                &mut conditions,
+                cond(
+                    type_,
+                    status,
+                    "HubClusterAdminDenied",
+                    "Denied by hub cluster admin",
+                ),
+            );
+        }
     }
     let current = mc
         .status

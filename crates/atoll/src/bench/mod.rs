@@ -133,7 +133,12 @@ async fn create_namespace(client: &kube::Client, ns: &str) -> anyhow::Result<()>
 }
 
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_of("self")
+}
+
+/// VmRSS of process `pid` ("self" for this one), in bytes.
+fn rss_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
