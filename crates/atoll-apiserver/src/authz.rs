@@ -174,33 +174,56 @@ struct Resolved {
     rules: Arc<Vec<Rule>>,
 }
 
-/// The key a subject is indexed under: `u:<user>` or `g:<group>` (a service account is the
-/// user `system:serviceaccount:<namespace>:<name>`, its namespace defaulting to the binding's).
-fn subject_key(s: &Subject, binding_ns: &str) -> Option<String> {
+/// Who a subject is, as the index keys it: a user or a group (a service account is the user
+/// `system:serviceaccount:<namespace>:<name>`, its namespace defaulting to the binding's).
+enum SubjectKey {
+    User(String),
+    Group(String),
+}
+
+fn subject_key(s: &Subject, binding_ns: &str) -> Option<SubjectKey> {
     match s.kind.as_str() {
-        "User" => Some(format!("u:{}", s.name)),
-        "Group" => Some(format!("g:{}", s.name)),
+        "User" => Some(SubjectKey::User(s.name.clone())),
+        "Group" => Some(SubjectKey::Group(s.name.clone())),
         "ServiceAccount" => {
             let ns = if s.namespace.is_empty() {
                 binding_ns
             } else {
                 &s.namespace
             };
-            Some(format!("u:system:serviceaccount:{ns}:{}", s.name))
+            Some(SubjectKey::User(format!(
+                "system:serviceaccount:{ns}:{}",
+                s.name
+            )))
         }
         _ => None,
     }
 }
 
-/// The keys a requester's grants are found under: its user and each of its groups.
-fn identity_keys(who: &Identity) -> Vec<String> {
-    std::iter::once(format!("u:{}", who.user))
-        .chain(who.groups.iter().map(|g| format!("g:{g}")))
-        .collect()
+/// Rules by the user or group they are granted to.
+#[derive(Default)]
+struct BySubject {
+    users: HashMap<String, Vec<Arc<Rule>>>,
+    groups: HashMap<String, Vec<Arc<Rule>>>,
 }
 
-/// Rules by the subject they are granted to.
-type BySubject = HashMap<String, Vec<Arc<Rule>>>;
+impl BySubject {
+    fn add(&mut self, key: &SubjectKey, rule: &Arc<Rule>) {
+        let (map, name) = match key {
+            SubjectKey::User(n) => (&mut self.users, n),
+            SubjectKey::Group(n) => (&mut self.groups, n),
+        };
+        map.entry(name.clone()).or_default().push(rule.clone());
+    }
+
+    /// The rule lists granted to `who`'s user and groups (no allocation: this is per request).
+    fn of<'a>(&'a self, who: &'a Identity) -> impl Iterator<Item = &'a Vec<Arc<Rule>>> + 'a {
+        self.users
+            .get(&who.user)
+            .into_iter()
+            .chain(who.groups.iter().filter_map(|g| self.groups.get(g)))
+    }
+}
 
 /// Grants bucketed by (namespace, API group, resource) and then by subject, so a request
 /// looks only at the rules granted to its user and groups that could allow it, however many
@@ -214,7 +237,7 @@ struct Grants {
 
 impl Grants {
     fn add(&mut self, namespace: &str, subjects: &[Subject], rules: &[Rule]) {
-        let keys: Vec<String> = subjects
+        let keys: Vec<SubjectKey> = subjects
             .iter()
             .filter_map(|s| subject_key(s, namespace))
             .collect();
@@ -222,10 +245,7 @@ impl Grants {
             let rule = Arc::new(rule.clone());
             if !rule.non_resource_urls.is_empty() {
                 for k in &keys {
-                    self.non_resource
-                        .entry(k.clone())
-                        .or_default()
-                        .push(rule.clone());
+                    self.non_resource.add(k, &rule);
                 }
                 continue;
             }
@@ -241,7 +261,7 @@ impl Grants {
                         .entry(base)
                         .or_default();
                     for k in &keys {
-                        bucket.entry(k.clone()).or_default().push(rule.clone());
+                        bucket.add(k, &rule);
                     }
                 }
             }
@@ -249,12 +269,7 @@ impl Grants {
     }
 
     fn allowed(&self, who: &Identity, a: &Attributes) -> bool {
-        let keys = identity_keys(who);
-        let ok = |by: &BySubject| {
-            keys.iter()
-                .filter_map(|k| by.get(k))
-                .any(|rules| rules.iter().any(|r| r.allows(a)))
-        };
+        let ok = |by: &BySubject| by.of(who).any(|rules| rules.iter().any(|r| r.allows(a)));
         if !a.is_resource() {
             return ok(&self.non_resource);
         }
