@@ -540,3 +540,83 @@ fn a_killed_agent_goes_unknown_comes_back_and_can_be_denied() {
         log.contains("refuses this cluster").then_some(())
     });
 }
+
+#[test]
+fn agents_ride_out_a_hub_outage() {
+    let env = DevEnv::up(&[
+        "--clusters",
+        "1",
+        "--runtime",
+        "simulated",
+        "--cluster-lease-seconds",
+        "1",
+    ]);
+    let k = env.kubectl();
+    let hubk = ["--context", "hub"];
+    let csrs_before = json(&k.ok(&[&hubk[..], &["get", "csr", "-o", "json"]].concat()))["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    // The hub's API server goes away (SIGKILL) for a few seconds; the agent keeps trying.
+    let pid = env.pid_of("hub");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let log = std::fs::read_to_string(env.dir.join("logs").join("member1-agent.log")).unwrap();
+    assert!(log.contains("cannot reach the hub"), "{log}");
+    // Back: the same agent process, with the same identity, renews again.
+    let agent_pid = env.pid_of("member1-agent");
+    let (ok, out) = atoll(&env.dir, &["dev", "up"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        env.pid_of("member1-agent"),
+        agent_pid,
+        "the agent was not restarted"
+    );
+    let renewed_after = k8s_now();
+    wait_for(30, "a lease renewal after the outage", || {
+        let lease = json(
+            &k.ok(&[
+                &hubk[..],
+                &[
+                    "-n",
+                    "atoll-cluster-member1",
+                    "get",
+                    "lease",
+                    "cluster-lease",
+                    "-o",
+                    "json",
+                ],
+            ]
+            .concat()),
+        );
+        let renew = lease["spec"]["renewTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (renew > renewed_after).then_some(())
+    });
+    wait_for(30, "member1 Available", || {
+        (condition(&get_mcl(&k, "member1"), "ManagedClusterConditionAvailable") == "True")
+            .then_some(())
+    });
+    let csrs_after = json(&k.ok(&[&hubk[..], &["get", "csr", "-o", "json"]].concat()))["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(csrs_after, csrs_before, "no new CSR after the outage");
+}
+
+/// Now as RFC 3339 with microseconds, comparable as text with a Lease's renewTime.
+fn k8s_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
