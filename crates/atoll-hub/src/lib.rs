@@ -14,6 +14,7 @@
 pub mod access;
 pub mod clusters;
 pub mod csr;
+pub mod webhook;
 
 use std::time::Duration;
 

@@ -257,6 +257,8 @@ fn plan(
                 .join("admin.kubeconfig")
                 .display()
                 .to_string(),
+            "--webhook-listen".into(),
+            "127.0.0.1:0".into(),
         ],
         log: logs.join("hub-controllers.log"),
         dir: None,

@@ -29,6 +29,14 @@ pub struct HubArgs {
     /// `atoll accept`; repeatable.
     #[arg(long)]
     auto_accept: Vec<String>,
+    /// Serve the acceptance webhook (only those allowed to `update` `managedclusters/accept`
+    /// may set hubAcceptsClient) on this address, e.g. 127.0.0.1:0 next to an embedded hub.
+    #[arg(long)]
+    webhook_listen: Option<std::net::SocketAddr>,
+    /// The host name or address the API server reaches the webhook at (default: the listen
+    /// address).
+    #[arg(long)]
+    webhook_host: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -124,6 +132,15 @@ pub async fn hub(args: HubArgs) -> anyhow::Result<()> {
         auto_accept: args.auto_accept,
     };
     atoll_hub::install(&client).await?;
+    match args.webhook_listen {
+        Some(listen) => {
+            let url = atoll_hub::webhook::start(client.clone(), listen, args.webhook_host).await?;
+            eprintln!("atoll hub: acceptance webhook at {url}");
+        }
+        None => eprintln!(
+            "atoll hub: no --webhook-listen: acceptance is checked by `atoll accept` only, not enforced by the hub"
+        ),
+    }
     eprintln!("atoll hub: controllers ready");
     tokio::select! {
         r = atoll_hub::run(client, cfg) => Ok(r?),

@@ -389,6 +389,65 @@ fn members_are_isolated_and_bootstrap_identities_can_do_almost_nothing() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("managedclusters/accept"));
+    // Nor may they with kubectl, even with `update` on ManagedClusters: the hub's webhook
+    // asks for `managedclusters/accept`.
+    k.ok_stdin(
+        &["--context", "hub", "apply", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: mcl-editor}\nrules:\n- {apiGroups: [cluster.atoll.io], resources: [managedclusters], verbs: [get, update, patch]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: mallory-mcl-editor}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: mcl-editor}\nsubjects:\n- {apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["deny", "member2", "--kubeconfig"])
+        .arg(&hub_admin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = kubectl_with(mallory);
+    m.eventually(
+        &[
+            "get",
+            "mcl",
+            "member2",
+            "-o",
+            "jsonpath={.spec.hubAcceptsClient}",
+        ],
+        |t| t == "false",
+    );
+    let out = m.run(&[
+        "patch",
+        "mcl",
+        "member2",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"hubAcceptsClient":true}}"#,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("managedclusters/accept"),
+        "{err}"
+    );
+    // Labels are still theirs to change.
+    m.ok(&["label", "mcl", "member2", "team=a"]);
+    // The admin may accept again, and the cluster comes back.
+    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["accept", "member2", "--kubeconfig"])
+        .arg(&hub_admin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(60, "member2 Available again", || {
+        let mc = get_mcl(&k, "member2");
+        (condition(&mc, "HubAcceptedManagedCluster") == "True"
+            && condition(&mc, "ManagedClusterConditionAvailable") == "True")
+            .then_some(())
+    });
 }
 
 /// A CSR object (YAML) for `cn` in `orgs`, labelled as cluster `cluster`'s.
