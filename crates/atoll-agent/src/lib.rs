@@ -124,7 +124,7 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
     tracing::info!(cluster = %name, "joined the hub with identity {}", agent_user(&name));
     // Just after joining, the hub may not have granted the new identity yet (it does so when
     // it sees the acceptance): retry fast until the first heartbeat goes through.
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Duration::from_millis(100);
     let mut ever_beat = false;
     let mut state = Beat {
         lease_seconds: cfg.lease_seconds,
@@ -407,7 +407,7 @@ async fn wait_signed(hub: &Client, name: &str, csr_name: &str) -> Result<String,
     let mut logged = false;
     // Polled with back-off while forbidden: thousands of agents joining at once must not
     // keep the hub busy answering them.
-    let mut poll = Duration::from_millis(250);
+    let mut poll = Duration::from_millis(100);
     loop {
         let csr = match csrs.get_opt(csr_name).await {
             Ok(Some(csr)) => csr,

@@ -71,22 +71,23 @@ pub async fn grant_cluster(client: &Client, name: &str, lease_seconds: i32) -> R
     namespaces
         .patch(&ns, &apply(), &Patch::Apply(&namespace))
         .await?;
-    // The lease before the bindings: once the identity may renew it, it is there (never
-    // overwritten here).
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let lease: Lease = serde_json::from_value(json!({
-        "metadata": {"name": CLUSTER_LEASE, "namespace": ns},
-        "spec": {"leaseDurationSeconds": lease_seconds},
-    }))
-    .map_err(|e| Error::Invalid(e.to_string()))?;
-    match leases.create(&PostParams::default(), &lease).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
-
+    // The lease and the roles (at once, they do not depend on each other), then the bindings:
+    // once the identity may renew the lease, it is there. The lease is never overwritten here.
+    let create_lease = async {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": {"name": CLUSTER_LEASE, "namespace": ns},
+            "spec": {"leaseDurationSeconds": lease_seconds},
+        }))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        match leases.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(Error::from(e)),
+        }
+    };
     let role = format!("atoll:cluster:{name}");
-    apply_cluster_role(
+    let cluster_role = apply_cluster_role(
         client,
         &role,
         json!([
@@ -94,29 +95,40 @@ pub async fn grant_cluster(client: &Client, name: &str, lease_seconds: i32) -> R
             {"apiGroups": ["cluster.atoll.io"], "resources": ["managedclusters/status"], "resourceNames": [name], "verbs": ["get", "update", "patch"]},
             {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create"]},
         ]),
-    )
-    .await?;
-    apply_cluster_role_binding(client, &role, &role, group(name)).await?;
-    let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
-    let ns_role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-    "metadata": {"name": "atoll:cluster", "namespace": ns},
-    "rules": [
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [CLUSTER_LEASE], "verbs": ["get", "update", "patch"]},
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
-        {"apiGroups": ["work.atoll.io"], "resources": ["manifestworks"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["work.atoll.io"], "resources": ["manifestworks/status"], "verbs": ["get", "update", "patch"]},
-    ]});
-    roles
-        .patch("atoll:cluster", &apply(), &Patch::Apply(&ns_role))
-        .await?;
-    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
-    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+    );
+    let ns_role = async {
+        let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
+        let ns_role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": {"name": "atoll:cluster", "namespace": ns},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "atoll:cluster"},
-        "subjects": group(name)});
-    bindings
-        .patch("atoll:cluster", &apply(), &Patch::Apply(&binding))
-        .await?;
+        "rules": [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [CLUSTER_LEASE], "verbs": ["get", "update", "patch"]},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            {"apiGroups": ["work.atoll.io"], "resources": ["manifestworks"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["work.atoll.io"], "resources": ["manifestworks/status"], "verbs": ["get", "update", "patch"]},
+        ]});
+        roles
+            .patch("atoll:cluster", &apply(), &Patch::Apply(&ns_role))
+            .await
+            .map(|_| ())
+            .map_err(Error::from)
+    };
+    futures::try_join!(create_lease, cluster_role, ns_role)?;
+    let ns_binding = async {
+        let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "atoll:cluster", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "atoll:cluster"},
+            "subjects": group(name)});
+        bindings
+            .patch("atoll:cluster", &apply(), &Patch::Apply(&binding))
+            .await
+            .map(|_| ())
+            .map_err(Error::from)
+    };
+    futures::try_join!(
+        apply_cluster_role_binding(client, &role, &role, group(name)),
+        ns_binding
+    )?;
     Ok(())
 }
 
@@ -158,16 +170,19 @@ pub async fn grant_csr_reads(
     users: &[String],
 ) -> Result<(), Error> {
     let role = format!("atoll:csr:{name}");
-    apply_cluster_role(
-        client,
-        &role,
-        json!([{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
-                "resourceNames": csr_names, "verbs": ["get", "list", "watch"]}]),
-    )
-    .await?;
     let subjects: Vec<Value> = users
         .iter()
         .map(|u| json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": u}))
         .collect();
-    apply_cluster_role_binding(client, &role, &role, Value::Array(subjects)).await
+    // Both at once: a binding to a role not there yet grants nothing until it is.
+    futures::try_join!(
+        apply_cluster_role(
+            client,
+            &role,
+            json!([{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
+                    "resourceNames": csr_names, "verbs": ["get", "list", "watch"]}]),
+        ),
+        apply_cluster_role_binding(client, &role, &role, Value::Array(subjects))
+    )?;
+    Ok(())
 }
