@@ -449,23 +449,13 @@ async fn wait_signed(hub: &Client, name: &str, csr_name: &str) -> Result<String,
 
 /// A kubeconfig for the hub (server and CA from `base`) with a client certificate.
 fn hub_kubeconfig(base: &str, cert_pem: &str, key_pem: &str, user: &str) -> Result<String, Error> {
-    use base64::Engine;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let kc = Kubeconfig::from_yaml(base).map_err(Error::config)?;
-    let cluster = kc
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.clone())
-        .ok_or_else(|| Error::Config("the kubeconfig names no cluster".into()))?;
-    let server = cluster
-        .server
-        .ok_or_else(|| Error::Config("the kubeconfig names no server".into()))?;
-    let ca = cluster.certificate_authority_data.unwrap_or_default();
-    Ok(format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: hub\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: hub\n  context:\n    cluster: hub\n    user: {user}\ncurrent-context: hub\n",
-        b64(cert_pem),
-        b64(key_pem),
-        user = user.replace(':', "-"),
+    let (server, ca) = atoll_runtime::kubeconfig_cluster(base).map_err(Error::Config)?;
+    Ok(atoll_runtime::kubeconfig(
+        "hub",
+        &server,
+        &ca,
+        &user.replace(':', "-"),
+        atoll_runtime::Credentials::ClientCertificate { cert_pem, key_pem },
     ))
 }
 

@@ -408,18 +408,9 @@ impl Authorizer {
         rules.map(|r| r.as_ref().clone())
     }
 
-    /// Rebuild the index from the RBAC objects (stored JSON, any order).
-    pub fn rebuild(&self, objects: impl IntoIterator<Item = (String, Value)>) {
-        let parsed: Vec<RbacObject> = objects
-            .into_iter()
-            .filter_map(|(resource, obj)| RbacObject::parse(&resource, &obj))
-            .collect();
-        self.rebuild_from(parsed.iter());
-    }
-
     /// Rebuild the index from RBAC objects parsed beforehand (the RBAC loop keeps them parsed,
     /// so a change costs one parse, not one per stored object).
-    pub fn rebuild_from<'a>(&self, objects: impl IntoIterator<Item = &'a RbacObject>) {
+    pub fn rebuild<'a>(&self, objects: impl IntoIterator<Item = &'a RbacObject>) {
         let mut index = Index::default();
         let mut bindings: Vec<(&str, &Binding)> = Vec::new();
         for o in objects {
@@ -538,16 +529,22 @@ impl RbacObject {
     }
 }
 
+/// The selectors of a ClusterRole's `aggregationRule`; `None` if it has none.
+pub fn aggregation_selectors(role: &Value) -> Option<Vec<crate::selector::LabelSelector>> {
+    Some(
+        role.pointer("/aggregationRule/clusterRoleSelectors")?
+            .as_array()?
+            .iter()
+            .filter_map(|s| crate::selector::LabelSelector::from_json(s).ok())
+            .collect(),
+    )
+}
+
 /// The rules an aggregated ClusterRole should have: the union, in name order and without
 /// duplicates, of the rules of every other ClusterRole its selectors match. `None` if `role`
 /// has no aggregation rule.
 pub fn aggregate(role: &Value, all: &[Value]) -> Option<Vec<Value>> {
-    let selectors: Vec<crate::selector::LabelSelector> = role
-        .pointer("/aggregationRule/clusterRoleSelectors")?
-        .as_array()?
-        .iter()
-        .filter_map(|s| crate::selector::LabelSelector::from_json(s).ok())
-        .collect();
+    let selectors = aggregation_selectors(role)?;
     let name = role
         .pointer("/metadata/name")
         .and_then(Value::as_str)

@@ -104,28 +104,22 @@ pub async fn ensure_bootstrap_policy(server: &Arc<ApiServer>) -> ApiResult<()> {
     Ok(())
 }
 
-/// Rebuild the authorizer's index from every stored RBAC object.
-pub fn reload_rbac(server: &ApiServer) -> ApiResult<()> {
-    let page = server
-        .store
-        .list(&format!("/{}/", crate::authz::RBAC_GROUP), None, 0, None)?;
-    let objects = page.items.iter().filter_map(|(key, entry)| {
-        let resource = key.split('/').nth(2)?.to_string();
-        let obj = serde_json::from_slice(&entry.value).ok()?;
-        Some((resource, obj))
-    });
-    server.authorizer.rebuild(objects);
-    Ok(())
+/// Rebuild the authorizer's index from every stored RBAC object; the parsed objects are
+/// handed to the RBAC loop, which keeps them current.
+pub fn reload_rbac(server: &ApiServer) -> ApiResult<RbacCache> {
+    let cache = RbacCache::load(server)?;
+    server.authorizer.rebuild(cache.objects.values());
+    Ok(cache)
 }
 
 /// The RBAC objects the authorizer's index is built from, kept parsed: a change costs one
 /// parse, and the index is rebuilt from memory (with thousands of clusters on a hub, each with
 /// its own roles and bindings, re-reading every stored object per change was the bottleneck).
 #[derive(Default)]
-struct RbacCache {
+pub struct RbacCache {
     objects: HashMap<String, crate::authz::RbacObject>,
-    /// ClusterRoles as stored, for aggregation.
-    cluster_roles: HashMap<String, Value>,
+    /// The selectors of the ClusterRoles that aggregate others, by key.
+    aggregators: HashMap<String, Vec<crate::selector::LabelSelector>>,
 }
 
 impl RbacCache {
@@ -135,27 +129,37 @@ impl RbacCache {
             .store
             .list(&format!("/{}/", crate::authz::RBAC_GROUP), None, 0, None)?;
         for (key, entry) in &page.items {
-            cache.put(key, &entry.value);
+            cache.apply(EventKind::Added, key, &entry.value);
         }
         Ok(cache)
     }
 
-    /// Take in a stored value; returns it decoded when it is a ClusterRole.
-    fn put(&mut self, key: &str, value: &[u8]) -> Option<Value> {
+    /// Take in one stored change; for a ClusterRole, returns it (as written, or as deleted).
+    fn apply(&mut self, kind: EventKind, key: &str, value: &[u8]) -> Option<Value> {
         let resource = key.split('/').nth(2)?;
-        let obj: Value = serde_json::from_slice(value).ok()?;
-        if let Some(parsed) = crate::authz::RbacObject::parse(resource, &obj) {
-            self.objects.insert(key.to_string(), parsed);
+        let is_cluster_role = resource == "clusterroles";
+        if kind == EventKind::Deleted {
+            self.objects.remove(key);
+            self.aggregators.remove(key);
+            if !is_cluster_role {
+                return None;
+            }
         }
-        (resource == "clusterroles").then(|| {
-            self.cluster_roles.insert(key.to_string(), obj.clone());
-            obj
-        })
-    }
-
-    fn remove(&mut self, key: &str) -> Option<Value> {
-        self.objects.remove(key);
-        self.cluster_roles.remove(key)
+        let obj: Value = serde_json::from_slice(value).ok()?;
+        if kind != EventKind::Deleted {
+            if let Some(parsed) = crate::authz::RbacObject::parse(resource, &obj) {
+                self.objects.insert(key.to_string(), parsed);
+            }
+            match crate::authz::aggregation_selectors(&obj) {
+                Some(sel) if is_cluster_role => {
+                    self.aggregators.insert(key.to_string(), sel);
+                }
+                _ => {
+                    self.aggregators.remove(key);
+                }
+            }
+        }
+        is_cluster_role.then_some(obj)
     }
 
     /// Whether a change to this ClusterRole can change an aggregated one: it aggregates, or
@@ -165,27 +169,16 @@ impl RbacCache {
             return true;
         }
         let labels = crate::object::labels_of(role);
-        self.cluster_roles.values().any(|r| {
-            r.pointer("/aggregationRule/clusterRoleSelectors")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|s| crate::selector::LabelSelector::from_json(s).ok())
-                .any(|s| !s.0.is_empty() && s.matches(&labels))
-        })
+        self.aggregators
+            .values()
+            .flatten()
+            .any(|s| !s.0.is_empty() && s.matches(&labels))
     }
 }
 
-async fn rbac_loop(server: Arc<ApiServer>) {
+async fn rbac_loop(server: Arc<ApiServer>, mut cache: RbacCache) {
     let s = server.clone();
     let prefix = format!("/{}/", crate::authz::RBAC_GROUP);
-    let mut cache = match RbacCache::load(&server) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "loading RBAC failed");
-            RbacCache::default()
-        }
-    };
     // Rebuilds are spaced by at least twice what the last one cost: under a burst of RBAC
     // writes (thousands of clusters joining a hub) the index is rebuilt a few times a second
     // with everything written meanwhile, not once per write, and never takes more than about a
@@ -203,10 +196,7 @@ async fn rbac_loop(server: Arc<ApiServer>) {
             aggregation = true;
         }
         for e in &events {
-            let changed = match e.kind {
-                EventKind::Deleted => cache.remove(&e.key),
-                _ => cache.put(&e.key, &e.value),
-            };
+            let changed = cache.apply(e.kind, &e.key, &e.value);
             let before = e
                 .prev
                 .as_ref()
@@ -220,7 +210,7 @@ async fn rbac_loop(server: Arc<ApiServer>) {
         tokio::time::sleep_until(last_rebuild + (last_cost * 2).max(Duration::from_millis(5)))
             .await;
         let started = tokio::time::Instant::now();
-        s.authorizer.rebuild_from(cache.objects.values());
+        s.authorizer.rebuild(cache.objects.values());
         last_cost = started.elapsed();
         last_rebuild = tokio::time::Instant::now();
         if aggregation {
@@ -333,9 +323,9 @@ async fn sign_pending(server: &Arc<ApiServer>) {
     }
 }
 
-pub fn spawn(server: Arc<ApiServer>) {
+pub fn spawn(server: Arc<ApiServer>, rbac: RbacCache) {
     tokio::spawn(csr_signer_loop(server.clone()));
-    tokio::spawn(rbac_loop(server.clone()));
+    tokio::spawn(rbac_loop(server.clone(), rbac));
     tokio::spawn(crd_loop(server.clone()));
     tokio::spawn(namespace_loop(server.clone()));
     tokio::spawn(gc::gc_loop(server));

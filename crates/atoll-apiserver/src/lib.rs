@@ -141,8 +141,8 @@ impl ApiServer {
         for _ in 0..3 {
             controllers::aggregate_cluster_roles(&server).await;
         }
-        controllers::reload_rbac(&server)?;
-        controllers::spawn(server.clone());
+        let rbac = controllers::reload_rbac(&server)?;
+        controllers::spawn(server.clone(), rbac);
         tracing::info!(cluster = %server.config.name, revision = server.store.revision(), "API server started");
         Ok(server)
     }

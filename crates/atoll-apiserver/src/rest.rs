@@ -224,7 +224,6 @@ async fn route(
     Ok(resp)
 }
 
-/// RBAC for a resource request; 403 with kube-apiserver's message when denied.
 /// The name in a field selector that is exactly `metadata.name=X` (or `==`).
 fn single_name(query: &crate::request::Query) -> Option<String> {
     let sel = query.get("fieldSelector")?;
@@ -234,6 +233,7 @@ fn single_name(query: &crate::request::Query) -> Option<String> {
     (!value.is_empty() && !value.contains(',')).then(|| value.to_string())
 }
 
+/// RBAC for a resource request; 403 with kube-apiserver's message when denied.
 fn authorize(
     server: &ApiServer,
     who: &Identity,

@@ -250,14 +250,16 @@ impl Pki {
         groups: &[String],
     ) -> Result<String, TlsError> {
         use base64::Engine;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let (cert, key) = self.issue(&[], user, groups, false)?;
-        Ok(format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca}\nusers:\n- name: {user_entry}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: {cluster}\n  context:\n    cluster: {cluster}\n    user: {user_entry}\ncurrent-context: {cluster}\n",
-            ca = b64(&self.ca_pem),
-            cert = b64(&cert),
-            key = b64(&key),
-            user_entry = format!("{cluster}-{}", user.replace(':', "-")),
+        Ok(atoll_runtime::kubeconfig(
+            cluster,
+            server_url,
+            &base64::engine::general_purpose::STANDARD.encode(&self.ca_pem),
+            &format!("{cluster}-{}", user.replace(':', "-")),
+            atoll_runtime::Credentials::ClientCertificate {
+                cert_pem: &cert,
+                key_pem: &key,
+            },
         ))
     }
 

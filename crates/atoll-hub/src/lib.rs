@@ -43,9 +43,8 @@ pub struct HubConfig {
     pub auto_accept: Vec<String>,
 }
 
-/// Install what the hub needs, then run its controllers until the process ends.
+/// Run the hub's controllers until the process ends (after [`install`]).
 pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
-    install(&client).await?;
     let csrs = tokio::spawn(csr::run(client.clone(), cfg.clone()));
     let clusters = clusters::run(client);
     tokio::select! {

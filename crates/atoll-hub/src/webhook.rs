@@ -126,6 +126,9 @@ async fn review(client: &Client, body: &[u8]) -> Value {
                "response": {"uid": uid, "allowed": allowed,
                             "status": {"code": if allowed { 200 } else { 403 }, "reason": if allowed { "" } else { "Forbidden" }, "message": message}}})
     };
+    if !req.is_object() {
+        return respond(false, "not an AdmissionReview request".into());
+    }
     let turns_on = req["object"]["spec"]["hubAcceptsClient"] == true
         && req["oldObject"]["spec"]["hubAcceptsClient"] != true;
     if !turns_on {
@@ -168,5 +171,30 @@ async fn review(client: &Client, body: &[u8]) -> Value {
                 "{user} may not accept cluster {name}: setting spec.hubAcceptsClient needs `update` on `managedclusters/accept` (cluster.atoll.io)"
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_turning_acceptance_on_is_checked_and_garbage_is_refused() {
+        // Nothing listens there: a review that needed the API server would be refused.
+        let config = kube::Config::new("https://127.0.0.1:1".parse().expect("a URL"));
+        let client = Client::try_from(config).expect("a client");
+        let r = review(&client, b"not json").await;
+        assert_eq!(r["response"]["allowed"], false);
+        let unchanged = br#"{"request": {"uid": "u1", "name": "c", "object": {"spec": {"hubAcceptsClient": true}}, "oldObject": {"spec": {"hubAcceptsClient": true}}}}"#;
+        let r = review(&client, unchanged).await;
+        assert_eq!(r["response"]["allowed"], true);
+        assert_eq!(r["response"]["uid"], "u1");
+        let turns_on = br#"{"request": {"uid": "u2", "name": "c", "userInfo": {"username": "mallory"}, "object": {"spec": {"hubAcceptsClient": true}}, "oldObject": {"spec": {"hubAcceptsClient": false}}}}"#;
+        let r = review(&client, turns_on).await;
+        assert_eq!(
+            r["response"]["allowed"], false,
+            "no SubjectAccessReview answer: refused"
+        );
+        assert_eq!(r["response"]["status"]["code"], 403);
     }
 }

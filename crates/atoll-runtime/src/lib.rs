@@ -1,5 +1,5 @@
 //! Plumbing Atoll's controllers share, whatever cluster they act on: timestamps, events,
-//! quantities and client-certificate subjects.
+//! quantities, client-certificate subjects and kubeconfigs.
 
 pub mod quantity;
 
@@ -89,4 +89,60 @@ pub fn client_subject(cn: &str, groups: &[String]) -> Result<rcgen::Distinguishe
         dn.push(DnType::CustomDnType(vec![2, 5, 4, 10]), g.as_str());
     }
     Ok(dn)
+}
+
+/// How the user of a kubeconfig authenticates.
+pub enum Credentials<'a> {
+    /// A client certificate and its key, both PEM.
+    ClientCertificate { cert_pem: &'a str, key_pem: &'a str },
+    /// A bearer token.
+    Token(&'a str),
+}
+
+/// A kubeconfig with one cluster, one user and one context, the cluster and context named
+/// `name`; `ca_data` is the CA as a kubeconfig's `certificate-authority-data` (base64 PEM).
+pub fn kubeconfig(
+    name: &str,
+    server: &str,
+    ca_data: &str,
+    user: &str,
+    creds: Credentials,
+) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let auth = match creds {
+        Credentials::ClientCertificate { cert_pem, key_pem } => format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(cert_pem),
+            b64(key_pem)
+        ),
+        Credentials::Token(t) => format!("    token: {t}\n"),
+    };
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca_data}\nusers:\n- name: {user}\n  user:\n{auth}contexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {user}\ncurrent-context: {name}\n"
+    )
+}
+
+/// The server and `certificate-authority-data` of a kubeconfig's current cluster (its first,
+/// without a current context).
+pub fn kubeconfig_cluster(yaml: &str) -> Result<(String, String), String> {
+    let kc =
+        kube::config::Kubeconfig::from_yaml(yaml).map_err(|e| format!("not a kubeconfig: {e}"))?;
+    let current = kc
+        .current_context
+        .as_ref()
+        .and_then(|c| kc.contexts.iter().find(|x| &x.name == c))
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone());
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| current.as_ref().is_none_or(|n| &c.name == n))
+        .and_then(|c| c.cluster.clone())
+        .ok_or("the kubeconfig names no cluster")?;
+    let server = cluster.server.ok_or("the kubeconfig names no server")?;
+    Ok((
+        server,
+        cluster.certificate_authority_data.unwrap_or_default(),
+    ))
 }

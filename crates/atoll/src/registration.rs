@@ -182,17 +182,14 @@ pub async fn token(kubeconfig: &std::path::Path, ttl: Duration) -> anyhow::Resul
         .create(&PostParams::default(), &token_secret)
         .await
         .context("cannot create the bootstrap token Secret in kube-system")?;
-    let text = std::fs::read_to_string(kubeconfig)?;
-    let kc = kube::config::Kubeconfig::from_yaml(&text)?;
-    let cluster = kc
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.clone())
-        .context("the hub kubeconfig names no cluster")?;
-    Ok(format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: hub\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: bootstrap\n  user:\n    token: {id}.{secret}\ncontexts:\n- name: hub\n  context:\n    cluster: hub\n    user: bootstrap\ncurrent-context: hub\n",
-        cluster.server.unwrap_or_default(),
-        cluster.certificate_authority_data.unwrap_or_default(),
+    let (server, ca) = atoll_runtime::kubeconfig_cluster(&std::fs::read_to_string(kubeconfig)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", kubeconfig.display()))?;
+    Ok(atoll_runtime::kubeconfig(
+        "hub",
+        &server,
+        &ca,
+        "bootstrap",
+        atoll_runtime::Credentials::Token(&format!("{id}.{secret}")),
     ))
 }
 
