@@ -89,7 +89,28 @@ pub fn serve(ctx: Ctx) -> ApiResult<Response> {
         }
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let prefix = ctx.list_prefix();
+    // One object, named (and in a namespace, if namespaced): the store wakes this watch for
+    // that object's key alone, and the initial list reads only keys starting with it.
+    let one = |field: &str| {
+        params
+            .fields
+            .0
+            .iter()
+            .find(|r| r.equal && r.field == field)
+            .map(|r| r.value.clone())
+    };
+    let single_key = one("metadata.name").and_then(|name| {
+        if !ctx.rt.namespaced {
+            return Some(ctx.rt.key(None, &name));
+        }
+        let ns = ctx
+            .rr
+            .namespace
+            .clone()
+            .or_else(|| one("metadata.namespace"))?;
+        Some(ctx.rt.key(Some(&ns), &name))
+    });
+    let prefix = single_key.clone().unwrap_or_else(|| ctx.list_prefix());
     // Reading the initial state and opening the watch at its revision happen before the
     // response starts, so a 410 can still be a plain error response.
     let (initial, from) = match start {
@@ -103,7 +124,11 @@ pub fn serve(ctx: Ctx) -> ApiResult<Response> {
             (objs, page.revision)
         }
     };
-    let watch = match ctx.server.store.watch(&prefix, from) {
+    let opened = match &single_key {
+        Some(key) => ctx.server.store.watch_key(key, from),
+        None => ctx.server.store.watch(&prefix, from),
+    };
+    let watch = match opened {
         Ok(w) => Some(w),
         Err(StoreError::Compacted { .. }) => None,
         Err(e) => return Err(e.into()),

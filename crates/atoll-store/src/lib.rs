@@ -30,7 +30,8 @@ mod log;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -164,9 +165,97 @@ struct State {
 
 struct Shared {
     state: RwLock<State>,
-    /// Publishes the latest committed revision; watchers wait on it.
+    /// Publishes the latest committed revision.
     committed: watch::Sender<Revision>,
+    /// The open watches, by what they cover: a commit wakes only those covering its keys
+    /// (thousands of clients each watching one object must not all wake on every write).
+    watchers: Mutex<Watchers>,
     writes: mpsc::UnboundedSender<WriteRequest>,
+}
+
+/// What a watch covers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Scope {
+    /// Every key starting with this.
+    Prefix(String),
+    /// This key only.
+    Key(String),
+}
+
+/// How a watch is woken.
+struct Signal {
+    notify: tokio::sync::Notify,
+    /// The lowest revision committed for this watch since it last looked (`NONE` if none):
+    /// a woken watch reads the log from there, not from wherever it last was.
+    first: AtomicU64,
+}
+
+const NONE: Revision = Revision::MAX;
+
+#[derive(Default)]
+struct Watchers {
+    by_scope: HashMap<Scope, Vec<Arc<Signal>>>,
+    /// Prefixes that do not end at a `/` (rare): matched one by one.
+    odd_prefixes: usize,
+}
+
+impl Watchers {
+    fn add(&mut self, scope: Scope, signal: Arc<Signal>) {
+        if let Scope::Prefix(p) = &scope
+            && !p.is_empty()
+            && !p.ends_with('/')
+        {
+            self.odd_prefixes += 1;
+        }
+        self.by_scope.entry(scope).or_default().push(signal);
+    }
+
+    fn remove(&mut self, scope: &Scope, signal: &Arc<Signal>) {
+        if let Some(list) = self.by_scope.get_mut(scope) {
+            let before = list.len();
+            list.retain(|s| !Arc::ptr_eq(s, signal));
+            if list.len() < before
+                && let Scope::Prefix(p) = scope
+                && !p.is_empty()
+                && !p.ends_with('/')
+            {
+                self.odd_prefixes -= 1;
+            }
+            if list.is_empty() {
+                self.by_scope.remove(scope);
+            }
+        }
+    }
+
+    /// Wake the watches covering `key`, committed at `revision`.
+    fn wake(&self, key: &str, revision: Revision) {
+        let wake = |scope: &Scope| {
+            for s in self.by_scope.get(scope).into_iter().flatten() {
+                s.first.fetch_min(revision, Ordering::AcqRel);
+                s.notify.notify_one();
+            }
+        };
+        // Every prefix of the key that ends at a `/`, the empty one, and the key itself.
+        wake(&Scope::Prefix(String::new()));
+        for (i, _) in key.match_indices('/') {
+            wake(&Scope::Prefix(key[..=i].to_string()));
+        }
+        wake(&Scope::Key(key.to_string()));
+        if self.odd_prefixes > 0 {
+            for (scope, list) in &self.by_scope {
+                if let Scope::Prefix(p) = scope
+                    && !p.ends_with('/')
+                    && !p.is_empty()
+                    && key.starts_with(p.as_str())
+                {
+                    for s in list {
+                        s.first.fetch_min(revision, Ordering::AcqRel);
+                        s.notify.notify_one();
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A handle to the store; cheap to clone, shared by every request of the server.
@@ -219,6 +308,7 @@ impl Store {
                 revision,
             }),
             committed,
+            watchers: Mutex::new(Watchers::default()),
             writes: tx,
         });
         let writer = Writer {
@@ -384,19 +474,42 @@ impl Store {
 
     /// Watch every change to keys under `prefix` after revision `from`.
     pub fn watch(&self, prefix: &str, from: Revision) -> Result<Watch, StoreError> {
-        let state = self.read();
-        if from < state.log.compacted() {
+        self.open_watch(Scope::Prefix(prefix.to_string()), from)
+    }
+
+    /// Watch every change to `key` alone after revision `from` (a client watching one object).
+    pub fn watch_key(&self, key: &str, from: Revision) -> Result<Watch, StoreError> {
+        self.open_watch(Scope::Key(key.to_string()), from)
+    }
+
+    fn open_watch(&self, scope: Scope, from: Revision) -> Result<Watch, StoreError> {
+        let signal = Arc::new(Signal {
+            notify: tokio::sync::Notify::new(),
+            first: AtomicU64::new(NONE),
+        });
+        // Registered before the log is first read, so no commit after that read goes unseen.
+        self.watchers().add(scope.clone(), signal.clone());
+        let watch = Watch {
+            store: self.clone(),
+            scope,
+            cursor: from,
+            signal,
+        };
+        let compacted = self.read().log.compacted();
+        if from < compacted {
             return Err(StoreError::Compacted {
                 requested: from,
-                oldest: state.log.compacted(),
+                oldest: compacted,
             });
         }
-        Ok(Watch {
-            store: self.clone(),
-            prefix: prefix.to_string(),
-            cursor: from,
-            committed: self.shared.committed.subscribe(),
-        })
+        Ok(watch)
+    }
+
+    fn watchers(&self) -> std::sync::MutexGuard<'_, Watchers> {
+        self.shared
+            .watchers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A receiver that changes whenever a revision is committed.
@@ -443,9 +556,15 @@ fn merge_sorted<'a>(
 /// `Compacted` and the client must re-list, as with etcd.
 pub struct Watch {
     store: Store,
-    prefix: String,
+    scope: Scope,
     cursor: Revision,
-    committed: watch::Receiver<Revision>,
+    signal: Arc<Signal>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.store.watchers().remove(&self.scope, &self.signal);
+    }
 }
 
 impl Watch {
@@ -457,17 +576,20 @@ impl Watch {
     /// Events after the cursor, waiting until there is at least one.
     pub async fn next_batch(&mut self) -> Result<Vec<Event>, StoreError> {
         loop {
-            // Mark the current value seen before reading, so a commit after the read wakes us.
-            self.committed.borrow_and_update();
             let (events, head) = {
                 let state = self.store.read();
+                let (prefix, exact) = match &self.scope {
+                    Scope::Prefix(p) => (p.as_str(), false),
+                    Scope::Key(k) => (k.as_str(), true),
+                };
                 let events: Vec<Event> = state
                     .log
-                    .since(self.cursor, &self.prefix)
+                    .since(self.cursor, prefix)
                     .map_err(|oldest| StoreError::Compacted {
                         requested: self.cursor,
                         oldest,
                     })?
+                    .filter(|e| !exact || &*e.key == prefix)
                     .take(4096)
                     .cloned()
                     .collect();
@@ -477,10 +599,15 @@ impl Watch {
                 self.cursor = last.revision;
                 return Ok(events);
             }
-            // Nothing for this prefix up to head: skip ahead so the next read starts there.
+            // Nothing for this watch up to head: skip ahead so the next read starts there.
             self.cursor = self.cursor.max(head);
-            if self.committed.changed().await.is_err() {
-                return Err(StoreError::Closed);
+            // A commit after the read above has left a permit, so this does not miss it.
+            self.signal.notify.notified().await;
+            // Nothing for this watch was committed between the cursor and the first revision
+            // it was woken for (it would have been woken for that): read from there.
+            let first = self.signal.first.swap(NONE, Ordering::AcqRel);
+            if first != NONE {
+                self.cursor = self.cursor.max(first - 1);
             }
         }
     }
@@ -610,6 +737,15 @@ impl Writer {
             s.log.compact(new_compacted);
         }
         shared.committed.send_replace(revision);
+        {
+            let watchers = shared
+                .watchers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (event, _) in &accepted {
+                watchers.wake(&event.key, event.revision);
+            }
+        }
         for (event, reply) in accepted {
             let _ = reply.send(Ok(event));
         }

@@ -181,3 +181,51 @@ async fn redb_survives_reopen_with_revisions_and_log() {
     // New writes continue the revision sequence.
     assert_eq!(store.create("/r/d", b("d")).await.unwrap().revision, 6);
 }
+
+#[tokio::test]
+async fn a_key_watch_sees_its_key_alone_and_watches_wake_only_for_theirs() {
+    let store = Store::memory();
+    let mut one = store.watch_key("/csr/a", 0).unwrap();
+    let mut all = store.watch("/csr/", 0).unwrap();
+    let mut odd = store.watch("/csr/a", 0).unwrap();
+    store.create("/csr/ab", b("other")).await.unwrap();
+    store.create("/csr/a", b("1")).await.unwrap();
+    let got = one.next_batch().await.unwrap();
+    assert_eq!(got.len(), 1, "not /csr/ab, which only starts with the key");
+    assert_eq!(&*got[0].key, "/csr/a");
+    assert_eq!(all.next_batch().await.unwrap().len(), 2);
+    assert_eq!(
+        odd.next_batch().await.unwrap().len(),
+        2,
+        "a prefix is a prefix"
+    );
+    // Waiting watches, many writes that are not theirs, then one that is: each sees exactly
+    // its own, with nothing missed.
+    let waiting = tokio::spawn(async move {
+        let got = one.next_batch().await.unwrap();
+        (got, one)
+    });
+    tokio::task::yield_now().await;
+    for i in 0..500 {
+        store.create(&format!("/other/{i}"), b("x")).await.unwrap();
+    }
+    store
+        .update("/csr/a", b("2"), Precondition::None)
+        .await
+        .unwrap();
+    let (got, mut one) = waiting.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].value, b("2"));
+    assert_eq!(got[0].revision, store.revision());
+    let got = all.next_batch().await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].revision, store.revision());
+    // Dropping watches unregisters them.
+    drop(all);
+    drop(odd);
+    store.delete("/csr/a", Precondition::None).await.unwrap();
+    assert_eq!(one.next_batch().await.unwrap()[0].kind, EventKind::Deleted);
+    drop(one);
+    assert!(store.watchers().by_scope.is_empty());
+    assert_eq!(store.watchers().odd_prefixes, 0);
+}
