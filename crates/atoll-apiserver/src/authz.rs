@@ -1,8 +1,8 @@
 //! RBAC authorization (rbac.authorization.k8s.io/v1), as kube-apiserver's RBAC authorizer.
 //!
-//! An in-memory index of Roles, ClusterRoles and their bindings answers every request; it is
-//! rebuilt from storage whenever an RBAC object changes (they are few, and reads vastly
-//! outnumber their writes). The group `system:masters` is allowed everything, as in Kubernetes.
+//! An in-memory index of Roles, ClusterRoles and their bindings answers every request; each
+//! change to a stored RBAC object updates just the grants it touches, so it takes effect for
+//! the next request. The group `system:masters` is allowed everything, as in Kubernetes.
 //!
 //! # Guarantees
 //! - Deny by default: a request is allowed only if some rule bound to the user, one of its
@@ -11,7 +11,7 @@
 //!   permission it grants (or `escalate` on it); binding one requires holding its permissions
 //!   (or `bind` on it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
@@ -168,10 +168,13 @@ impl Rule {
     }
 }
 
-/// A binding with its role's rules resolved (the index is rebuilt whenever either changes).
-struct Resolved {
-    subjects: Vec<Subject>,
-    rules: Arc<Vec<Rule>>,
+/// A stored binding and the rules it grants now.
+struct Bound {
+    /// Tells its grants apart from those of other bindings in the same buckets.
+    id: u64,
+    binding: Binding,
+    /// Its role's rules; `None` while the role is missing (it grants nothing until it exists).
+    rules: Option<Arc<Vec<Rule>>>,
 }
 
 /// Who a subject is, as the index keys it: a user or a group (a service account is the user
@@ -200,28 +203,102 @@ fn subject_key(s: &Subject, binding_ns: &str) -> Option<SubjectKey> {
     }
 }
 
+/// Rules granted to one user or group, each with the binding that grants it. Rules limited to
+/// `resourceNames` are found by name: one identity (a shared bootstrap token) may hold a
+/// read grant for each of thousands of clusters' CSRs, and a request looks only at its name's.
+#[derive(Default)]
+struct RuleSet {
+    any_name: Vec<(u64, Arc<Rule>)>,
+    by_name: HashMap<String, Vec<(u64, Arc<Rule>)>>,
+}
+
+impl RuleSet {
+    fn add(&mut self, binding: u64, rule: &Arc<Rule>) {
+        if rule.resource_names.is_empty() {
+            self.any_name.push((binding, rule.clone()));
+        }
+        for n in &rule.resource_names {
+            self.by_name
+                .entry(n.clone())
+                .or_default()
+                .push((binding, rule.clone()));
+        }
+    }
+
+    /// Take out what `add` put in for `binding` and `rule`.
+    fn remove(&mut self, binding: u64, rule: &Rule) {
+        if rule.resource_names.is_empty() {
+            self.any_name.retain(|(b, _)| *b != binding);
+        }
+        for n in &rule.resource_names {
+            if let Some(rules) = self.by_name.get_mut(n) {
+                rules.retain(|(b, _)| *b != binding);
+                if rules.is_empty() {
+                    self.by_name.remove(n);
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.any_name.is_empty() && self.by_name.is_empty()
+    }
+
+    /// The rules that could allow a request for `name` ("" for none: named rules cannot).
+    fn candidates<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Rule> + 'a {
+        let named = (!name.is_empty()).then(|| self.by_name.get(name)).flatten();
+        self.any_name
+            .iter()
+            .chain(named.into_iter().flatten())
+            .map(|(_, r)| r.as_ref())
+    }
+}
+
 /// Rules by the user or group they are granted to.
 #[derive(Default)]
 struct BySubject {
-    users: HashMap<String, Vec<Arc<Rule>>>,
-    groups: HashMap<String, Vec<Arc<Rule>>>,
+    users: HashMap<String, RuleSet>,
+    groups: HashMap<String, RuleSet>,
 }
 
 impl BySubject {
-    fn add(&mut self, key: &SubjectKey, rule: &Arc<Rule>) {
-        let (map, name) = match key {
+    fn map<'a, 'k>(
+        &'a mut self,
+        key: &'k SubjectKey,
+    ) -> (&'a mut HashMap<String, RuleSet>, &'k str) {
+        match key {
             SubjectKey::User(n) => (&mut self.users, n),
             SubjectKey::Group(n) => (&mut self.groups, n),
-        };
-        map.entry(name.clone()).or_default().push(rule.clone());
+        }
     }
 
-    /// The rule lists granted to `who`'s user and groups (no allocation: this is per request).
-    fn of<'a>(&'a self, who: &'a Identity) -> impl Iterator<Item = &'a Vec<Arc<Rule>>> + 'a {
+    fn add(&mut self, key: &SubjectKey, binding: u64, rule: &Arc<Rule>) {
+        let (map, name) = self.map(key);
+        map.entry(name.to_string()).or_default().add(binding, rule);
+    }
+
+    fn remove(&mut self, key: &SubjectKey, binding: u64, rule: &Rule) {
+        let (map, name) = self.map(key);
+        if let Some(rules) = map.get_mut(name) {
+            rules.remove(binding, rule);
+            if rules.is_empty() {
+                map.remove(name);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty()
+    }
+
+    /// The rules granted to `who`'s user and groups that could allow a request for object
+    /// `name` (no allocation: this is per request).
+    fn of<'a>(&'a self, who: &'a Identity, name: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
         self.users
             .get(&who.user)
             .into_iter()
             .chain(who.groups.iter().filter_map(|g| self.groups.get(g)))
+            .flat_map(move |set| set.candidates(name))
     }
 }
 
@@ -235,41 +312,88 @@ struct Grants {
     non_resource: BySubject,
 }
 
+fn subject_keys(subjects: &[Subject], namespace: &str) -> Vec<SubjectKey> {
+    subjects
+        .iter()
+        .filter_map(|s| subject_key(s, namespace))
+        .collect()
+}
+
+/// The resource a rule's entry is bucketed under: `pods/log` is found with `pods`.
+fn base_resource(r: &str) -> &str {
+    r.split('/').next().unwrap_or(r)
+}
+
 impl Grants {
-    fn add(&mut self, namespace: &str, subjects: &[Subject], rules: &[Rule]) {
-        let keys: Vec<SubjectKey> = subjects
-            .iter()
-            .filter_map(|s| subject_key(s, namespace))
-            .collect();
+    fn add(&mut self, namespace: &str, subjects: &[Subject], rules: &[Rule], binding: u64) {
+        let keys = subject_keys(subjects, namespace);
         for rule in rules {
             let rule = Arc::new(rule.clone());
             if !rule.non_resource_urls.is_empty() {
                 for k in &keys {
-                    self.non_resource.add(k, &rule);
+                    self.non_resource.add(k, binding, &rule);
                 }
                 continue;
             }
             for g in &rule.api_groups {
                 for r in &rule.resources {
-                    let base = r.split('/').next().unwrap_or(r).to_string();
                     let bucket = self
                         .by_resource
                         .entry(namespace.to_string())
                         .or_default()
                         .entry(g.clone())
                         .or_default()
-                        .entry(base)
+                        .entry(base_resource(r).to_string())
                         .or_default();
                     for k in &keys {
-                        bucket.add(k, &rule);
+                        bucket.add(k, binding, &rule);
                     }
                 }
             }
         }
     }
 
+    /// Take out what `add` put in for `binding` (the same subjects and rules), dropping the
+    /// buckets left empty.
+    fn remove(&mut self, namespace: &str, subjects: &[Subject], rules: &[Rule], binding: u64) {
+        let keys = subject_keys(subjects, namespace);
+        for rule in rules {
+            if !rule.non_resource_urls.is_empty() {
+                for k in &keys {
+                    self.non_resource.remove(k, binding, rule);
+                }
+                continue;
+            }
+            let Some(groups) = self.by_resource.get_mut(namespace) else {
+                continue;
+            };
+            for g in &rule.api_groups {
+                let Some(resources) = groups.get_mut(g) else {
+                    continue;
+                };
+                for r in &rule.resources {
+                    let base = base_resource(r);
+                    if let Some(bucket) = resources.get_mut(base) {
+                        for k in &keys {
+                            bucket.remove(k, binding, rule);
+                        }
+                        if bucket.is_empty() {
+                            resources.remove(base);
+                        }
+                    }
+                }
+                if resources.is_empty() {
+                    groups.remove(g);
+                }
+            }
+            if groups.is_empty() {
+                self.by_resource.remove(namespace);
+            }
+        }
+    }
+
     fn allowed(&self, who: &Identity, a: &Attributes) -> bool {
-        let ok = |by: &BySubject| by.of(who).any(|rules| rules.iter().any(|r| r.allows(a)));
+        let ok = |by: &BySubject| by.of(who, &a.name).any(|r| r.allows(a));
         if !a.is_resource() {
             return ok(&self.non_resource);
         }
@@ -297,16 +421,22 @@ impl Grants {
     }
 }
 
-/// The RBAC objects, indexed for answering requests.
+/// A role as bindings refer to it: (namespace, name), namespace "" for a ClusterRole.
+type RoleKey = (String, String);
+
+/// The RBAC objects, indexed for answering requests and kept current one change at a time:
+/// a change costs the grants it touches, not a rebuild of everything (a hub writes a few RBAC
+/// objects for each of thousands of joining clusters, and each must take effect at once).
 #[derive(Default)]
 struct Index {
     grants: Grants,
-    cluster_roles: HashMap<String, Arc<Vec<Rule>>>,
-    /// namespace -> name -> rules.
-    roles: HashMap<String, HashMap<String, Arc<Vec<Rule>>>>,
-    cluster_role_bindings: Vec<Resolved>,
-    /// namespace -> bindings.
-    role_bindings: HashMap<String, Vec<Resolved>>,
+    /// (namespace, name) -> rules; namespace "" for ClusterRoles.
+    roles: HashMap<RoleKey, Arc<Vec<Rule>>>,
+    /// namespace ("" for ClusterRoleBindings) -> name -> binding.
+    bindings: HashMap<String, BTreeMap<String, Bound>>,
+    /// Which bindings refer to a role: a role's change re-resolves just those.
+    referrers: HashMap<RoleKey, BTreeSet<(String, String)>>,
+    next_id: u64,
 }
 
 fn applies(s: &Subject, who: &Identity, binding_ns: &str) -> bool {
@@ -328,44 +458,162 @@ fn applies(s: &Subject, who: &Identity, binding_ns: &str) -> bool {
     }
 }
 
+/// The role a binding in `namespace` refers to (a RoleBinding may refer to a ClusterRole).
+fn role_key(namespace: &str, role_ref: &RoleRef) -> Option<RoleKey> {
+    match role_ref.kind.as_str() {
+        "ClusterRole" => Some((String::new(), role_ref.name.clone())),
+        "Role" if !namespace.is_empty() => Some((namespace.to_string(), role_ref.name.clone())),
+        _ => None,
+    }
+}
+
 impl Index {
-    /// The rule sets that apply to `who` in `namespace` ("" = cluster scope only).
-    fn rule_sets<'a>(
-        &'a self,
-        who: &'a Identity,
-        namespace: &'a str,
-    ) -> impl Iterator<Item = &'a Arc<Vec<Rule>>> + 'a {
-        let cluster = self
-            .cluster_role_bindings
-            .iter()
-            .filter(move |b| b.subjects.iter().any(|s| applies(s, who, "")))
-            .map(|b| &b.rules);
-        let local = (!namespace.is_empty())
-            .then(|| self.role_bindings.get(namespace))
-            .flatten()
-            .into_iter()
-            .flatten()
-            .filter(move |b| b.subjects.iter().any(|s| applies(s, who, namespace)))
-            .map(|b| &b.rules);
-        cluster.chain(local)
+    fn apply(&mut self, change: RbacChange) {
+        match change {
+            RbacChange::Put(RbacObject::ClusterRole { name, rules }) => {
+                self.put_role((String::new(), name), Some(rules))
+            }
+            RbacChange::Put(RbacObject::Role {
+                namespace,
+                name,
+                rules,
+            }) => self.put_role((namespace, name), Some(rules)),
+            RbacChange::Put(RbacObject::Binding {
+                namespace,
+                name,
+                binding,
+            }) => self.put_binding(namespace, name, Some(binding)),
+            RbacChange::Deleted {
+                kind: RbacKind::Role,
+                namespace,
+                name,
+            } => self.put_role((namespace, name), None),
+            RbacChange::Deleted {
+                kind: RbacKind::Binding,
+                namespace,
+                name,
+            } => self.put_binding(namespace, name, None),
+        }
     }
 
+    /// Store (or with `None` remove) a role, and re-resolve the bindings that refer to it.
+    fn put_role(&mut self, key: RoleKey, rules: Option<Arc<Vec<Rule>>>) {
+        match rules {
+            Some(r) => self.roles.insert(key.clone(), r),
+            None => self.roles.remove(&key),
+        };
+        let referrers: Vec<(String, String)> = self
+            .referrers
+            .get(&key)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for (ns, name) in referrers {
+            self.resolve(&ns, &name);
+        }
+    }
+
+    /// Store (or with `None` remove) a binding, replacing what it granted before.
+    fn put_binding(&mut self, namespace: String, name: String, binding: Option<Binding>) {
+        if let Some(old) = self
+            .bindings
+            .get_mut(&namespace)
+            .and_then(|m| m.remove(&name))
+        {
+            if let Some(rules) = &old.rules {
+                self.grants
+                    .remove(&namespace, &old.binding.subjects, rules, old.id);
+            }
+            if let Some(role) = role_key(&namespace, &old.binding.role_ref)
+                && let Some(set) = self.referrers.get_mut(&role)
+            {
+                set.remove(&(namespace.clone(), name.clone()));
+                if set.is_empty() {
+                    self.referrers.remove(&role);
+                }
+            }
+            if self
+                .bindings
+                .get(&namespace)
+                .is_some_and(BTreeMap::is_empty)
+            {
+                self.bindings.remove(&namespace);
+            }
+        }
+        let Some(binding) = binding else { return };
+        if let Some(role) = role_key(&namespace, &binding.role_ref) {
+            self.referrers
+                .entry(role)
+                .or_default()
+                .insert((namespace.clone(), name.clone()));
+        }
+        self.next_id += 1;
+        self.bindings.entry(namespace.clone()).or_default().insert(
+            name.clone(),
+            Bound {
+                id: self.next_id,
+                binding,
+                rules: None,
+            },
+        );
+        self.resolve(&namespace, &name);
+    }
+
+    /// Bring a binding's grants in line with its role as stored now.
+    fn resolve(&mut self, namespace: &str, name: &str) {
+        let Some(bound) = self
+            .bindings
+            .get_mut(namespace)
+            .and_then(|m| m.get_mut(name))
+        else {
+            return;
+        };
+        let rules = role_key(namespace, &bound.binding.role_ref)
+            .and_then(|k| self.roles.get(&k))
+            .cloned();
+        if let Some(old) = &bound.rules {
+            if rules.as_ref().is_some_and(|r| Arc::ptr_eq(r, old)) {
+                return;
+            }
+            self.grants
+                .remove(namespace, &bound.binding.subjects, old, bound.id);
+        }
+        if let Some(r) = &rules {
+            self.grants
+                .add(namespace, &bound.binding.subjects, r, bound.id);
+        }
+        bound.rules = rules;
+    }
+
+    /// The rules that apply to `who` in `namespace` ("" = cluster scope only).
     fn rules_for<'a>(&'a self, who: &'a Identity, namespace: &'a str) -> Vec<&'a Rule> {
-        self.rule_sets(who, namespace)
-            .flat_map(|r| r.iter())
+        let scopes: &[&str] = if namespace.is_empty() {
+            &[""]
+        } else {
+            &["", namespace]
+        };
+        scopes
+            .iter()
+            .filter_map(|ns| Some((*ns, self.bindings.get(*ns)?)))
+            .flat_map(|(ns, bindings)| {
+                bindings
+                    .values()
+                    .filter(move |b| b.binding.subjects.iter().any(|s| applies(s, who, ns)))
+            })
+            .filter_map(|b| b.rules.as_deref())
+            .flatten()
             .collect()
     }
 }
 
-/// The authorizer: an index swapped atomically when RBAC objects change.
+/// The authorizer: the index, changed in place as RBAC objects change.
 #[derive(Default)]
 pub struct Authorizer {
-    index: RwLock<Arc<Index>>,
+    index: RwLock<Index>,
 }
 
 impl Authorizer {
-    fn index(&self) -> Arc<Index> {
-        self.index.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn is_superuser(who: &Identity) -> bool {
@@ -399,67 +647,70 @@ impl Authorizer {
 
     /// The rules of a role a binding refers to (`namespace` for Roles).
     pub fn role_rules(&self, kind: &str, name: &str, namespace: &str) -> Option<Vec<Rule>> {
-        let index = self.index();
-        let rules = match kind {
-            "ClusterRole" => index.cluster_roles.get(name),
-            "Role" => index.roles.get(namespace).and_then(|r| r.get(name)),
-            _ => None,
+        let key = match kind {
+            "ClusterRole" => (String::new(), name.to_string()),
+            "Role" => (namespace.to_string(), name.to_string()),
+            _ => return None,
         };
-        rules.map(|r| r.as_ref().clone())
+        self.index().roles.get(&key).map(|r| r.as_ref().clone())
     }
 
-    /// Rebuild the index from RBAC objects parsed beforehand (the RBAC loop keeps them parsed,
-    /// so a change costs one parse, not one per stored object).
-    pub fn rebuild<'a>(&self, objects: impl IntoIterator<Item = &'a RbacObject>) {
+    /// Replace the whole index with one made from `objects` (at start, or after a lost watch).
+    pub fn rebuild(&self, objects: impl IntoIterator<Item = RbacObject>) {
         let mut index = Index::default();
-        let mut bindings: Vec<(&str, &Binding)> = Vec::new();
         for o in objects {
-            match o {
-                RbacObject::ClusterRole { name, rules } => {
-                    index.cluster_roles.insert(name.clone(), rules.clone());
-                }
-                RbacObject::Role {
-                    namespace,
-                    name,
-                    rules,
-                } => {
-                    index
-                        .roles
-                        .entry(namespace.clone())
-                        .or_default()
-                        .insert(name.clone(), rules.clone());
-                }
-                RbacObject::Binding { namespace, binding } => bindings.push((namespace, binding)),
-            }
+            index.apply(RbacChange::Put(o));
         }
-        for (ns, b) in bindings {
-            let rules = match b.role_ref.kind.as_str() {
-                "ClusterRole" => index.cluster_roles.get(&b.role_ref.name).cloned(),
-                "Role" if !ns.is_empty() => index
-                    .roles
-                    .get(ns)
-                    .and_then(|r| r.get(&b.role_ref.name))
-                    .cloned(),
-                _ => None,
-            };
-            // A binding to a missing role grants nothing (until the role appears).
-            let Some(rules) = rules else { continue };
-            index.grants.add(ns, &b.subjects, &rules);
-            let resolved = Resolved {
-                subjects: b.subjects.clone(),
-                rules,
-            };
-            if ns.is_empty() {
-                index.cluster_role_bindings.push(resolved);
-            } else {
-                index
-                    .role_bindings
-                    .entry(ns.to_string())
-                    .or_default()
-                    .push(resolved);
-            }
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+    }
+
+    /// Take in changes to stored RBAC objects; each takes effect for the next request.
+    pub fn update(&self, changes: impl IntoIterator<Item = RbacChange>) {
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        for c in changes {
+            index.apply(c);
         }
-        *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+    }
+}
+
+/// A role or a binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RbacKind {
+    Role,
+    Binding,
+}
+
+/// A change to a stored RBAC object.
+#[derive(Clone, Debug)]
+pub enum RbacChange {
+    Put(RbacObject),
+    /// `namespace` is "" for ClusterRoles and ClusterRoleBindings.
+    Deleted {
+        kind: RbacKind,
+        namespace: String,
+        name: String,
+    },
+}
+
+impl RbacChange {
+    /// The deletion of the object stored under `key`
+    /// (`/rbac.authorization.k8s.io/<resource>/[<namespace>/]<name>`).
+    pub fn deleted(key: &str) -> Option<RbacChange> {
+        let mut parts = key.strip_prefix(&format!("/{RBAC_GROUP}/"))?.split('/');
+        let resource = parts.next()?;
+        let (kind, namespaced) = match resource {
+            "clusterroles" => (RbacKind::Role, false),
+            "roles" => (RbacKind::Role, true),
+            "clusterrolebindings" => (RbacKind::Binding, false),
+            "rolebindings" => (RbacKind::Binding, true),
+            _ => return None,
+        };
+        let namespace = if namespaced { parts.next()? } else { "" };
+        Some(RbacChange::Deleted {
+            kind,
+            namespace: namespace.to_string(),
+            name: parts.next()?.to_string(),
+        })
     }
 }
 
@@ -478,6 +729,7 @@ pub enum RbacObject {
     /// A RoleBinding (`namespace` set) or ClusterRoleBinding (`namespace` empty).
     Binding {
         namespace: String,
+        name: String,
         binding: Binding,
     },
 }
@@ -521,6 +773,7 @@ impl RbacObject {
                     } else {
                         String::new()
                     },
+                    name,
                     binding,
                 })
             }
@@ -1017,6 +1270,151 @@ mod tests {
             path: "/api".into(),
             ..Default::default()
         }));
+    }
+
+    fn put(resource: &str, obj: Value) -> RbacChange {
+        RbacChange::Put(RbacObject::parse(resource, &obj).expect("an RBAC object"))
+    }
+
+    fn role(ns: &str, name: &str, resource: &str) -> RbacChange {
+        let (kind, meta) = if ns.is_empty() {
+            ("clusterroles", json!({"name": name}))
+        } else {
+            ("roles", json!({"name": name, "namespace": ns}))
+        };
+        put(
+            kind,
+            json!({"metadata": meta, "rules": [{"verbs": ["get"], "apiGroups": [""], "resources": [resource]}]}),
+        )
+    }
+
+    fn binding(ns: &str, name: &str, role_kind: &str, role: &str, users: &[&str]) -> RbacChange {
+        let subjects: Vec<Value> = users
+            .iter()
+            .map(|u| json!({"kind": "User", "name": u}))
+            .collect();
+        let (kind, meta) = if ns.is_empty() {
+            ("clusterrolebindings", json!({"name": name}))
+        } else {
+            ("rolebindings", json!({"name": name, "namespace": ns}))
+        };
+        put(
+            kind,
+            json!({"metadata": meta, "subjects": subjects, "roleRef": {"kind": role_kind, "name": role}}),
+        )
+    }
+
+    fn can(authz: &Authorizer, user: &str, ns: &str, resource: &str) -> bool {
+        let who = Identity {
+            user: user.into(),
+            groups: vec![],
+        };
+        authz.allowed(&who, &attrs("get", "", resource, "", ns, "x"))
+    }
+
+    #[test]
+    fn the_index_follows_each_change() {
+        let authz = Authorizer::default();
+        // A binding before its role grants nothing; the role's arrival completes it.
+        authz.update([binding("a", "b", "Role", "r", &["u"])]);
+        assert!(!can(&authz, "u", "a", "pods"));
+        authz.update([role("a", "r", "pods")]);
+        assert!(can(&authz, "u", "a", "pods"));
+        assert!(
+            !can(&authz, "u", "other", "pods"),
+            "a Role grants in its namespace only"
+        );
+        // The role's rules change: the binding's grants follow.
+        authz.update([role("a", "r", "secrets")]);
+        assert!(!can(&authz, "u", "a", "pods"));
+        assert!(can(&authz, "u", "a", "secrets"));
+        // The binding's subjects change.
+        authz.update([binding("a", "b", "Role", "r", &["v"])]);
+        assert!(!can(&authz, "u", "a", "secrets"));
+        assert!(can(&authz, "v", "a", "secrets"));
+        // A second binding to the same role; deleting one leaves the other's grants.
+        authz.update([binding("a", "c", "Role", "r", &["v", "w"])]);
+        authz.update(RbacChange::deleted(
+            "/rbac.authorization.k8s.io/rolebindings/a/b",
+        ));
+        assert!(can(&authz, "v", "a", "secrets"));
+        assert!(can(&authz, "w", "a", "secrets"));
+        // Deleting the role takes away what its bindings granted.
+        authz.update(RbacChange::deleted("/rbac.authorization.k8s.io/roles/a/r"));
+        assert!(!can(&authz, "v", "a", "secrets"));
+        assert!(
+            authz
+                .rules(
+                    &Identity {
+                        user: "v".into(),
+                        groups: vec![]
+                    },
+                    "a"
+                )
+                .is_empty()
+        );
+        // A ClusterRole bound cluster-wide and in one namespace.
+        authz.update([
+            role("", "cr", "nodes"),
+            binding("", "crb", "ClusterRole", "cr", &["x"]),
+            binding("a", "rb", "ClusterRole", "cr", &["y"]),
+        ]);
+        assert!(can(&authz, "x", "", "nodes"));
+        assert!(can(&authz, "x", "a", "nodes"));
+        assert!(can(&authz, "y", "a", "nodes"));
+        assert!(!can(&authz, "y", "", "nodes"));
+        authz.update(RbacChange::deleted(
+            "/rbac.authorization.k8s.io/clusterrolebindings/crb",
+        ));
+        assert!(!can(&authz, "x", "", "nodes"));
+        assert!(can(&authz, "y", "a", "nodes"));
+        authz.update(RbacChange::deleted(
+            "/rbac.authorization.k8s.io/clusterroles/cr",
+        ));
+        assert!(!can(&authz, "y", "a", "nodes"));
+        // Nothing is left behind in the buckets once every grant is gone.
+        authz.update(RbacChange::deleted(
+            "/rbac.authorization.k8s.io/rolebindings/a/c",
+        ));
+        authz.update(RbacChange::deleted(
+            "/rbac.authorization.k8s.io/rolebindings/a/rb",
+        ));
+        let index = authz.index();
+        assert!(index.grants.by_resource.is_empty());
+        assert!(index.bindings.is_empty() && index.referrers.is_empty());
+    }
+
+    #[test]
+    fn named_grants_are_found_by_name() {
+        let authz = Authorizer::default();
+        let named = |names: &[&str]| {
+            put(
+                "clusterroles",
+                json!({"metadata": {"name": "csr"}, "rules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": names}]}),
+            )
+        };
+        authz.update([
+            named(&["x", "y"]),
+            binding("", "b", "ClusterRole", "csr", &["u"]),
+        ]);
+        let who = Identity {
+            user: "u".into(),
+            groups: vec![],
+        };
+        let get = |name: &str| authz.allowed(&who, &attrs("get", "", "pods", "", "", name));
+        assert!(get("x") && get("y"));
+        assert!(!get("z"));
+        assert!(
+            !get(""),
+            "a named grant does not allow a request without a name"
+        );
+        authz.update([named(&["z"])]);
+        assert!(!get("x") && get("z"));
+        authz.update(RbacChange::deleted(
+            "/rbac.authorization.k8s.io/clusterroles/csr",
+        ));
+        assert!(!get("z"));
+        assert!(authz.index().grants.by_resource.is_empty());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use atoll_store::{Event, EventKind};
 use serde_json::{Value, json};
 
 use crate::ApiServer;
+use crate::authz::RbacChange;
 
 mod gc;
 use crate::error::{ApiError, ApiResult};
@@ -104,62 +105,65 @@ pub async fn ensure_bootstrap_policy(server: &Arc<ApiServer>) -> ApiResult<()> {
     Ok(())
 }
 
-/// Rebuild the authorizer's index from every stored RBAC object; the parsed objects are
-/// handed to the RBAC loop, which keeps them current.
+/// Build the authorizer's index from every stored RBAC object; what the RBAC loop needs to
+/// keep it current is handed to the loop.
 pub fn reload_rbac(server: &ApiServer) -> ApiResult<RbacCache> {
-    let cache = RbacCache::load(server)?;
-    server.authorizer.rebuild(cache.objects.values());
+    let mut cache = RbacCache::default();
+    let page = server
+        .store
+        .list(&format!("/{}/", crate::authz::RBAC_GROUP), None, 0, None)?;
+    let mut objects = Vec::with_capacity(page.items.len());
+    for (key, entry) in &page.items {
+        if let (Some(RbacChange::Put(o)), _) = cache.apply(EventKind::Added, key, &entry.value) {
+            objects.push(o);
+        }
+    }
+    server.authorizer.rebuild(objects);
     Ok(cache)
 }
 
-/// The RBAC objects the authorizer's index is built from, kept parsed: a change costs one
-/// parse, and the index is rebuilt from memory (with thousands of clusters on a hub, each with
-/// its own roles and bindings, re-reading every stored object per change was the bottleneck).
+/// What the RBAC loop remembers between changes: the selectors of the ClusterRoles that
+/// aggregate others, by key (the index itself is the authorizer's).
 #[derive(Default)]
 pub struct RbacCache {
-    objects: HashMap<String, crate::authz::RbacObject>,
-    /// The selectors of the ClusterRoles that aggregate others, by key.
     aggregators: HashMap<String, Vec<crate::selector::LabelSelector>>,
 }
 
 impl RbacCache {
-    fn load(server: &ApiServer) -> ApiResult<RbacCache> {
-        let mut cache = RbacCache::default();
-        let page = server
-            .store
-            .list(&format!("/{}/", crate::authz::RBAC_GROUP), None, 0, None)?;
-        for (key, entry) in &page.items {
-            cache.apply(EventKind::Added, key, &entry.value);
-        }
-        Ok(cache)
-    }
-
-    /// Take in one stored change; for a ClusterRole, returns it (as written, or as deleted).
-    fn apply(&mut self, kind: EventKind, key: &str, value: &[u8]) -> Option<Value> {
-        let resource = key.split('/').nth(2)?;
+    /// Take in one stored change: the change to hand to the authorizer, and for a ClusterRole,
+    /// the role (as written, or as deleted).
+    fn apply(
+        &mut self,
+        kind: EventKind,
+        key: &str,
+        value: &[u8],
+    ) -> (Option<RbacChange>, Option<Value>) {
+        let Some(resource) = key.split('/').nth(2) else {
+            return (None, None);
+        };
         let is_cluster_role = resource == "clusterroles";
-        if kind == EventKind::Deleted {
-            self.objects.remove(key);
+        let obj: Option<Value> = serde_json::from_slice(value).ok();
+        let change = if kind == EventKind::Deleted {
             self.aggregators.remove(key);
-            if !is_cluster_role {
-                return None;
-            }
-        }
-        let obj: Value = serde_json::from_slice(value).ok()?;
-        if kind != EventKind::Deleted {
-            if let Some(parsed) = crate::authz::RbacObject::parse(resource, &obj) {
-                self.objects.insert(key.to_string(), parsed);
-            }
-            match crate::authz::aggregation_selectors(&obj) {
-                Some(sel) if is_cluster_role => {
+            RbacChange::deleted(key)
+        } else {
+            match obj
+                .as_ref()
+                .and_then(crate::authz::aggregation_selectors)
+                .filter(|_| is_cluster_role)
+            {
+                Some(sel) => {
                     self.aggregators.insert(key.to_string(), sel);
                 }
-                _ => {
+                None => {
                     self.aggregators.remove(key);
                 }
             }
-        }
-        is_cluster_role.then_some(obj)
+            obj.as_ref()
+                .and_then(|o| crate::authz::RbacObject::parse(resource, o))
+                .map(RbacChange::Put)
+        };
+        (change, obj.filter(|_| is_cluster_role))
     }
 
     /// Whether a change to this ClusterRole can change an aggregated one: it aggregates, or
@@ -179,40 +183,31 @@ impl RbacCache {
 async fn rbac_loop(server: Arc<ApiServer>, mut cache: RbacCache) {
     let s = server.clone();
     let prefix = format!("/{}/", crate::authz::RBAC_GROUP);
-    // Rebuilds are spaced by at least twice what the last one cost: under a burst of RBAC
-    // writes (thousands of clusters joining a hub) the index is rebuilt a few times a second
-    // with everything written meanwhile, not once per write, and never takes more than about a
-    // third of a core; a change still takes effect within milliseconds on a quiet server.
-    let mut last_rebuild = tokio::time::Instant::now();
-    let mut last_cost = Duration::ZERO;
     watch_forever(&server, &prefix, async move |events| {
         let mut aggregation = false;
         if events.is_empty() {
             // The watch was lost: start again from what is stored.
-            match RbacCache::load(&s) {
+            match reload_rbac(&s) {
                 Ok(c) => cache = c,
                 Err(e) => tracing::error!(error = %e, "reloading RBAC failed"),
             }
             aggregation = true;
         }
+        let mut changes = Vec::with_capacity(events.len());
         for e in &events {
-            let changed = cache.apply(e.kind, &e.key, &e.value);
+            let (change, role) = cache.apply(e.kind, &e.key, &e.value);
+            changes.extend(change);
             let before = e
                 .prev
                 .as_ref()
                 .and_then(|p| serde_json::from_slice::<Value>(&p.value).ok())
-                .filter(|_| changed.is_some());
-            aggregation |= changed
+                .filter(|_| role.is_some());
+            aggregation |= role
                 .iter()
                 .chain(before.iter())
                 .any(|r| cache.affects_aggregation(r));
         }
-        tokio::time::sleep_until(last_rebuild + (last_cost * 2).max(Duration::from_millis(5)))
-            .await;
-        let started = tokio::time::Instant::now();
-        s.authorizer.rebuild(cache.objects.values());
-        last_cost = started.elapsed();
-        last_rebuild = tokio::time::Instant::now();
+        s.authorizer.update(changes);
         if aggregation {
             aggregate_cluster_roles(&s).await;
         }
@@ -272,15 +267,29 @@ async fn csr_signer_loop(server: Arc<ApiServer>) {
     if server.config.ca.is_none() {
         return;
     }
-    sign_pending(&server).await;
+    sign_pending(&server, None).await;
     let s = server.clone();
-    watch_forever(&server, CSR_PREFIX, async move |_events| {
-        sign_pending(&s).await
+    watch_forever(&server, CSR_PREFIX, async move |events| {
+        // Only the CSRs just written can have become signable (approved); after a lost
+        // watch, all of them are looked at again.
+        if events.is_empty() {
+            sign_pending(&s, None).await
+        } else {
+            let mut written: Vec<&str> = events
+                .iter()
+                .filter(|e| e.kind != EventKind::Deleted)
+                .map(|e| &*e.key)
+                .collect();
+            written.sort_unstable();
+            written.dedup();
+            sign_pending(&s, Some(&written)).await
+        }
     })
     .await;
 }
 
-async fn sign_pending(server: &Arc<ApiServer>) {
+/// Sign the approved CSRs among `keys` (all stored CSRs with `None`).
+async fn sign_pending(server: &Arc<ApiServer>, keys: Option<&[&str]>) {
     let Some(pki) = server.config.ca.clone() else {
         return;
     };
@@ -291,10 +300,15 @@ async fn sign_pending(server: &Arc<ApiServer>) {
     else {
         return;
     };
-    let Ok(page) = server.store.list(CSR_PREFIX, None, 0, None) else {
-        return;
+    let entries: Vec<atoll_store::Entry> = match keys {
+        None => match server.store.list(CSR_PREFIX, None, 0, None) {
+            Ok(page) => page.items.into_iter().map(|(_, e)| e).collect(),
+            Err(_) => return,
+        },
+        // The stored version now, not the event's: it may have been signed meanwhile.
+        Some(keys) => keys.iter().filter_map(|k| server.store.get(k)).collect(),
     };
-    for (_, entry) in &page.items {
+    for entry in &entries {
         let Ok(csr) = decode_stored(&rt, entry) else {
             continue;
         };
