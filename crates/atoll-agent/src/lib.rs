@@ -134,6 +134,9 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
     loop {
         let lease_seconds = match beat(&member, &identity.client, &name, &mut state).await {
             Ok(()) => {
+                if !ever_beat {
+                    tracing::debug!(cluster = %name, "first heartbeat");
+                }
                 backoff = Duration::from_secs(1);
                 ever_beat = true;
                 state.lease_seconds
@@ -407,7 +410,8 @@ async fn wait_signed(hub: &Client, name: &str, csr_name: &str) -> Result<String,
     let mut logged = false;
     // Polled with back-off while forbidden: thousands of agents joining at once must not
     // keep the hub busy answering them.
-    let mut poll = Duration::from_millis(100);
+    // The hub grants the read within milliseconds of seeing the CSR.
+    let mut poll = Duration::from_millis(50);
     loop {
         let csr = match csrs.get_opt(csr_name).await {
             Ok(Some(csr)) => csr,
@@ -481,6 +485,7 @@ async fn bootstrap(
         None => {
             let (key, request) = new_request(name)?;
             let csr_name = submit(&hub, name, &request, cfg).await?;
+            tracing::debug!(cluster = %name, csr = %csr_name, "submitted a CSR");
             save_secret(
                 member,
                 cfg,
@@ -501,6 +506,7 @@ async fn bootstrap(
             return Err(e);
         }
     };
+    tracing::debug!(cluster = %name, csr = %csr_name, "the CSR is signed");
     let kubeconfig = hub_kubeconfig(boot, &cert, &key, &agent_user(name))?;
     adopt(member, cfg, kubeconfig).await
 }

@@ -12,6 +12,9 @@
 //!
 //! Denial deletes the two bindings of the cluster's identity at once; deletion removes all.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use atoll_api::cluster::{CLUSTER_LEASE, cluster_group, cluster_namespace};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
@@ -60,6 +63,47 @@ pub async fn apply_cluster_role_binding(
 
 fn group(name: &str) -> Value {
     json!([{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": cluster_group(name)}])
+}
+
+/// The clusters whose access this process has granted, shared by the controllers: granted once
+/// per process (not on every lease renewal), and by whichever controller needs it first (the
+/// CSR controller grants an auto-accepted cluster before approving its certificate, so that
+/// the agent's first request with it is allowed).
+#[derive(Default)]
+pub struct Granted(Mutex<HashMap<String, Arc<tokio::sync::Mutex<bool>>>>);
+
+impl Granted {
+    /// Grant cluster `name` its access unless this process already has; a caller arriving
+    /// while another grants waits for it.
+    pub async fn ensure(
+        &self,
+        client: &Client,
+        name: &str,
+        lease_seconds: i32,
+    ) -> Result<(), Error> {
+        let cell = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let mut done = cell.lock().await;
+        if !*done {
+            grant_cluster(client, name, lease_seconds).await?;
+            tracing::debug!(cluster = %name, "granted the cluster's namespace, roles and lease");
+            *done = true;
+        }
+        Ok(())
+    }
+
+    /// After a revocation or removal: the next acceptance grants again.
+    pub fn forget(&self, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
 }
 
 /// Everything an accepted cluster gets: its namespace, roles, bindings and lease.

@@ -7,7 +7,7 @@
 //! - `ManagedClusterConditionAvailable`: True while the lease is renewed; Unknown, with the
 //!   taint `cluster.atoll.io/unreachable`, after 5 lease durations without a renewal.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,28 +30,43 @@ use crate::{Error, now_rfc3339};
 /// Missed lease periods before a cluster is Unknown.
 const GRACE_PERIODS: i64 = 5;
 
+/// A cluster's lease as last seen: who renewed it, and when.
+type Renewal = (Option<String>, Option<k8s_openapi::jiff::Timestamp>);
+
 struct Ctx {
     client: Client,
-    /// Clusters whose namespace and RBAC this process has made sure of (once per process, not
-    /// on every lease renewal).
-    granted: Mutex<HashSet<String>>,
+    granted: Arc<crate::access::Granted>,
+    /// Leases as the lease watch delivers them, by cluster: a renewal is read from here rather
+    /// than fetched (thousands of clusters renew every few seconds).
+    leases: Arc<Mutex<HashMap<String, Renewal>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Run the ManagedCluster controller until the process ends.
-pub async fn run(client: Client) -> Result<(), Error> {
+pub async fn run(client: Client, granted: Arc<crate::access::Granted>) -> Result<(), Error> {
     let mcs: Api<ManagedCluster> = Api::all(client.clone());
     let lease_api: Api<Lease> = Api::all(client.clone());
+    let leases: Arc<Mutex<HashMap<String, Renewal>>> = Arc::default();
     let ctx = Arc::new(Ctx {
         client,
-        granted: Mutex::new(HashSet::new()),
+        granted,
+        leases: leases.clone(),
     });
     Controller::new(mcs, watcher::Config::default())
         .watches(
             lease_api,
             watcher::Config::default().fields(&format!("metadata.name={CLUSTER_LEASE}")),
-            |lease: Lease| {
+            move |lease: Lease| {
                 let ns = lease.namespace()?;
                 let name = ns.strip_prefix("atoll-cluster-")?.to_string();
+                let spec = lease.spec.unwrap_or_default();
+                lock(&leases).insert(
+                    name.clone(),
+                    (spec.holder_identity, spec.renew_time.map(|t| t.0)),
+                );
                 Some(ObjectRef::<ManagedCluster>::new(&name))
             },
         )
@@ -86,10 +101,9 @@ async fn reconcile(mc: Arc<ManagedCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
     let finalizers = mc.finalizers().to_vec();
     if mc.metadata.deletion_timestamp.is_some() {
         crate::access::remove_cluster(&ctx.client, &name).await?;
-        ctx.granted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&name);
+        ctx.granted.forget(&name);
+        // Its lease goes with its namespace; a cluster of the same name joins afresh.
+        lock(&ctx.leases).remove(&name);
         if finalizers.iter().any(|f| f == CLUSTER_FINALIZER) {
             let rest: Vec<&String> = finalizers
                 .iter()
@@ -126,22 +140,9 @@ async fn reconcile(mc: Arc<ManagedCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
     let mut requeue = None;
     let mut unreachable = false;
     if mc.spec.hub_accepts_client {
-        let fresh = ctx
-            .granted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone());
-        if fresh
-            && let Err(e) =
-                crate::access::grant_cluster(&ctx.client, &name, mc.spec.lease_duration_seconds)
-                    .await
-        {
-            ctx.granted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
-            return Err(e);
-        }
+        ctx.granted
+            .ensure(&ctx.client, &name, mc.spec.lease_duration_seconds)
+            .await?;
         set_condition(
             &mut conditions,
             cond(
@@ -161,13 +162,22 @@ async fn reconcile(mc: Arc<ManagedCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
             ),
         );
         // Health from the lease the agent renews.
-        let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &cluster_namespace(&name));
-        let lease = leases.get_opt(CLUSTER_LEASE).await?;
-        let renewed = lease.as_ref().and_then(|l| {
-            let spec = l.spec.as_ref()?;
-            (spec.holder_identity.as_deref() == Some(agent_user(&name).as_str()))
-                .then_some(spec.renew_time.as_ref()?.0)
-        });
+        let seen = lock(&ctx.leases).get(&name).cloned();
+        let (holder, renew_time) = match seen {
+            Some(r) => r,
+            // Not delivered by the watch yet.
+            None => {
+                let leases: Api<Lease> =
+                    Api::namespaced(ctx.client.clone(), &cluster_namespace(&name));
+                let spec = leases
+                    .get_opt(CLUSTER_LEASE)
+                    .await?
+                    .and_then(|l| l.spec)
+                    .unwrap_or_default();
+                (spec.holder_identity, spec.renew_time.map(|t| t.0))
+            }
+        };
+        let renewed = renew_time.filter(|_| holder.as_deref() == Some(agent_user(&name).as_str()));
         match renewed {
             Some(at) => {
                 set_condition(
@@ -225,10 +235,7 @@ async fn reconcile(mc: Arc<ManagedCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
     } else if mc.is(CONDITION_HUB_ACCEPTED) || mc.is(CONDITION_HUB_DENIED) {
         // Turned away: the cluster's identity loses everything at once.
         crate::access::revoke_cluster(&ctx.client, &name).await?;
-        ctx.granted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&name);
+        ctx.granted.forget(&name);
         for (type_, status) in [
             (CONDITION_HUB_ACCEPTED, "False"),
             (CONDITION_HUB_DENIED, "True"),
@@ -252,6 +259,7 @@ async fn reconcile(mc: Arc<ManagedCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     if conditions != current {
+        tracing::debug!(cluster = %name, available = ?conditions.iter().find(|c| c.type_ == CONDITION_AVAILABLE).map(|c| &c.status), "updating conditions");
         api.patch_status(
             &name,
             &PatchParams::default(),

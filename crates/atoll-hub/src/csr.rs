@@ -168,7 +168,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const WORKERS: usize = 32;
 
 /// Run the CSR controller until the process ends.
-pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
+pub async fn run(
+    client: Client,
+    cfg: HubConfig,
+    granted: Arc<crate::access::Granted>,
+) -> Result<(), Error> {
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
     let mut events = watcher(api, watcher::Config::default().labels(CSR_CLUSTER_LABEL)).boxed();
     let shared = Arc::new(Shared::default());
@@ -195,16 +199,23 @@ pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
         let Ok(permit) = workers.clone().acquire_owned().await else {
             break;
         };
-        let (client, shared, cfg) = (client.clone(), shared.clone(), cfg.clone());
+        let (client, shared, cfg, granted) =
+            (client.clone(), shared.clone(), cfg.clone(), granted.clone());
         tokio::spawn(async move {
-            handle(&client, &shared, &cfg, csr).await;
+            handle(&client, &shared, &cfg, &granted, csr).await;
             drop(permit);
         });
     }
     Ok(())
 }
 
-async fn handle(client: &Client, shared: &Shared, cfg: &HubConfig, csr: CertificateSigningRequest) {
+async fn handle(
+    client: &Client,
+    shared: &Shared,
+    cfg: &HubConfig,
+    granted: &crate::access::Granted,
+    csr: CertificateSigningRequest,
+) {
     let (cluster, requester) = match check(&csr) {
         Ok(ok) => ok,
         Err(why) => {
@@ -255,6 +266,7 @@ async fn handle(client: &Client, shared: &Shared, cfg: &HubConfig, csr: Certific
     if lock(&shared.granted).get(&cluster) != Some(&(names.clone(), users.clone())) {
         match crate::access::grant_csr_reads(client, &cluster, &names, &users).await {
             Ok(()) => {
+                tracing::debug!(%cluster, csr = %csr.name_any(), "granted CSR reads");
                 lock(&shared.granted).insert(cluster.clone(), (names, users));
             }
             Err(e) => tracing::warn!(%cluster, error = %e, "cannot grant CSR reads"),
@@ -286,6 +298,36 @@ async fn handle(client: &Client, shared: &Shared, cfg: &HubConfig, csr: Certific
             .await
         }
         Requester::Bootstrap if cfg.auto_accept.contains(&username) => {
+            // Accepted first, then granted, then approved: the agent's first request with its
+            // new certificate is allowed. Until the acceptance is written nothing is approved
+            // (and no later event brings this CSR back), so it is retried.
+            let accept = json!({"spec": {"hubAcceptsClient": true}});
+            let mut backoff = std::time::Duration::from_millis(100);
+            let mc = loop {
+                match mcs
+                    .patch(&cluster, &PatchParams::default(), &Patch::Merge(&accept))
+                    .await
+                {
+                    Ok(mc) => break mc,
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        tracing::warn!(%cluster, csr = %csr.name_any(), "no ManagedCluster for this CSR; not approved");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%cluster, error = %e, "cannot set hubAcceptsClient; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                    }
+                }
+            };
+            // On failure the ManagedCluster controller grants (and retries) when it sees the
+            // acceptance; the agent retries until then.
+            if let Err(e) = granted
+                .ensure(client, &cluster, mc.spec.lease_duration_seconds)
+                .await
+            {
+                tracing::warn!(%cluster, error = %e, "cannot grant the cluster's access yet");
+            }
             let r = decide(
                 client,
                 &csr,
@@ -295,24 +337,7 @@ async fn handle(client: &Client, shared: &Shared, cfg: &HubConfig, csr: Certific
             )
             .await;
             if r.is_ok() {
-                // The CSR is approved now; the acceptance must follow (no later event would
-                // bring this CSR back), so it is retried.
-                let accept = json!({"spec": {"hubAcceptsClient": true}});
-                for attempt in 0..10u32 {
-                    match mcs
-                        .patch(&cluster, &PatchParams::default(), &Patch::Merge(&accept))
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(%cluster, error = %e, "cannot set hubAcceptsClient; retrying");
-                            tokio::time::sleep(std::time::Duration::from_millis(
-                                100 << attempt.min(6),
-                            ))
-                            .await;
-                        }
-                    }
-                }
+                tracing::debug!(%cluster, csr = %csr.name_any(), "approved");
             }
             r
         }

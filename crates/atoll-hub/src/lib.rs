@@ -45,8 +45,9 @@ pub struct HubConfig {
 
 /// Run the hub's controllers until the process ends (after [`install`]).
 pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
-    let csrs = tokio::spawn(csr::run(client.clone(), cfg.clone()));
-    let clusters = clusters::run(client);
+    let granted = std::sync::Arc::new(access::Granted::default());
+    let csrs = tokio::spawn(csr::run(client.clone(), cfg.clone(), granted.clone()));
+    let clusters = clusters::run(client, granted);
     tokio::select! {
         r = csrs => r.map_err(|e| Error::Invalid(format!("the CSR controller stopped: {e}")))?,
         r = clusters => r,
