@@ -58,9 +58,13 @@ pub struct BenchArgs {
     /// registration: how long all may take to become Available.
     #[arg(long, default_value_t = 900)]
     join_timeout: u64,
-    /// registration: clusters then joining one at a time, for the latency of a single join.
-    #[arg(long, default_value_t = 20)]
+    /// registration: clusters joining afterwards, arriving at `--late-rate` per second while
+    /// the hub holds the others, for the latency of a join.
+    #[arg(long, default_value_t = 200)]
     late_joins: usize,
+    /// registration: arrivals per second of the late joins.
+    #[arg(long, default_value_t = 20.0)]
+    late_rate: f64,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
