@@ -10,7 +10,8 @@
 //! Figures: time from starting the agents until all are Available, and each cluster's
 //! join-to-Available latency (from its agent's start to the hub's `Available=True`, seen on a
 //! watch); then, in steady state with 10 s leases, the hub's CPU and RSS, and how many clusters
-//! were ever marked anything but Available after being Available (falsely Unknown; must be 0).
+//! were ever marked anything but Available after being Available (falsely Unknown; must be 0);
+//! then more clusters arriving at a steady rate on the loaded hub, each join timed.
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
