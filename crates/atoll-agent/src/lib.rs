@@ -103,24 +103,7 @@ struct Identity {
 /// Run the agent until the process ends.
 pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
     let name = cfg.cluster_name.clone();
-    // Its own cluster may be starting too: retry what fails there, except bad configuration.
-    let mut backoff = Duration::from_millis(200);
-    let mut identity = loop {
-        let attempt = async {
-            ensure_namespace(&member).await?;
-            ensure_cluster_id(&member, &name).await;
-            obtain_identity(&member, &cfg).await
-        };
-        match attempt.await {
-            Ok(id) => break id,
-            Err(e @ Error::Config(_)) => return Err(e),
-            Err(e) => {
-                tracing::warn!(cluster = %name, error = %e, "cannot start; retrying");
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        }
-    };
+    let mut identity = acquire(&member, &cfg).await?;
     tracing::info!(cluster = %name, "joined the hub with identity {}", agent_user(&name));
     // Just after joining, the hub may not have granted the new identity yet (it does so when
     // it sees the acceptance): retry fast until the first heartbeat goes through.
@@ -132,6 +115,15 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
         reported_at: None,
     };
     loop {
+        // An identity that expired (the hub was unreachable through the whole renewal window)
+        // is refused by the hub: join again with the bootstrap kubeconfig, as after a restart.
+        if k8s_openapi::jiff::Timestamp::now().as_second() >= identity.not_after {
+            tracing::warn!(cluster = %name, "the hub identity has expired; joining again with the bootstrap kubeconfig");
+            identity = acquire(&member, &cfg).await?;
+            tracing::info!(cluster = %name, "joined the hub again with identity {}", agent_user(&name));
+            backoff = Duration::from_millis(100);
+            ever_beat = false;
+        }
         let lease_seconds = match beat(&member, &identity.client, &name, &mut state).await {
             Ok(()) => {
                 if !ever_beat {
@@ -176,6 +168,28 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
         let until_renewal = Duration::from_secs((renew_at - now).max(1) as u64);
         let period = Duration::from_secs(lease_seconds.max(1) as u64);
         tokio::time::sleep(jitter(period).min(until_renewal)).await;
+    }
+}
+
+/// The hub identity, from the Secret or by joining. Its own cluster may be starting too, and
+/// the hub may be away: what fails is retried, except bad configuration.
+async fn acquire(member: &Client, cfg: &AgentConfig) -> Result<Identity, Error> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            ensure_namespace(member).await?;
+            ensure_cluster_id(member, &cfg.cluster_name).await;
+            obtain_identity(member, cfg).await
+        };
+        match attempt.await {
+            Ok(id) => return Ok(id),
+            Err(e @ Error::Config(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(cluster = %cfg.cluster_name, error = %e, "cannot start; retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 

@@ -671,6 +671,104 @@ fn agents_ride_out_a_hub_outage() {
     assert_eq!(csrs_after, csrs_before, "no new CSR after the outage");
 }
 
+#[test]
+fn an_agent_whose_identity_expires_during_an_outage_joins_again() {
+    let env = DevEnv::up(&[
+        "--clusters",
+        "1",
+        "--runtime",
+        "simulated",
+        "--cluster-lease-seconds",
+        "1",
+        "--cluster-signing-duration",
+        "8",
+    ]);
+    let k = env.kubectl();
+    let hubk = ["--context", "hub"];
+    let bootstrap_csrs = || {
+        let csrs = json(&k.ok(&[&hubk[..], &["get", "csr", "-o", "json"]].concat()));
+        csrs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| {
+                c["spec"]["username"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("system:bootstrap:"))
+            })
+            .count()
+    };
+    assert_eq!(bootstrap_csrs(), 1);
+    // The hub is away for longer than the agent's 8 s certificate lives: it cannot renew it.
+    let pid = env.pid_of("hub");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let agent_pid = env.pid_of("member1-agent");
+    // Back: the agent (the same process) sees its identity expired and joins again with its
+    // bootstrap kubeconfig; the new request waits for the admin.
+    let (ok, out) = atoll(&env.dir, &["dev", "up"]);
+    assert!(ok, "{out}");
+    wait_for(40, "the agent to join again", || {
+        let log = std::fs::read_to_string(env.dir.join("logs").join("member1-agent.log")).unwrap();
+        (log.contains("the hub identity has expired") && bootstrap_csrs() == 2).then_some(())
+    });
+    assert_eq!(
+        env.pid_of("member1-agent"),
+        agent_pid,
+        "the agent was not restarted"
+    );
+    let accepted_at = k8s_now();
+    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["accept", "member1", "--kubeconfig"])
+        .arg(env.dir.join("hub").join("admin.kubeconfig"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(30, "a lease renewal with the new identity", || {
+        let lease = json(
+            &k.ok(&[
+                &hubk[..],
+                &[
+                    "-n",
+                    "atoll-cluster-member1",
+                    "get",
+                    "lease",
+                    "cluster-lease",
+                    "-o",
+                    "json",
+                ],
+            ]
+            .concat()),
+        );
+        let renew = lease["spec"]["renewTime"].as_str().unwrap_or_default();
+        (renew > accepted_at.as_str()).then_some(())
+    });
+    wait_for(30, "member1 Available", || {
+        (condition(&get_mcl(&k, "member1"), "ManagedClusterConditionAvailable") == "True")
+            .then_some(())
+    });
+    assert_eq!(bootstrap_csrs(), 2, "one new bootstrap request, no more");
+    // The identity in the Secret is the new one, and it works.
+    let a = kubectl_with(agent_kubeconfig(&env, "member1"));
+    a.ok(&[
+        "-n",
+        "atoll-cluster-member1",
+        "get",
+        "lease",
+        "cluster-lease",
+    ]);
+}
+
 /// Now as RFC 3339 with microseconds, comparable as text with a Lease's renewTime.
 fn k8s_now() -> String {
     let out = Command::new("date")
