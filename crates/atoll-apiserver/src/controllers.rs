@@ -337,8 +337,47 @@ async fn sign_pending(server: &Arc<ApiServer>, keys: Option<&[&str]>) {
     }
 }
 
+/// Remove CSRs that have served their purpose (`csr::due_for_cleanup`), every few minutes.
+async fn csr_cleaner_loop(server: Arc<ApiServer>) {
+    let mut every = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        every.tick().await;
+        let snap = server.registry.snapshot();
+        let Some(rt) = snap
+            .get("certificates.k8s.io", "v1", "certificatesigningrequests")
+            .cloned()
+        else {
+            continue;
+        };
+        let Ok(page) = server.store.list(CSR_PREFIX, None, 0, None) else {
+            continue;
+        };
+        let now = jiff::Timestamp::now();
+        for (_, entry) in &page.items {
+            let Ok(csr) = decode_stored(&rt, entry) else {
+                continue;
+            };
+            if !crate::csr::due_for_cleanup(&csr, now) {
+                continue;
+            }
+            let name = meta_str(&csr, "name").unwrap_or_default().to_string();
+            let ctx = internal_ctx(&server, rt.clone(), None, Some(name.clone()), None);
+            let opts = DeleteOptions {
+                // Only the version judged: a CSR changed meanwhile is looked at next time.
+                resource_version: Some(entry.mod_revision.to_string()),
+                ..Default::default()
+            };
+            match ctx.delete_object(&name, &opts).await {
+                Ok(_) | Err(ApiError::NotFound { .. }) | Err(ApiError::Conflict { .. }) => {}
+                Err(e) => tracing::warn!(csr = %name, error = %e, "removing an old CSR failed"),
+            }
+        }
+    }
+}
+
 pub fn spawn(server: Arc<ApiServer>, rbac: RbacCache) {
     tokio::spawn(csr_signer_loop(server.clone()));
+    tokio::spawn(csr_cleaner_loop(server.clone()));
     tokio::spawn(rbac_loop(server.clone(), rbac));
     tokio::spawn(crd_loop(server.clone()));
     tokio::spawn(namespace_loop(server.clone()));

@@ -231,6 +231,52 @@ pub fn condition_column(obj: &Value) -> Value {
 }
 
 /// What the signer decides for a CSR.
+/// How long a decided CSR is kept, and an undecided one (kube-controller-manager's cleaner).
+const DECIDED_KEPT: i64 = 3600;
+const PENDING_KEPT: i64 = 24 * 3600;
+
+/// Whether a CSR is due for removal, as kube-controller-manager's CSR cleaner decides: approved,
+/// denied or failed more than an hour ago, pending for more than a day, or its certificate has
+/// expired. Without CSRs going away, every join and renewal of every cluster stays stored.
+pub fn due_for_cleanup(csr: &Value, now: jiff::Timestamp) -> bool {
+    let at = |s: &str| s.parse::<jiff::Timestamp>().ok();
+    let age_since = |t: Option<jiff::Timestamp>| t.map(|t| now.as_second() - t.as_second());
+    let created = at(str_at(csr, "/metadata/creationTimestamp"));
+    let decided = csr
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| ["Approved", "Denied", "Failed"].contains(&c["type"].as_str().unwrap_or("")))
+        .map(|c| {
+            at(c["lastUpdateTime"].as_str().unwrap_or(""))
+                .or_else(|| at(c["lastTransitionTime"].as_str().unwrap_or("")))
+                .or(created)
+        })
+        .max();
+    let expired_certificate = || {
+        use base64::Engine;
+        let Some(b64) = csr.pointer("/status/certificate").and_then(Value::as_str) else {
+            return false;
+        };
+        let Ok(pem) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            return false;
+        };
+        x509_parser::pem::parse_x509_pem(&pem)
+            .ok()
+            .and_then(|(_, p)| {
+                p.parse_x509()
+                    .ok()
+                    .map(|c| c.validity().not_after.timestamp())
+            })
+            .is_some_and(|not_after| not_after < now.as_second())
+    };
+    match decided {
+        Some(t) => age_since(t).is_some_and(|a| a > DECIDED_KEPT) || expired_certificate(),
+        None => age_since(created).is_some_and(|a| a > PENDING_KEPT),
+    }
+}
+
 pub enum Outcome {
     /// Not for us, not approved, denied, failed or already issued: nothing to do.
     Skip,
@@ -324,5 +370,71 @@ pub fn sign(pki: &Pki, csr: &Value, max_seconds: i64) -> Outcome {
             Outcome::Status(status)
         }
         Err(e) => fail(status, &format!("signing failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(now: jiff::Timestamp, seconds_ago: i64) -> String {
+        (now - jiff::SignedDuration::from_secs(seconds_ago)).to_string()
+    }
+
+    /// A certificate valid until `not_after` (seconds since the epoch), base64 PEM.
+    fn certificate(not_after: i64) -> String {
+        use base64::Engine;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(not_after - 600).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        base64::engine::general_purpose::STANDARD.encode(pem)
+    }
+
+    #[test]
+    fn old_csrs_are_due_for_cleanup_as_kube_controller_manager_decides() {
+        let now = jiff::Timestamp::now();
+        let csr = |created: i64, cond: Option<(&str, i64)>, cert: Option<String>| {
+            let mut c = json!({"metadata": {"creationTimestamp": at(now, created)}, "status": {}});
+            if let Some((t, ago)) = cond {
+                c["status"]["conditions"] =
+                    json!([{"type": t, "status": "True", "lastUpdateTime": at(now, ago)}]);
+            }
+            if let Some(cert) = cert {
+                c["status"]["certificate"] = json!(cert);
+            }
+            c
+        };
+        assert!(
+            !due_for_cleanup(&csr(3600 * 23, None, None), now),
+            "pending for less than a day"
+        );
+        assert!(
+            due_for_cleanup(&csr(3600 * 25, None, None), now),
+            "pending for more than a day"
+        );
+        let valid = Some(certificate(now.as_second() + 3600));
+        assert!(!due_for_cleanup(
+            &csr(7200, Some(("Approved", 600)), valid.clone()),
+            now
+        ));
+        assert!(due_for_cleanup(
+            &csr(7200, Some(("Approved", 3700)), valid),
+            now
+        ));
+        assert!(due_for_cleanup(
+            &csr(7200, Some(("Denied", 3700)), None),
+            now
+        ));
+        assert!(!due_for_cleanup(
+            &csr(7200, Some(("Failed", 60)), None),
+            now
+        ));
+        let expired = Some(certificate(now.as_second() - 10));
+        assert!(
+            due_for_cleanup(&csr(700, Some(("Approved", 600)), expired), now),
+            "its certificate has expired"
+        );
     }
 }
