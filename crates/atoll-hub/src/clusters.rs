@@ -31,7 +31,14 @@ use crate::{Error, now_rfc3339};
 const GRACE_PERIODS: i64 = 5;
 
 /// A cluster's lease as last seen: who renewed it, and when.
-type Renewal = (Option<String>, Option<k8s_openapi::jiff::Timestamp>);
+#[derive(Clone)]
+struct Renewal {
+    holder: Option<String>,
+    renewed: Option<k8s_openapi::jiff::Timestamp>,
+    /// When the lease was created: one older than the ManagedCluster belongs to an earlier
+    /// cluster of the same name (the watch may deliver its deletion late) and is not used.
+    created: Option<k8s_openapi::jiff::Timestamp>,
+}
 
 struct Ctx {
     client: Client,
@@ -62,10 +69,15 @@ pub async fn run(client: Client, granted: Arc<crate::access::Granted>) -> Result
             move |lease: Lease| {
                 let ns = lease.namespace()?;
                 let name = ns.strip_prefix("atoll-cluster-")?.to_string();
+                let created = lease.metadata.creation_timestamp.map(|t| t.0);
                 let spec = lease.spec.unwrap_or_default();
                 lock(&leases).insert(
                     name.clone(),
-                    (spec.holder_identity, spec.renew_time.map(|t| t.0)),
+                    Renewal {
+                        holder: spec.holder_identity,
+                        renewed: spec.renew_time.map(|t| t.0),
+                        created,
+                    },
                 );
                 Some(ObjectRef::<ManagedCluster>::new(&name))
             },
@@ -162,9 +174,13 @@ async fn reconcile(mc: Arc<ManagedCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
             ),
         );
         // Health from the lease the agent renews.
-        let seen = lock(&ctx.leases).get(&name).cloned();
+        let mc_created = mc.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let seen = lock(&ctx.leases)
+            .get(&name)
+            .filter(|r| r.created >= mc_created)
+            .cloned();
         let (holder, renew_time) = match seen {
-            Some(r) => r,
+            Some(r) => (r.holder, r.renewed),
             // Not delivered by the watch yet.
             None => {
                 let leases: Api<Lease> =
