@@ -1007,8 +1007,8 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
             ),
         ]
     };
-    // The node agent: its Node and lease, the pods bound to it and what they read. (Kubernetes
-    // narrows each node further to its own objects with the Node authorizer; Atoll does not yet.)
+    // The node agent: Nodes and leases, pods and what they read; `noderestriction` narrows
+    // each node to its own Node and lease, the pods bound to it and what those use.
     let mut node_rules = vec![
         rule(
             &["get", "list", "watch", "create", "update", "patch"],

@@ -20,6 +20,7 @@ pub mod error;
 pub mod jsonpath;
 pub mod kinds;
 mod managed;
+pub mod noderestriction;
 pub mod object;
 pub mod openapi;
 pub mod patch;

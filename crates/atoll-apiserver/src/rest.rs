@@ -271,13 +271,20 @@ fn authorize(
         }),
         path: String::new(),
     };
-    if server.authorizer.allowed(who, &attrs) {
+    // A node is narrowed to its own objects first (Node authorizer, NodeRestriction).
+    let refusal = crate::noderestriction::node_of(who)
+        .and_then(|node| crate::noderestriction::check_request(server, node, &attrs));
+    if refusal.is_none() && server.authorizer.allowed(who, &attrs) {
         return Ok(());
     }
     let what = crate::error::qualified(&rr.group, &attrs.resource_with_sub());
+    let why = match refusal {
+        Some(r) => format!("{}: {r}", attrs.denial(&who.user)),
+        None => attrs.denial(&who.user),
+    };
     let message = match &rr.name {
-        Some(n) => format!("{what} \"{n}\" is forbidden: {}", attrs.denial(&who.user)),
-        None => format!("{what} is forbidden: {}", attrs.denial(&who.user)),
+        Some(n) => format!("{what} \"{n}\" is forbidden: {why}"),
+        None => format!("{what} is forbidden: {why}"),
     };
     Err(ApiError::Forbidden {
         subject: Box::new(crate::error::Subject {

@@ -28,6 +28,23 @@ impl Ctx {
     /// Type-check, canonicalize and validate an object about to be written.
     pub(crate) fn admit(&self, mut obj: Value, old: Option<&Value>) -> ApiResult<Value> {
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+        if old.is_none()
+            && let Some(node) = crate::noderestriction::node_of(&self.identity)
+            && let Some(why) =
+                crate::noderestriction::check_create(node, &self.rt.group, &self.rt.resource, &obj)
+        {
+            return Err(ApiError::Forbidden {
+                subject: Box::new(crate::error::Subject {
+                    group: self.rt.group.clone(),
+                    kind: self.rt.resource.clone(),
+                    name: name.clone(),
+                }),
+                message: format!(
+                    "{} \"{name}\" is forbidden: {why}",
+                    crate::error::qualified(&self.rt.group, &self.rt.resource)
+                ),
+            });
+        }
         if let Some(m) = obj.as_object_mut() {
             m.insert("apiVersion".into(), Value::String(self.rt.api_version()));
             m.insert("kind".into(), Value::String(self.rt.kind.clone()));

@@ -90,3 +90,21 @@ pub async fn over_tcp(options: Options) -> Harness {
         dir,
     }
 }
+
+/// A client of `h`'s server acting as `user` in `groups` (plus `system:authenticated`), as a
+/// client certificate would make it.
+pub fn client_as(h: &Harness, user: &str, groups: &[&str]) -> Client {
+    let mut all: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    all.push("system:authenticated".into());
+    let who = Identity {
+        user: user.into(),
+        groups: all,
+    };
+    let svc = tower::ServiceBuilder::new()
+        .map_request(move |mut r: http::Request<kube::client::Body>| {
+            r.extensions_mut().insert(who.clone());
+            r
+        })
+        .service(h.server.router());
+    Client::new(svc, "default")
+}
