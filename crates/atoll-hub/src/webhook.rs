@@ -8,10 +8,8 @@
 //! hub down nobody can accept. The URL must be one the API server reaches: the hub's address
 //! on loopback for the embedded server, or a Service in front of the hub on a real cluster.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -52,44 +50,23 @@ pub async fn start(
     .with_no_client_auth()
     .with_single_cert(vec![cert.cert.der().clone()], key)
     .map_err(|e| Error::Invalid(format!("webhook certificate: {e}")))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let serving = client.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let (acceptor, client) = (acceptor.clone(), serving.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let client = client.clone();
-                        async move {
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let review = review(&client, &body).await;
-                            let mut resp =
-                                hyper::Response::new(Full::new(Bytes::from(review.to_string())));
-                            resp.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("application/json"),
-                            );
-                            Ok::<_, Infallible>(resp)
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
+    atoll_runtime::https::spawn(listener, Arc::new(config), move |req| {
+        let client = serving.clone();
+        async move {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let review = review(&client, &body).await;
+            let mut resp = hyper::Response::new(Full::new(Bytes::from(review.to_string())));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
         }
     });
     let url = format!("https://{host}:{}{PATH}", addr.port());

@@ -1,6 +1,7 @@
 //! Plumbing Atoll's controllers share, whatever cluster they act on: timestamps, events,
 //! quantities, client-certificate subjects and kubeconfigs.
 
+pub mod https;
 pub mod quantity;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};

@@ -79,31 +79,9 @@ impl LogServer {
     }
 
     pub(crate) fn serve(self, ctx: Arc<NodeCtx>) {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config);
-        let listener = self.listener;
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let ctx = ctx.clone();
-                            async move { Ok::<_, Infallible>(handle(&ctx, req.uri()).await) }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
+        atoll_runtime::https::spawn(self.listener, self.config, move |req| {
+            let ctx = ctx.clone();
+            async move { handle(&ctx, req.uri()).await }
         });
     }
 }
