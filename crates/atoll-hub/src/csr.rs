@@ -313,6 +313,13 @@ async fn handle(
                         tracing::warn!(%cluster, csr = %csr.name_any(), "no ManagedCluster for this CSR; not approved");
                         return;
                     }
+                    // Refused (not allowed, invalid): retrying would not change that.
+                    Err(kube::Error::Api(e))
+                        if (400..500).contains(&e.code) && e.code != 409 && e.code != 429 =>
+                    {
+                        tracing::warn!(%cluster, csr = %csr.name_any(), error = %e.message, "cannot set hubAcceptsClient; not approved");
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(%cluster, error = %e, "cannot set hubAcceptsClient; retrying");
                         tokio::time::sleep(backoff).await;
