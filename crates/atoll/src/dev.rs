@@ -97,9 +97,27 @@ fn layout_for(dir: &Path) -> (u16, u8) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x100000001b3);
     }
-    let base_port = 20000 + (h % 400) as u16 * 20;
+    let base_port = 20000 + (h % u64::from(PORT_SLOTS)) as u16 * 20;
     let octet = 16 + ((h / 400) % 28) as u8 * 8;
     (base_port, octet)
+}
+
+/// How many port slots of 20 there are from port 20000.
+const PORT_SLOTS: u16 = 400;
+
+/// The base port `k` slots after `base` (wrapping around).
+fn next_slot(base: u16, k: u16) -> u16 {
+    20000 + ((base.saturating_sub(20000) / 20 + k) % PORT_SLOTS) * 20
+}
+
+/// The first port of a server not running yet that something else holds, with its cluster.
+fn taken_port(procs: &[Proc], base_port: u16) -> Option<(u16, String)> {
+    procs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.role == "server" && p.pid.is_none())
+        .map(|(i, p)| (base_port + i as u16, p.cluster.clone()))
+        .find(|(port, _)| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err())
 }
 
 fn cluster_names(members: u32) -> Vec<String> {
@@ -339,7 +357,22 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             args.nodes.unwrap_or(1),
             args.runtime.as_deref().unwrap_or("process"),
         );
-        plan(&dir, &args, shape, base_port, octet)
+        // A new environment takes the first slot, from its directory's on, whose ports are
+        // free: another environment (or anything else) may hold those of its own slot. Once
+        // recorded, the slot is the environment's, and a clash is an error below.
+        let probe = if previous.is_none() { PORT_SLOTS } else { 0 };
+        let free = (0..probe).find_map(|k| {
+            let port = next_slot(base_port, k);
+            let procs = plan(&dir, &args, shape, port, octet);
+            taken_port(&procs, port).is_none().then_some((port, procs))
+        });
+        match free {
+            Some((port, procs)) => {
+                base_port = port;
+                procs
+            }
+            None => plan(&dir, &args, shape, base_port, octet),
+        }
     };
     for p in &mut procs {
         if !p.pid.is_some_and(|pid| alive(pid, &dir)) {
@@ -379,19 +412,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     // Every port first, so a collision is reported before anything starts.
-    for (i, p) in procs
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.role == "server" && p.pid.is_none())
-    {
-        let port = base_port + i as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            bail!(
-                "port {port} (the {} API server of the environment in {}) is already in use; stop what holds it, or use another --data-dir",
-                p.cluster,
-                dir.display()
-            );
-        }
+    if let Some((port, cluster)) = taken_port(&procs, base_port) {
+        bail!(
+            "port {port} (the {cluster} API server of the environment in {}) is already in use; stop what holds it, or use another --data-dir",
+            dir.display()
+        );
     }
     let exe = std::env::current_exe().context("cannot find the atoll executable")?;
     std::fs::create_dir_all(dir.join("logs"))?;

@@ -717,6 +717,30 @@ fn dev_down_keeps_data_and_environments_do_not_collide() {
     let (ok, out) = atoll(third.path(), &["dev", "up", "--clusters", "1"]);
     assert!(!ok, "a port clash must fail: {out}");
     assert!(out.contains("already in use"), "{out}");
+    // A new environment whose own slot is held by something else takes the next free one.
+    let fourth = tempfile::tempdir().unwrap();
+    let path = fourth.path().canonicalize().unwrap();
+    let mut h: u64 = 0xcbf29ce484222325; // FNV-1a of the path, as `dev up` computes it
+    for b in path.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    let own = 20000 + (h % 400) as u16 * 20;
+    let holders: Vec<std::net::TcpListener> = (own..own + 20)
+        .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+        .collect();
+    assert!(!holders.is_empty());
+    let (ok, out) = atoll(
+        fourth.path(),
+        &["dev", "up", "--clusters", "1", "--runtime", "simulated"],
+    );
+    assert!(ok, "{out}");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(fourth.path().join("dev.json")).unwrap()).unwrap();
+    assert_ne!(state["basePort"].as_u64(), Some(u64::from(own)), "{state}");
+    let (ok, out) = atoll(fourth.path(), &["dev", "down"]);
+    assert!(ok, "{out}");
+    drop(holders);
 
     let (ok, out) = atoll(&env.dir, &["dev", "status"]);
     assert!(ok && out.contains("running"), "{out}");
