@@ -237,6 +237,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .filter_map(|(name, at)| Some(at.saturating_duration_since(*started.get(name)?)))
             .collect()
     };
+    // Each cluster should have asked once: a retry that started over would show here.
+    let csrs: kube::Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> =
+        kube::Api::all(admin.clone());
+    let csr_count = csrs
+        .list_metadata(&kube::api::ListParams::default())
+        .await?
+        .items
+        .len();
     let join = Phase {
         name: "join to Available",
         ops: n,
@@ -324,6 +332,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "all_available_seconds": all_available.as_secs_f64(),
         "join_to_available": join.json(),
         "hub_cpu_seconds_during_join": cpu_join - cpu0,
+        "csrs_after_join": csr_count,
         "steady_seconds": args.steady_seconds,
         "hub_cores_steady": steady_cores,
         "hub_rss_mib_after_join": mib(rss_join),
@@ -348,6 +357,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         join.pct(0.5),
         join.pct(0.99)
     );
+    println!("CSRs on the hub after the join: {csr_count} for {n} clusters (goal: one each)");
     println!(
         "steady state: hub CPU {:.2} cores; hub RSS {:.0} MiB (peak {:.0} MiB) (goal: under 2 GiB; ACM: 3,500 clusters on ~100 cores and 500 GB)",
         steady_cores,
