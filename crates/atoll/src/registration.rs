@@ -267,6 +267,31 @@ pub async fn decide(client: &Client, name: &str, accept: bool) -> anyhow::Result
         mcs.get_opt(name).await?.is_some(),
         "there is no ManagedCluster {name}; has its agent run with a bootstrap kubeconfig?"
     );
+    if accept {
+        // Accepted first, then approved, as the hub does for `--auto-accept`: once the hub has
+        // granted the cluster its access (it says so with `HubAcceptedManagedCluster`), the
+        // agent's first request with its new certificate is allowed instead of retried.
+        mcs.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"hubAcceptsClient": true}})),
+        )
+        .await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !mcs
+            .get_opt(name)
+            .await?
+            .is_some_and(|mc| mc.is(atoll_api::cluster::CONDITION_HUB_ACCEPTED))
+        {
+            if std::time::Instant::now() > deadline {
+                eprintln!(
+                    "the hub has not granted cluster {name} its access yet (is `atoll hub` running?); approving its request anyway"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
     let pending = csrs
         .list(&ListParams::default().labels(&format!("{CSR_CLUSTER_LABEL}={name}")))
@@ -291,12 +316,14 @@ pub async fn decide(client: &Client, name: &str, accept: bool) -> anyhow::Result
             Err(why) => eprintln!("leaving CSR {} alone: {why}", csr.name_any()),
         }
     }
-    mcs.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"hubAcceptsClient": accept}})),
-    )
-    .await?;
+    if !accept {
+        mcs.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"hubAcceptsClient": false}})),
+        )
+        .await?;
+    }
     Ok(())
 }
 
