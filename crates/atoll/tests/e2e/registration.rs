@@ -129,17 +129,7 @@ fn dev_up_joins_and_accepts_every_member_with_its_own_identity() {
     // By hand, as a user joins a cluster of their own: a separate member server, a bootstrap
     // token, `atoll join` (the agent, its own process), `atoll accept`.
     let member = crate::harness::Server::start();
-    let hub_admin = env.dir.join("hub").join("admin.kubeconfig");
-    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["hub", "token", "--kubeconfig"])
-        .arg(&hub_admin)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = hub_admin(&env, &["hub", "token"]);
     let boot = member.dir.join("boot.kubeconfig");
     std::fs::write(&boot, &out.stdout).unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_atoll"))
@@ -175,16 +165,7 @@ fn dev_up_joins_and_accepts_every_member_with_its_own_identity() {
         "not accepted before `atoll accept`"
     );
     assert_ne!(condition(&mc, "ManagedClusterJoined"), "True");
-    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["accept", "by-hand", "--kubeconfig"])
-        .arg(&hub_admin)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hub_admin(&env, &["accept", "by-hand"]);
     wait_for(30, "by-hand to join", || {
         let mc = get_mcl(&k, "by-hand");
         (condition(&mc, "ManagedClusterJoined") == "True"
@@ -222,11 +203,7 @@ fn dev_up_joins_and_accepts_every_member_with_its_own_identity() {
         );
     }
 
-    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["get", "clusters", "--kubeconfig"])
-        .arg(env.dir.join("hub").join("admin.kubeconfig"))
-        .output()
-        .unwrap();
+    let out = hub_admin(&env, &["get", "clusters"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.lines()
@@ -239,7 +216,6 @@ fn dev_up_joins_and_accepts_every_member_with_its_own_identity() {
 fn members_are_isolated_and_bootstrap_identities_can_do_almost_nothing() {
     let env = DevEnv::up(&["--clusters", "2", "--runtime", "simulated"]);
     let k = env.kubectl();
-    let hub_admin = env.dir.join("hub").join("admin.kubeconfig");
     let a = kubectl_with(agent_kubeconfig(&env, "member1"));
     // Its own objects: yes.
     a.ok(&["get", "mcl", "member1"]);
@@ -285,16 +261,7 @@ fn members_are_isolated_and_bootstrap_identities_can_do_almost_nothing() {
     forbidden(&a, &["certificate", "approve", &member2_csr]);
 
     // A bootstrap identity: creating a ManagedCluster and CSRs, nothing else.
-    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["hub", "token", "--ttl", "10m", "--kubeconfig"])
-        .arg(&hub_admin)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = hub_admin(&env, &["hub", "token", "--ttl", "10m"]);
     let boot_path = env.dir.join("boot.kubeconfig");
     std::fs::write(&boot_path, &out.stdout).unwrap();
     let b = kubectl_with(boot_path);
@@ -348,16 +315,7 @@ fn members_are_isolated_and_bootstrap_identities_can_do_almost_nothing() {
         .concat(),
         |t| t.contains("claims-member2") && t.contains("member1-asks-for-member2"),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["accept", "member2", "--kubeconfig"])
-        .arg(&hub_admin)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = hub_admin(&env, &["accept", "member2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("leaving CSR claims-member2 alone"),
@@ -382,11 +340,7 @@ fn members_are_isolated_and_bootstrap_identities_can_do_almost_nothing() {
         .unwrap();
     let mallory = env.dir.join("mallory.kubeconfig");
     std::fs::write(&mallory, &out.stdout).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["accept", "member2", "--kubeconfig"])
-        .arg(&mallory)
-        .output()
-        .unwrap();
+    let out = atoll_with(&mallory, &["accept", "member2"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("managedclusters/accept"));
     // Nor may they with kubectl, even with `update` on ManagedClusters: the hub's webhook
@@ -395,16 +349,7 @@ fn members_are_isolated_and_bootstrap_identities_can_do_almost_nothing() {
         &["--context", "hub", "apply", "-f", "-"],
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: mcl-editor}\nrules:\n- {apiGroups: [cluster.atoll.io], resources: [managedclusters], verbs: [get, update, patch]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: mallory-mcl-editor}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: mcl-editor}\nsubjects:\n- {apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["deny", "member2", "--kubeconfig"])
-        .arg(&hub_admin)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hub_admin(&env, &["deny", "member2"]);
     let m = kubectl_with(mallory);
     m.eventually(
         &[
@@ -432,16 +377,7 @@ fn members_are_isolated_and_bootstrap_identities_can_do_almost_nothing() {
     // Labels are still theirs to change.
     m.ok(&["label", "mcl", "member2", "team=a"]);
     // The admin may accept again, and the cluster comes back.
-    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["accept", "member2", "--kubeconfig"])
-        .arg(&hub_admin)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hub_admin(&env, &["accept", "member2"]);
     wait_for(60, "member2 Available again", || {
         let mc = get_mcl(&k, "member2");
         (condition(&mc, "HubAcceptedManagedCluster") == "True"
@@ -712,19 +648,25 @@ fn hub_csrs(k: &Kubectl) -> Vec<Value> {
     csrs["items"].as_array().cloned().unwrap_or_default()
 }
 
-/// `atoll ARGS --kubeconfig <hub admin>`, which must succeed.
-fn hub_admin(env: &DevEnv, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
+/// `atoll ARGS --kubeconfig KUBECONFIG`.
+fn atoll_with(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_atoll"))
         .args(args)
         .arg("--kubeconfig")
-        .arg(env.dir.join("hub").join("admin.kubeconfig"))
+        .arg(kubeconfig)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `atoll ARGS --kubeconfig <hub admin>`, which must succeed.
+fn hub_admin(env: &DevEnv, args: &[&str]) -> std::process::Output {
+    let out = atoll_with(&env.dir.join("hub").join("admin.kubeconfig"), args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
 
 /// The renewTime of a cluster's lease on the hub ("" if never renewed).
