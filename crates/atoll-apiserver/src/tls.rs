@@ -11,7 +11,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -322,49 +321,27 @@ pub fn identity_from_der(der: &[u8]) -> Option<Identity> {
     Some(Identity { user, groups })
 }
 
-/// Serve `app` over HTTPS on `listener` until the process ends.
+/// Serve `app` over HTTPS on `listener` until the process ends; each request carries the
+/// identity of its connection's client certificate.
 pub async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, app: Router) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+    atoll_runtime::https::serve(listener, config, move |tls| {
+        let identity = tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| identity_from_der(c.as_ref()));
         let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| identity_from_der(c.as_ref()));
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                if let Some(id) = &identity {
-                    req.extensions_mut().insert(id.clone());
-                }
-                app.clone().oneshot(req.map(Body::new))
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        move |mut req: hyper::Request<Incoming>| {
+            if let Some(id) = &identity {
+                req.extensions_mut().insert(id.clone());
             }
-        });
-    }
+            let app = app.clone();
+            async move {
+                match app.oneshot(req.map(Body::new)).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            }
+        }
+    })
+    .await
 }

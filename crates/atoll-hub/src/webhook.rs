@@ -51,24 +51,31 @@ pub async fn start(
     .with_single_cert(vec![cert.cert.der().clone()], key)
     .map_err(|e| Error::Invalid(format!("webhook certificate: {e}")))?;
     let serving = client.clone();
-    atoll_runtime::https::spawn(listener, Arc::new(config), move |req| {
-        let client = serving.clone();
-        async move {
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let review = review(&client, &body).await;
-            let mut resp = hyper::Response::new(Full::new(Bytes::from(review.to_string())));
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-    });
+    tokio::spawn(atoll_runtime::https::serve(
+        listener,
+        Arc::new(config),
+        move |_| {
+            let serving = serving.clone();
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                let client = serving.clone();
+                async move {
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let review = review(&client, &body).await;
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from(review.to_string())));
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+            }
+        },
+    ));
     let url = format!("https://{host}:{}{PATH}", addr.port());
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(client);
     let config = json!({

@@ -79,10 +79,17 @@ impl LogServer {
     }
 
     pub(crate) fn serve(self, ctx: Arc<NodeCtx>) {
-        atoll_runtime::https::spawn(self.listener, self.config, move |req| {
-            let ctx = ctx.clone();
-            async move { handle(&ctx, req.uri()).await }
-        });
+        tokio::spawn(atoll_runtime::https::serve(
+            self.listener,
+            self.config,
+            move |_| {
+                let ctx = ctx.clone();
+                move |req: hyper::Request<hyper::body::Incoming>| {
+                    let ctx = ctx.clone();
+                    async move { handle(&ctx, req.uri()).await }
+                }
+            },
+        ));
     }
 }
 
