@@ -174,7 +174,7 @@ struct Shared {
 }
 
 /// What a watch covers.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 enum Scope {
     /// Every key starting with this.
     Prefix(String),
@@ -192,67 +192,62 @@ struct Signal {
 
 const NONE: Revision = Revision::MAX;
 
+/// The open watches, by the prefix or exact key they cover. Prefixes ending at a `/` (all the
+/// server uses) are looked up from each committed key's own prefixes, without allocating; any
+/// other prefix is matched one by one.
 #[derive(Default)]
 struct Watchers {
-    by_scope: HashMap<Scope, Vec<Arc<Signal>>>,
-    /// Prefixes that do not end at a `/` (rare): matched one by one.
-    odd_prefixes: usize,
+    prefixes: HashMap<String, Vec<Arc<Signal>>>,
+    keys: HashMap<String, Vec<Arc<Signal>>>,
+    odd_prefixes: HashMap<String, Vec<Arc<Signal>>>,
 }
 
 impl Watchers {
-    fn add(&mut self, scope: Scope, signal: Arc<Signal>) {
-        if let Scope::Prefix(p) = &scope
-            && !p.is_empty()
-            && !p.ends_with('/')
-        {
-            self.odd_prefixes += 1;
+    fn map(&mut self, scope: &Scope) -> (&mut HashMap<String, Vec<Arc<Signal>>>, String) {
+        match scope {
+            Scope::Key(k) => (&mut self.keys, k.clone()),
+            Scope::Prefix(p) if p.is_empty() || p.ends_with('/') => (&mut self.prefixes, p.clone()),
+            Scope::Prefix(p) => (&mut self.odd_prefixes, p.clone()),
         }
-        self.by_scope.entry(scope).or_default().push(signal);
+    }
+
+    fn add(&mut self, scope: &Scope, signal: Arc<Signal>) {
+        let (map, at) = self.map(scope);
+        map.entry(at).or_default().push(signal);
     }
 
     fn remove(&mut self, scope: &Scope, signal: &Arc<Signal>) {
-        if let Some(list) = self.by_scope.get_mut(scope) {
-            let before = list.len();
+        let (map, at) = self.map(scope);
+        if let Some(list) = map.get_mut(&at) {
             list.retain(|s| !Arc::ptr_eq(s, signal));
-            if list.len() < before
-                && let Scope::Prefix(p) = scope
-                && !p.is_empty()
-                && !p.ends_with('/')
-            {
-                self.odd_prefixes -= 1;
-            }
             if list.is_empty() {
-                self.by_scope.remove(scope);
+                map.remove(&at);
             }
         }
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.prefixes.is_empty() && self.keys.is_empty() && self.odd_prefixes.is_empty()
     }
 
     /// Wake the watches covering `key`, committed at `revision`.
     fn wake(&self, key: &str, revision: Revision) {
-        let wake = |scope: &Scope| {
-            for s in self.by_scope.get(scope).into_iter().flatten() {
+        let wake = |list: Option<&Vec<Arc<Signal>>>| {
+            for s in list.into_iter().flatten() {
                 s.first.fetch_min(revision, Ordering::AcqRel);
                 s.notify.notify_one();
             }
         };
         // Every prefix of the key that ends at a `/`, the empty one, and the key itself.
-        wake(&Scope::Prefix(String::new()));
+        wake(self.prefixes.get(""));
         for (i, _) in key.match_indices('/') {
-            wake(&Scope::Prefix(key[..=i].to_string()));
+            wake(self.prefixes.get(&key[..=i]));
         }
-        wake(&Scope::Key(key.to_string()));
-        if self.odd_prefixes > 0 {
-            for (scope, list) in &self.by_scope {
-                if let Scope::Prefix(p) = scope
-                    && !p.ends_with('/')
-                    && !p.is_empty()
-                    && key.starts_with(p.as_str())
-                {
-                    for s in list {
-                        s.first.fetch_min(revision, Ordering::AcqRel);
-                        s.notify.notify_one();
-                    }
-                }
+        wake(self.keys.get(key));
+        for (p, list) in &self.odd_prefixes {
+            if key.starts_with(p.as_str()) {
+                wake(Some(list));
             }
         }
     }
@@ -488,7 +483,7 @@ impl Store {
             first: AtomicU64::new(NONE),
         });
         // Registered before the log is first read, so no commit after that read goes unseen.
-        self.watchers().add(scope.clone(), signal.clone());
+        self.watchers().add(&scope, signal.clone());
         let watch = Watch {
             store: self.clone(),
             scope,
