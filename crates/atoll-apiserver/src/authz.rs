@@ -17,6 +17,7 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::object::meta_str;
 use crate::tls::Identity;
 
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
@@ -738,16 +739,8 @@ impl RbacObject {
     /// Parse a stored object of `resource` (`clusterroles`, `roles`, `clusterrolebindings`,
     /// `rolebindings`).
     pub fn parse(resource: &str, obj: &Value) -> Option<RbacObject> {
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let namespace = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let name = meta_str(obj, "name").unwrap_or_default().to_string();
+        let namespace = meta_str(obj, "namespace").unwrap_or_default().to_string();
         let rules = || -> Arc<Vec<Rule>> {
             Arc::new(
                 obj.get("rules")
@@ -798,13 +791,10 @@ pub fn aggregation_selectors(role: &Value) -> Option<Vec<crate::selector::LabelS
 /// has no aggregation rule.
 pub fn aggregate(role: &Value, all: &[Value]) -> Option<Vec<Value>> {
     let selectors = aggregation_selectors(role)?;
-    let name = role
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let name = meta_str(role, "name").unwrap_or_default();
     let mut sources: Vec<&Value> = all
         .iter()
-        .filter(|r| r.pointer("/metadata/name").and_then(Value::as_str) != Some(name))
+        .filter(|r| meta_str(r, "name") != Some(name))
         .filter(|r| {
             let labels = crate::object::labels_of(r);
             !selectors.is_empty()
@@ -813,12 +803,7 @@ pub fn aggregate(role: &Value, all: &[Value]) -> Option<Vec<Value>> {
                     .any(|s| !s.0.is_empty() && s.matches(&labels))
         })
         .collect();
-    sources.sort_by_key(|r| {
-        r.pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    });
+    sources.sort_by_key(|r| meta_str(r, "name").unwrap_or_default().to_string());
     let mut rules: Vec<Value> = Vec::new();
     for r in sources {
         for rule in r

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::ApiServer;
 use crate::authz::Attributes;
+use crate::object::meta_str;
 use crate::tls::Identity;
 
 pub const NODES_GROUP: &str = "system:nodes";
@@ -72,14 +73,8 @@ pub fn check_request(server: &ApiServer, node: &str, a: &Attributes) -> Option<S
 /// Why node `node` may not create `obj` (of `resource` in `group`); `None` if nothing here is
 /// against it. Creates carry the object's name in the body, not the request's path.
 pub fn check_create(node: &str, group: &str, resource: &str, obj: &Value) -> Option<String> {
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let namespace = obj
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let name = meta_str(obj, "name").unwrap_or_default();
+    let namespace = meta_str(obj, "namespace").unwrap_or_default();
     match (group, resource) {
         ("", "nodes") if name != node => {
             Some(format!("node \"{node}\" may not create Node \"{name}\""))
