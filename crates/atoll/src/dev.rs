@@ -89,21 +89,42 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cannot resolve {}", dir.display()))
 }
 
-/// Ports and pod ranges for an environment, fixed the first time it comes up.
-fn layout_for(dir: &Path) -> (u16, u8) {
+/// The port slot an environment in `dir` tries first: its ports, and with them its pod ranges,
+/// are fixed the first time it comes up.
+fn home_slot(dir: &Path) -> u16 {
     // FNV-1a of the path: stable across runs and machines.
     let mut h: u64 = 0xcbf29ce484222325;
     for b in dir.as_os_str().as_encoded_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x100000001b3);
     }
-    let base_port = 20000 + (h % u64::from(PORT_SLOTS)) as u16 * 20;
-    let octet = 16 + ((h / 400) % 28) as u8 * 8;
-    (base_port, octet)
+    20000 + (h % u64::from(PORT_SLOTS)) as u16 * 20
 }
 
 /// How many port slots of 20 there are from port 20000.
-const PORT_SLOTS: u16 = 400;
+const PORT_SLOTS: u16 = 360;
+
+/// How many pod ranges there are: each a /15 of 127.16.0.0/8's upper part (127.16.0.0 to
+/// 127.255.255.255), a /18 for each of up to 8 clusters (a /24 for each of up to 50 nodes).
+/// Slots `POD_RANGES` apart share a range, so a new environment avoids a slot whose range
+/// another running environment uses.
+const POD_RANGES: u16 = 120;
+
+/// The pod range (cluster CIDR) of cluster `i` of the environment whose ports start at `base_port`.
+fn cluster_cidr(base_port: u16, i: usize) -> String {
+    let range = u32::from(base_port.saturating_sub(20000) / 20 % POD_RANGES);
+    let first =
+        u32::from(std::net::Ipv4Addr::new(127, 16, 0, 0)) + (range << 17) + ((i as u32) << 14);
+    format!("{}/18", std::net::Ipv4Addr::from(first))
+}
+
+/// The hub API server port of a running environment whose slot shares the pod ranges of the
+/// slot at `base_port`, if there is one.
+fn range_in_use(base_port: u16) -> Option<u16> {
+    (1..PORT_SLOTS / POD_RANGES)
+        .map(|k| next_slot(base_port, k * POD_RANGES))
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err())
+}
 
 /// The base port `k` slots after `base` (wrapping around).
 fn next_slot(base: u16, k: u16) -> u16 {
@@ -198,13 +219,7 @@ impl Proc {
 }
 
 /// The processes of a new environment.
-fn plan(
-    dir: &Path,
-    args: &UpArgs,
-    shape: (u32, u32, &str),
-    base_port: u16,
-    octet: u8,
-) -> Vec<Proc> {
+fn plan(dir: &Path, args: &UpArgs, shape: (u32, u32, &str), base_port: u16) -> Vec<Proc> {
     let (members, nodes, runtime) = shape;
     let clusters = cluster_names(members);
     let logs = dir.join("logs");
@@ -224,7 +239,7 @@ fn plan(
                 c.clone(),
                 "--controllers".into(),
                 "--cluster-cidr".into(),
-                format!("127.{}.0.0/16", octet + i as u8),
+                cluster_cidr(base_port, i),
                 "--default-toleration-seconds".into(),
                 args.default_toleration_seconds.to_string(),
                 "--cluster-signing-duration".into(),
@@ -331,10 +346,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let dir = data_dir(args.data_dir.clone())?;
     let previous = read_state(&dir);
-    let (mut base_port, mut octet) = layout_for(&dir);
+    let mut base_port = home_slot(&dir);
     if let Some(state) = &previous {
         base_port = state["basePort"].as_u64().map_or(base_port, |p| p as u16);
-        octet = state["cidrOctet"].as_u64().map_or(octet, |o| o as u8);
     }
     // An existing environment keeps its shape (its data is that shape); `up` only starts what
     // is not running in it.
@@ -358,20 +372,22 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             args.runtime.as_deref().unwrap_or("process"),
         );
         // A new environment takes the first slot, from its directory's on, whose ports are
-        // free: another environment (or anything else) may hold those of its own slot. Once
-        // recorded, the slot is the environment's, and a clash is an error below.
+        // free and whose pod ranges no running environment uses: another environment (or
+        // anything else) may hold those of its own slot. Once recorded, the slot is the
+        // environment's, and a clash is an error below.
         let probe = if previous.is_none() { PORT_SLOTS } else { 0 };
         let free = (0..probe).find_map(|k| {
             let port = next_slot(base_port, k);
-            let procs = plan(&dir, &args, shape, port, octet);
-            taken_port(&procs, port).is_none().then_some((port, procs))
+            let procs = plan(&dir, &args, shape, port);
+            (taken_port(&procs, port).is_none() && range_in_use(port).is_none())
+                .then_some((port, procs))
         });
         match free {
             Some((port, procs)) => {
                 base_port = port;
                 procs
             }
-            None => plan(&dir, &args, shape, base_port, octet),
+            None => plan(&dir, &args, shape, base_port),
         }
     };
     for p in &mut procs {
@@ -418,6 +434,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    // Likewise its pod ranges: an environment started while this one was down may have taken a
+    // slot that shares them, and pods of both listening on one address would clash.
+    let own_ranges = procs
+        .iter()
+        .any(|p| p.args.contains(&cluster_cidr(base_port, 0)));
+    let servers_down = procs.iter().any(|p| p.role == "server" && p.pid.is_none());
+    if let Some(port) = range_in_use(base_port).filter(|_| own_ranges && servers_down) {
+        bail!(
+            "the pod ranges of the environment in {} (from {}) are those of the environment whose hub API server listens on port {port}; stop that one (`atoll dev down` in its directory), or use another --data-dir",
+            dir.display(),
+            cluster_cidr(base_port, 0)
+        );
+    }
     let exe = std::env::current_exe().context("cannot find the atoll executable")?;
     std::fs::create_dir_all(dir.join("logs"))?;
     let starting = procs.iter().filter(|p| p.pid.is_none()).count();
@@ -448,7 +477,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         p.pid = Some(pid);
         waits.push((p.cluster.clone(), pid, p.log.clone(), offset));
     }
-    write_state(&dir, base_port, octet, &clusters, &procs)?;
+    write_state(&dir, base_port, &clusters, &procs)?;
     for (c, pid, log, offset) in &waits {
         wait_for_line(
             *pid,
@@ -521,7 +550,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         let (pid, _) = spawn(&exe, &p.args, &p.log)?;
         p.pid = Some(pid);
     }
-    write_state(&dir, base_port, octet, &clusters, &procs)?;
+    write_state(&dir, base_port, &clusters, &procs)?;
     let kubeconfig = write_kubeconfig(&dir, &clusters)?;
     // Ready: every node Ready with a pod range, in every cluster.
     for c in &clusters {
@@ -672,14 +701,12 @@ async fn wait_for_line(
 fn write_state(
     dir: &Path,
     base_port: u16,
-    octet: u8,
     clusters: &[String],
     procs: &[Proc],
 ) -> anyhow::Result<()> {
     let state = json!({
         "clusters": clusters,
         "basePort": base_port,
-        "cidrOctet": octet,
         "processes": procs.iter().map(Proc::to_json).collect::<Vec<_>>(),
     });
     std::fs::write(dir.join("dev.json"), serde_json::to_vec_pretty(&state)?)?;
@@ -894,5 +921,60 @@ async fn accept_members(
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn range(cidr: &str) -> (u32, u32) {
+        let (ip, bits) = cidr.split_once('/').expect("a CIDR");
+        let first = u32::from(ip.parse::<Ipv4Addr>().expect("an address"));
+        let bits: u32 = bits.parse().expect("a prefix length");
+        (first, first + (1 << (32 - bits)) - 1)
+    }
+
+    #[test]
+    fn pod_ranges_of_slots_that_do_not_share_are_disjoint() {
+        let mut all = Vec::new();
+        for slot in 0..PORT_SLOTS {
+            let base = 20000 + slot * 20;
+            for i in 0..8 {
+                let (first, last) = range(&cluster_cidr(base, i));
+                assert!(
+                    first >= u32::from(Ipv4Addr::new(127, 16, 0, 0)),
+                    "{base} {i}"
+                );
+                assert!(
+                    last <= u32::from(Ipv4Addr::new(127, 255, 255, 255)),
+                    "{base} {i}"
+                );
+                // 50 nodes, a /24 each.
+                assert!(last - first + 1 >= 50 * 256);
+                all.push((first, last, slot % POD_RANGES));
+            }
+        }
+        all.sort();
+        for w in all.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            assert!(
+                b.0 > a.1 || a.2 == b.2,
+                "ranges of slots {} and {} overlap",
+                a.2,
+                b.2
+            );
+        }
+        // The slots that share a range are exactly those `range_in_use` looks at.
+        let base = next_slot(20000, 7);
+        let sharers: Vec<u16> = (1..PORT_SLOTS / POD_RANGES)
+            .map(|k| next_slot(base, k * POD_RANGES))
+            .collect();
+        for slot in 0..PORT_SLOTS {
+            let other = 20000 + slot * 20;
+            let shares = other != base && cluster_cidr(other, 0) == cluster_cidr(base, 0);
+            assert_eq!(shares, sharers.contains(&other), "slot {slot}");
+        }
     }
 }

@@ -212,11 +212,12 @@ fn deployment_of_http_servers_serves_scales_probes_logs_and_rolls_out() {
             ip.starts_with("127."),
             "pod IPs are loopback addresses: {ip}"
         );
-        assert_eq!(
-            http_status(&format!("http://{ip}:8000/")),
-            "200",
-            "pod {ip} answers"
-        );
+        // Without a readiness probe, Ready says the container started, not that python has
+        // bound its socket yet (on a busy machine that takes a while): wait for the answer.
+        let url = format!("http://{ip}:8000/");
+        wait_for(30, &format!("pod {ip} to answer 200"), || {
+            (http_status(&url) == "200").then_some(())
+        });
     }
     let mut ready = wait_for(30, "3 ready endpoints", || {
         let e = ready_endpoints(&k, "member1", "web");
@@ -337,6 +338,23 @@ fn deployment_of_http_servers_serves_scales_probes_logs_and_rolls_out() {
         .concat(),
         |_| true,
     );
+}
+
+/// The slot number `dev up` tries first for an environment in `dir` (FNV-1a of its path).
+fn home_slot(dir: &Path) -> u16 {
+    let path = dir.canonicalize().unwrap();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in path.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % 360) as u16
+}
+
+fn base_port(dir: &Path) -> u16 {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("dev.json")).unwrap()).unwrap();
+    state["basePort"].as_u64().unwrap() as u16
 }
 
 fn find_pod_dir(env_dir: &Path, uid: &str) -> PathBuf {
@@ -708,39 +726,70 @@ fn dev_down_keeps_data_and_environments_do_not_collide() {
     other
         .kubectl()
         .ok(&["--context", "member1", "get", "nodes"]);
+    // Their pods get addresses from different ranges (pods of both may listen on one port).
+    let ranges = |dir: &Path| -> Vec<String> {
+        let state: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("dev.json")).unwrap()).unwrap();
+        state["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| {
+                let args = p["args"].as_array()?;
+                let at = args.iter().position(|a| a == "--cluster-cidr")?;
+                Some(args[at + 1].as_str()?.to_string())
+            })
+            .collect()
+    };
+    let (mine, theirs) = (ranges(&env.dir), ranges(&other.dir));
+    assert_eq!(mine.len(), 2);
+    assert!(
+        mine.iter().all(|r| !theirs.contains(r)),
+        "{mine:?} {theirs:?}"
+    );
     // Its ports are taken: an environment that would reuse them says so.
     let third = tempfile::tempdir().unwrap();
     let state: Value =
         serde_json::from_slice(&std::fs::read(env.dir.join("dev.json")).unwrap()).unwrap();
-    let clash = serde_json::json!({"basePort": state["basePort"], "cidrOctet": state["cidrOctet"]});
+    let clash = serde_json::json!({"basePort": state["basePort"]});
     std::fs::write(third.path().join("dev.json"), clash.to_string()).unwrap();
     let (ok, out) = atoll(third.path(), &["dev", "up", "--clusters", "1"]);
     assert!(!ok, "a port clash must fail: {out}");
     assert!(out.contains("already in use"), "{out}");
     // A new environment whose own slot is held by something else takes the next free one.
     let fourth = tempfile::tempdir().unwrap();
-    let path = fourth.path().canonicalize().unwrap();
-    let mut h: u64 = 0xcbf29ce484222325; // FNV-1a of the path, as `dev up` computes it
-    for b in path.as_os_str().as_encoded_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    let own = 20000 + (h % 400) as u16 * 20;
+    let own = 20000 + home_slot(fourth.path()) * 20;
     let holders: Vec<std::net::TcpListener> = (own..own + 20)
         .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
         .collect();
     assert!(!holders.is_empty());
-    let (ok, out) = atoll(
-        fourth.path(),
-        &["dev", "up", "--clusters", "1", "--runtime", "simulated"],
-    );
+    let up = ["dev", "up", "--clusters", "1", "--runtime", "simulated"];
+    let (ok, out) = atoll(fourth.path(), &up);
     assert!(ok, "{out}");
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(fourth.path().join("dev.json")).unwrap()).unwrap();
-    assert_ne!(state["basePort"].as_u64(), Some(u64::from(own)), "{state}");
+    assert_ne!(base_port(fourth.path()), own);
     let (ok, out) = atoll(fourth.path(), &["dev", "down"]);
     assert!(ok, "{out}");
     drop(holders);
+    // Nor a free slot whose pod ranges a running environment uses: slots 120 apart share
+    // them, and a held hub port there is an environment running.
+    let fifth = tempfile::tempdir().unwrap();
+    let slot = home_slot(fifth.path());
+    let sharer = |slot: u16| 20000 + (slot + 120) % 360 * 20;
+    // (Held by us, or already by something else: in use either way.)
+    let hub = std::net::TcpListener::bind(("127.0.0.1", sharer(slot)));
+    let (ok, out) = atoll(fifth.path(), &up);
+    assert!(ok, "{out}");
+    let taken = base_port(fifth.path());
+    assert_ne!(taken, 20000 + slot * 20);
+    let (ok, out) = atoll(fifth.path(), &["dev", "down"]);
+    assert!(ok, "{out}");
+    drop(hub);
+    // Once recorded, its ranges are its own: if another environment runs on them while it is
+    // down, starting it again says so.
+    let hub = std::net::TcpListener::bind(("127.0.0.1", sharer((taken - 20000) / 20)));
+    let (ok, out) = atoll(fifth.path(), &up);
+    assert!(!ok && out.contains("pod ranges"), "{out}");
+    drop(hub);
 
     let (ok, out) = atoll(&env.dir, &["dev", "status"]);
     assert!(ok && out.contains("running"), "{out}");
