@@ -136,6 +136,21 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
             Err(Error::Kube(kube::Error::Api(e)))
                 if e.code == 401 || e.code == 403 || (!ever_beat && e.code == 404) =>
             {
+                if ever_beat && registered_again(&cfg).await {
+                    tracing::warn!(cluster = %name, "ManagedCluster {name} was removed from the hub; registered it again, joining with the bootstrap kubeconfig");
+                    // The old identity is worthless now: forget it, so that joining makes a
+                    // new request (which waits for acceptance, like the first).
+                    // (Retried here: the hub will not say again that the cluster was removed.)
+                    while let Err(e) = save_secret(&member, &cfg, BTreeMap::new()).await {
+                        tracing::warn!(cluster = %name, error = %e, "cannot clear the hub identity; retrying");
+                        tokio::time::sleep(jitter(Duration::from_secs(1))).await;
+                    }
+                    identity = acquire(&member, &cfg).await?;
+                    tracing::info!(cluster = %name, "joined the hub again with identity {}", agent_user(&name));
+                    backoff = Duration::from_millis(100);
+                    ever_beat = false;
+                    continue;
+                }
                 if ever_beat || backoff >= Duration::from_secs(2) {
                     tracing::warn!(cluster = %name, reason = %e.message, "the hub refuses this cluster's identity (denied, or not yet granted); retrying");
                 }
@@ -485,14 +500,8 @@ async fn bootstrap(
 ) -> Result<Identity, Error> {
     let name = &cfg.cluster_name;
     let hub = client_from(boot).await?;
-    let mcs: Api<ManagedCluster> = Api::all(hub.clone());
-    let mut mc = ManagedCluster::new(name, Default::default());
-    mc.spec.lease_duration_seconds = cfg.lease_seconds;
-    mc.spec.sync_mode = cfg.sync_mode;
-    match mcs.create(&PostParams::default(), &mc).await {
-        Ok(_) => tracing::info!(cluster = %name, "created ManagedCluster {name} on the hub"),
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(e.into()),
+    if register(&hub, cfg).await? {
+        tracing::info!(cluster = %name, "created ManagedCluster {name} on the hub");
     }
     let (key, csr_name) = match pending {
         Some(p) => p,
@@ -523,6 +532,37 @@ async fn bootstrap(
     tracing::debug!(cluster = %name, csr = %csr_name, "the CSR is signed");
     let kubeconfig = hub_kubeconfig(boot, &cert, &key, &agent_user(name))?;
     adopt(member, cfg, kubeconfig).await
+}
+
+/// Create the cluster's ManagedCluster on the hub; false if it exists already.
+async fn register(hub: &Client, cfg: &AgentConfig) -> Result<bool, Error> {
+    let mcs: Api<ManagedCluster> = Api::all(hub.clone());
+    let mut mc = ManagedCluster::new(&cfg.cluster_name, Default::default());
+    mc.spec.lease_duration_seconds = cfg.lease_seconds;
+    mc.spec.sync_mode = cfg.sync_mode;
+    match mcs.create(&PostParams::default(), &mc).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the hub no longer had this cluster, and now has it again as a new request: its
+/// identity is refused because an admin deleted the ManagedCluster (denial or revocation keep
+/// it). Asked with the bootstrap identity, which may only create ManagedClusters: creating it
+/// is the question, as Open Cluster Management's agent registers a removed cluster again.
+async fn registered_again(cfg: &AgentConfig) -> bool {
+    let Some(boot) = cfg.bootstrap_kubeconfig.as_deref() else {
+        return false;
+    };
+    let created = async { register(&client_from(boot).await?, cfg).await };
+    match created.await {
+        Ok(created) => created,
+        Err(e) => {
+            tracing::debug!(cluster = %cfg.cluster_name, error = %e, "cannot ask the hub with the bootstrap kubeconfig whether this cluster was removed");
+            false
+        }
+    }
 }
 
 /// Save a new hub identity in the Secret, then use it.

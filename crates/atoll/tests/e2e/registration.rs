@@ -521,6 +521,76 @@ fn a_killed_agent_goes_unknown_comes_back_and_can_be_denied() {
         let log = std::fs::read_to_string(env.dir.join("logs").join("member1-agent.log")).unwrap();
         log.contains("refuses this cluster").then_some(())
     });
+    // A denied cluster is not registered again behind the admin's back (the agent asks the
+    // hub whether its ManagedCluster was removed before it says it is refused).
+    let log = std::fs::read_to_string(env.dir.join("logs").join("member1-agent.log")).unwrap();
+    assert!(!log.contains("was removed from the hub"), "{log}");
+    assert_eq!(csr_count(), 1, "no new request after a denial");
+    let after = get_mcl(&k, "member1");
+    assert_eq!(after["metadata"]["uid"], mc["metadata"]["uid"]);
+    assert_eq!(condition(&after, "HubDeniedManagedCluster"), "True");
+}
+
+#[test]
+fn a_cluster_removed_from_the_hub_registers_again_and_waits_for_acceptance() {
+    let env = DevEnv::up(&[
+        "--clusters",
+        "1",
+        "--runtime",
+        "simulated",
+        "--cluster-lease-seconds",
+        "1",
+    ]);
+    let k = env.kubectl();
+    let first = get_mcl(&k, "member1");
+    let agent_pid = env.pid_of("member1-agent");
+    // The admin deletes the ManagedCluster; the hub's finalizer removes its grants with it.
+    k.ok(&[
+        "--context",
+        "hub",
+        "delete",
+        "mcl",
+        "member1",
+        "--timeout=30s",
+    ]);
+    // The running agent finds its identity refused, asks, and registers the cluster again: a
+    // new ManagedCluster, not accepted, and one new CSR, pending.
+    let again = wait_for(30, "member1 to be registered again", || {
+        let out = k.run(&["--context", "hub", "get", "mcl", "member1", "-o", "json"]);
+        out.status
+            .success()
+            .then(|| json(&String::from_utf8_lossy(&out.stdout)))
+            .filter(|mc| mc["metadata"]["uid"] != first["metadata"]["uid"])
+    });
+    assert_eq!(again["spec"]["hubAcceptsClient"], false, "{again}");
+    assert_ne!(condition(&again, "ManagedClusterJoined"), "True");
+    let pending = wait_for(30, "a new CSR from member1", || {
+        let csrs = hub_csrs(&k);
+        (csrs.len() == 2).then_some(csrs)
+    });
+    let log = std::fs::read_to_string(env.dir.join("logs").join("member1-agent.log")).unwrap();
+    assert!(log.contains("was removed from the hub"), "{log}");
+    // Accepted again: the same agent process joins with its new identity and is Available.
+    hub_admin(&env, &["accept", "member1"]);
+    wait_for(30, "member1 to be Joined and Available again", || {
+        let mc = get_mcl(&k, "member1");
+        (condition(&mc, "ManagedClusterJoined") == "True"
+            && condition(&mc, "ManagedClusterConditionAvailable") == "True")
+            .then_some(())
+    });
+    assert!(
+        std::path::Path::new(&format!("/proc/{agent_pid}")).exists(),
+        "the same agent process: {pending:?}"
+    );
+    let a = kubectl_with(agent_kubeconfig(&env, "member1"));
+    a.ok(&[
+        "-n",
+        "atoll-cluster-member1",
+        "get",
+        "lease",
+        "cluster-lease",
+    ]);
+    assert_eq!(hub_csrs(&k).len(), 2, "one request per registration");
 }
 
 #[test]
