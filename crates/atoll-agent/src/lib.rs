@@ -93,6 +93,8 @@ struct Beat {
 
 /// The identity the agent holds on the hub.
 struct Identity {
+    /// The user the certificate names (`system:atoll:cluster:<name>:agent`).
+    user: String,
     kubeconfig: String,
     client: Client,
     /// When the certificate was issued and expires (seconds since the epoch).
@@ -102,6 +104,7 @@ struct Identity {
 
 /// Run the agent until the process ends.
 pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
+    atoll_api::cluster::check_cluster_name(&cfg.cluster_name).map_err(Error::Config)?;
     let name = cfg.cluster_name.clone();
     let mut identity = acquire(&member, &cfg).await?;
     tracing::info!(cluster = %name, "joined the hub with identity {}", agent_user(&name));
@@ -270,8 +273,9 @@ async fn client_from(kubeconfig: &str) -> Result<Client, Error> {
     Client::try_from(config).map_err(Error::config)
 }
 
-/// (not before, not after) of the first client certificate in a kubeconfig, in seconds.
-fn certificate_validity(kubeconfig: &str) -> Result<(i64, i64), Error> {
+/// (user, not before, not after) of the first client certificate in a kubeconfig (the user is
+/// its subject's CN; the times in seconds).
+fn certificate_facts(kubeconfig: &str) -> Result<(String, i64, i64), Error> {
     use base64::Engine;
     let kc = Kubeconfig::from_yaml(kubeconfig).map_err(Error::config)?;
     let data = kc
@@ -284,16 +288,25 @@ fn certificate_validity(kubeconfig: &str) -> Result<(i64, i64), Error> {
         .map_err(Error::config)?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).map_err(Error::config)?;
     let cert = pem.parse_x509().map_err(Error::config)?;
+    let user = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
     Ok((
+        user,
         cert.validity().not_before.timestamp(),
         cert.validity().not_after.timestamp(),
     ))
 }
 
 async fn identity_from(kubeconfig: String) -> Result<Identity, Error> {
-    let (not_before, not_after) = certificate_validity(&kubeconfig)?;
+    let (user, not_before, not_after) = certificate_facts(&kubeconfig)?;
     let client = client_from(&kubeconfig).await?;
     Ok(Identity {
+        user,
         kubeconfig,
         client,
         not_before,
@@ -323,6 +336,11 @@ async fn save_secret(
         metadata: kube::api::ObjectMeta {
             name: Some(cfg.secret_name.clone()),
             namespace: Some(AGENT_NAMESPACE.into()),
+            // Whose it is: another cluster name must not take it for its own.
+            labels: Some(BTreeMap::from([(
+                CSR_CLUSTER_LABEL.to_string(),
+                cfg.cluster_name.clone(),
+            )])),
             ..Default::default()
         },
         data: Some(data),
@@ -350,8 +368,23 @@ async fn obtain_identity(member: &Client, cfg: &AgentConfig) -> Result<Identity,
     let mut backoff = Duration::from_secs(1);
     loop {
         let saved = secrets.get_opt(&cfg.secret_name).await?;
+        if let Some(owner) = saved
+            .as_ref()
+            .and_then(|s| s.labels().get(CSR_CLUSTER_LABEL))
+            .filter(|owner| **owner != cfg.cluster_name)
+        {
+            return Err(another_clusters_secret(cfg, owner));
+        }
         if let Some(kubeconfig) = saved.as_ref().and_then(|s| secret_data(s, "kubeconfig")) {
             let id = identity_from(kubeconfig).await?;
+            if id.user != agent_user(&cfg.cluster_name) {
+                let owner = id
+                    .user
+                    .strip_prefix("system:atoll:cluster:")
+                    .and_then(|u| u.strip_suffix(":agent"))
+                    .unwrap_or(&id.user);
+                return Err(another_clusters_secret(cfg, owner));
+            }
             if id.not_after > k8s_openapi::jiff::Timestamp::now().as_second() {
                 return Ok(id);
             }
@@ -379,6 +412,17 @@ async fn obtain_identity(member: &Client, cfg: &AgentConfig) -> Result<Identity,
             }
         }
     }
+}
+
+/// The Secret holds what another cluster name joined with: this member cluster is registered
+/// under that name, and using its identity as another would be refused (or worse, confusing).
+fn another_clusters_secret(cfg: &AgentConfig, owner: &str) -> Error {
+    Error::Config(format!(
+        "Secret {AGENT_NAMESPACE}/{secret} in this cluster holds the hub identity of cluster {owner}, not of {name}: this cluster joined the hub as {owner}. \
+         Run the agent with --cluster-name {owner}, or delete the Secret (kubectl -n {AGENT_NAMESPACE} delete secret {secret}) to join under another name",
+        secret = cfg.secret_name,
+        name = cfg.cluster_name,
+    ))
 }
 
 /// A new key and a CSR for the cluster's agent identity.

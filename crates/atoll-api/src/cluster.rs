@@ -33,6 +33,64 @@ pub const CLUSTER_LEASE: &str = "cluster-lease";
 pub fn cluster_namespace(name: &str) -> String {
     format!("atoll-cluster-{name}")
 }
+/// The longest cluster name: its namespace `atoll-cluster-<name>` is a DNS label (63).
+pub const MAX_CLUSTER_NAME: usize = 63 - "atoll-cluster-".len();
+/// What a cluster name must match (a DNS label: its namespace is named after it).
+pub const CLUSTER_NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// Why `name` cannot name a cluster, if it cannot.
+pub fn check_cluster_name(name: &str) -> Result<(), String> {
+    let label = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !label {
+        return Err(format!(
+            "{name:?} is not a valid cluster name: lower case letters, digits and '-', starting and ending with a letter or digit (a DNS label, as its hub namespace atoll-cluster-NAME is named after it)"
+        ));
+    }
+    if name.len() > MAX_CLUSTER_NAME {
+        return Err(format!(
+            "{name:?} is not a valid cluster name: at most {MAX_CLUSTER_NAME} characters (its hub namespace atoll-cluster-NAME must fit in 63)"
+        ));
+    }
+    Ok(())
+}
+
+/// The ManagedCluster CRD, its name restricted to what `check_cluster_name` accepts (the one
+/// restriction of metadata a CRD schema may make).
+pub fn managed_cluster_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
+    use kube_core::CustomResourceExt;
+    let mut crd = ManagedCluster::crd();
+    let name = JSONSchemaProps {
+        type_: Some("string".into()),
+        max_length: Some(MAX_CLUSTER_NAME as i64),
+        pattern: Some(CLUSTER_NAME_PATTERN.into()),
+        ..Default::default()
+    };
+    let metadata = JSONSchemaProps {
+        type_: Some("object".into()),
+        properties: Some(BTreeMap::from([("name".to_string(), name)])),
+        ..Default::default()
+    };
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema
+                .properties
+                .get_or_insert_with(Default::default)
+                .insert("metadata".into(), metadata.clone());
+        }
+    }
+    crd
+}
 /// The user name of cluster `name`'s agent (its certificate's CN).
 pub fn agent_user(name: &str) -> String {
     format!("system:atoll:cluster:{name}:agent")
@@ -244,4 +302,20 @@ pub struct ClusterPropertySpec {
     /// The property's value, at most 128k characters.
     #[schemars(length(max = 128000))]
     pub value: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names_are_dns_labels_that_leave_room_for_the_namespace_prefix() {
+        for ok in ["a", "member1", "eu-west-1", &"x".repeat(MAX_CLUSTER_NAME)] {
+            assert_eq!(check_cluster_name(ok), Ok(()), "{ok}");
+            assert!(cluster_namespace(ok).len() <= 63);
+        }
+        for bad in ["", "A", "a_b", "a.b", "-a", "a-", &"x".repeat(MAX_CLUSTER_NAME + 1)] {
+            assert!(check_cluster_name(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -30,7 +30,7 @@ use kube_core::CustomResourceExt;
 /// Every CRD Atoll defines, as installed on a hub or member (and written to `deploy/crds/`).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
-        cluster::ManagedCluster::crd(),
+        cluster::managed_cluster_crd(),
         cluster::ClusterProperty::crd(),
     ]
 }

@@ -105,11 +105,11 @@ pub fn validate_crd(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             None => causes.push(Cause::required(format!(
                 "spec.versions[{i}].schema.openAPIV3Schema"
             ))),
-            Some(schema) => check_structural(
-                schema,
-                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
-                causes,
-            ),
+            Some(schema) => {
+                let field = format!("spec.versions[{i}].schema.openAPIV3Schema");
+                check_structural(schema, &field, causes);
+                check_metadata_schema(schema, &field, causes);
+            }
         }
         for (j, col) in v
             .get("additionalPrinterColumns")
@@ -144,6 +144,37 @@ pub fn validate_crd(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
                     "field is immutable",
                 ));
             }
+        }
+    }
+}
+
+/// A schema may restrict `metadata.name` and `metadata.generateName`, and nothing else of
+/// `metadata` (which the API machinery owns), as kube-apiserver requires.
+fn check_metadata_schema(schema: &Value, field: &str, causes: &mut Vec<Cause>) {
+    let Some(meta) = schema.pointer("/properties/metadata") else {
+        return;
+    };
+    let field = format!("{field}.properties[metadata]");
+    if let Some(Value::Object(props)) = meta.get("properties") {
+        for k in props
+            .keys()
+            .filter(|k| !["name", "generateName"].contains(&k.as_str()))
+        {
+            causes.push(Cause::forbidden(
+                format!("{field}.properties[{k}]"),
+                "must not specify anything other than name and generateName",
+            ));
+        }
+    }
+    if let Value::Object(m) = meta {
+        for k in m
+            .keys()
+            .filter(|k| !["type", "properties"].contains(&k.as_str()))
+        {
+            causes.push(Cause::forbidden(
+                format!("{field}.{k}"),
+                "must not specify anything other than name and generateName",
+            ));
         }
     }
 }
@@ -344,7 +375,21 @@ impl Strategy for CustomStrategy {
             if let Value::Object(m) = body {
                 *map = m;
             }
+            // The schema's restrictions of metadata.name and generateName (the only ones a
+            // CRD may make there) are checked; nothing of metadata is pruned or defaulted.
+            let meta_schema = self.schema.pointer("/properties/metadata/properties");
             for (k, v) in keep {
+                if k == "metadata"
+                    && let Some(meta_schema) = meta_schema
+                {
+                    for field in ["name", "generateName"] {
+                        if let (Some(s), Some(value)) = (meta_schema.get(field), v.get(field)) {
+                            let mut value = value.clone();
+                            let path = format!("metadata.{field}");
+                            apply_schema(&mut value, s, &path, &mut causes, false);
+                        }
+                    }
+                }
                 map.insert(k, v);
             }
         }
@@ -683,5 +728,40 @@ mod tests {
         apply_schema(&mut missing, &schema(), "", &mut causes, true);
         assert_eq!(causes.len(), 1);
         assert!(causes[0].message.contains("greater than or equal to 1"));
+    }
+
+    #[test]
+    fn a_schema_may_restrict_the_name_and_nothing_else_of_metadata() {
+        let mut schema = schema();
+        schema["properties"]["metadata"] = json!({"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 10, "pattern": "^[a-z]+$"}}});
+        let strategy = CustomStrategy {
+            schema: schema.clone(),
+            columns: Vec::new(),
+            selectable: Vec::new(),
+        };
+        let obj = |name: &str| {
+            json!({"apiVersion": "x/v1", "kind": "X", "spec": {"size": 1},
+                   "metadata": {"name": name, "labels": {"a": "b"}}})
+        };
+        let ok = strategy.normalize(&obj("fine")).expect("a valid name");
+        assert_eq!(ok["metadata"]["labels"]["a"], "b", "metadata is not pruned");
+        for bad in ["Not_Fine", "muchtoolonganame"] {
+            match strategy.normalize(&obj(bad)) {
+                Err(NormalizeError::Invalid(causes)) => {
+                    assert_eq!(causes.len(), 1, "{causes:?}");
+                    assert_eq!(causes[0].field, "metadata.name");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // Anything else of metadata in a schema is refused when the CRD is written.
+        let mut causes = Vec::new();
+        check_metadata_schema(&schema, "s", &mut causes);
+        assert!(causes.is_empty(), "{causes:?}");
+        schema["properties"]["metadata"]["properties"]["labels"] = json!({"type": "object"});
+        check_metadata_schema(&schema, "s", &mut causes);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "s.properties[metadata].properties[labels]");
     }
 }

@@ -3,7 +3,7 @@
 //! tokens and `dev up` accepts them, as `atoll accept` does.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use base64::Engine;
 use serde_json::Value;
@@ -264,7 +264,7 @@ fn members_are_isolated_and_bootstrap_identities_can_do_almost_nothing() {
     let out = hub_admin(&env, &["hub", "token", "--ttl", "10m"]);
     let boot_path = env.dir.join("boot.kubeconfig");
     std::fs::write(&boot_path, &out.stdout).unwrap();
-    let b = kubectl_with(boot_path);
+    let b = kubectl_with(boot_path.clone());
     forbidden(&b, &["get", "mcl", "member1"]);
     forbidden(&b, &["get", "mcl"]);
     forbidden(&b, &["get", "csr"]);
@@ -384,6 +384,46 @@ fn members_are_isolated_and_bootstrap_identities_can_do_almost_nothing() {
             && condition(&mc, "ManagedClusterConditionAvailable") == "True")
             .then_some(())
     });
+
+    // Names a hub namespace cannot be made of are refused, by the agent and by the API.
+    let member1 = env.dir.join("member1").join("admin.kubeconfig");
+    let join = |name: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(["join", "--cluster-name", name, "--hub-kubeconfig"])
+            .arg(&boot_path)
+            .arg("--kubeconfig")
+            .arg(&member1)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for bad in ["Bad_Name", "dotted.name", &"x".repeat(50)] {
+        let (ok, err) = join(bad);
+        assert!(
+            !ok && err.contains("is not a valid cluster name"),
+            "{bad}: {err}"
+        );
+    }
+    let out = b.run_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: cluster.atoll.io/v1alpha1\nkind: ManagedCluster\nmetadata: {name: dotted.name}\nspec: {}\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is invalid") && err.contains("metadata.name"),
+        "{err}"
+    );
+    // A member that joined as member1 does not join again under another name with member1's
+    // identity: the agent says whose identity its Secret holds, and stops.
+    let (ok, err) = join("another-name");
+    assert!(
+        !ok && err.contains("holds the hub identity of cluster member1"),
+        "{err}"
+    );
 }
 
 /// A CSR object (YAML) for `cn` in `orgs`, labelled as cluster `cluster`'s.
