@@ -314,7 +314,15 @@ mod tests {
             assert_eq!(check_cluster_name(ok), Ok(()), "{ok}");
             assert!(cluster_namespace(ok).len() <= 63);
         }
-        for bad in ["", "A", "a_b", "a.b", "-a", "a-", &"x".repeat(MAX_CLUSTER_NAME + 1)] {
+        for bad in [
+            "",
+            "A",
+            "a_b",
+            "a.b",
+            "-a",
+            "a-",
+            &"x".repeat(MAX_CLUSTER_NAME + 1),
+        ] {
             assert!(check_cluster_name(bad).is_err(), "{bad}");
         }
     }

@@ -338,11 +338,25 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     );
     let client = client(&args.kubeconfig).await?;
     let mcs: Api<ManagedCluster> = Api::all(client);
-    let list = mcs.list(&ListParams::default()).await?;
-    println!(
-        "{:<20} {:<9} {:<7} {:<10} {:<20} {:<8} TAINTS",
-        "NAME", "ACCEPTED", "JOINED", "AVAILABLE", "KUBERNETES", "CPU"
-    );
+    let list = match mcs.list(&ListParams::default()).await {
+        Err(kube::Error::Api(e)) if e.code == 404 => bail!(
+            "the cluster of {} serves no ManagedClusters (cluster.atoll.io/v1alpha1): is it a hub? `atoll hub` installs them",
+            args.kubeconfig.display()
+        ),
+        other => other?,
+    };
+    let mut rows = vec![
+        [
+            "NAME",
+            "ACCEPTED",
+            "JOINED",
+            "AVAILABLE",
+            "KUBERNETES",
+            "CPU",
+            "TAINTS",
+        ]
+        .map(String::from),
+    ];
     for mc in list.items {
         let st = |t: &str| {
             mc.condition(t)
@@ -350,10 +364,9 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                 .to_string()
         };
         let status = mc.status.clone().unwrap_or_default();
-        println!(
-            "{:<20} {:<9} {:<7} {:<10} {:<20} {:<8} {}",
+        rows.push([
             mc.name_any(),
-            mc.spec.hub_accepts_client,
+            mc.spec.hub_accepts_client.to_string(),
             st(CONDITION_JOINED),
             st(CONDITION_AVAILABLE),
             status.version.map(|v| v.kubernetes).unwrap_or_default(),
@@ -364,7 +377,19 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                 .map(|t| t.key.as_str())
                 .collect::<Vec<_>>()
                 .join(","),
-        );
+        ]);
+    }
+    // Columns as wide as their widest cell, three spaces apart, as kubectl prints them.
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
     }
     Ok(())
 }

@@ -210,6 +210,16 @@ fn dev_up_joins_and_accepts_every_member_with_its_own_identity() {
             .any(|l| l.starts_with("member2") && l.contains("True")),
         "{text}"
     );
+    // Asked of a cluster that is no hub, it says so.
+    let out = atoll_with(
+        &env.dir.join("member1").join("admin.kubeconfig"),
+        &["get", "clusters"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is it a hub?"),
+        "{err}"
+    );
 }
 
 #[test]
