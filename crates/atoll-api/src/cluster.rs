@@ -173,9 +173,12 @@ fn default_lease_seconds() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientConfig {
+    /// The cluster's API server, `https://host:port`.
+    #[schemars(regex(pattern = r"^https://"))]
     pub url: String,
     /// PEM CA certificates, base64 as in a kubeconfig's `certificate-authority-data`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "byte"))]
     pub ca_bundle: Option<String>,
 }
 
@@ -189,12 +192,23 @@ pub enum SyncMode {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterTaint {
+    /// A qualified name, as label keys are (`example.com/name`).
+    #[schemars(
+        length(max = 316),
+        regex(
+            pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+        )
+    )]
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub value: Option<String>,
     /// `NoSelect`, `PreferNoSelect` or `NoSelectIfNew`.
+    #[schemars(extend("enum" = ["NoSelect", "PreferNoSelect", "NoSelectIfNew"]))]
     pub effect: String,
+    /// When the taint was added (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub time_added: Option<String>,
 }
 

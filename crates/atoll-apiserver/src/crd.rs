@@ -589,9 +589,34 @@ fn apply_schema(v: &mut Value, schema: &Value, path: &str, causes: &mut Vec<Caus
                     &format!("{shown} in body should match '{p}'"),
                 ));
             }
+            if let Some(f) = schema.get("format").and_then(Value::as_str)
+                && !string_format_ok(f, s)
+            {
+                causes.push(Cause::invalid(
+                    path,
+                    &short(v),
+                    &format!("{shown} in body must be of type {f}: \"{}\"", short(v)),
+                ));
+            }
         }
         Value::Number(n) => {
             let x = n.as_f64().unwrap_or(0.0);
+            let fits = match schema.get("format").and_then(Value::as_str) {
+                Some("int32") => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
+                Some("int64") => n.as_i64().is_some(),
+                _ => true,
+            };
+            if !fits {
+                let f = schema
+                    .get("format")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                causes.push(Cause::invalid(
+                    path,
+                    &n.to_string(),
+                    &format!("{shown} in body must be of type {f}: \"{n}\""),
+                ));
+            }
             if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
                 let exclusive = schema.get("exclusiveMinimum") == Some(&Value::Bool(true));
                 if x < min || (exclusive && x == min) {
@@ -621,6 +646,29 @@ fn apply_schema(v: &mut Value, schema: &Value, path: &str, causes: &mut Vec<Caus
         let names: Vec<String> = allowed.iter().map(short).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         causes.push(Cause::not_supported(path, &short(v), &refs));
+    }
+}
+
+/// Whether `s` is a string of `format`, for the formats kube-apiserver checks that objects
+/// commonly use; others are accepted (as kube-apiserver accepts formats it does not know).
+fn string_format_ok(format: &str, s: &str) -> bool {
+    use base64::Engine;
+    match format {
+        "byte" => base64::engine::general_purpose::STANDARD.decode(s).is_ok(),
+        "date-time" | "datetime" => s.parse::<jiff::Timestamp>().is_ok(),
+        "date" => s.len() == 10 && s.parse::<jiff::civil::Date>().is_ok(),
+        "uuid" => uuid::Uuid::parse_str(s).is_ok() && s.len() == 36,
+        "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
+        "ipv6" => s.parse::<std::net::Ipv6Addr>().is_ok(),
+        "cidr" => s.split_once('/').is_some_and(|(ip, bits)| {
+            let max = match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(_)) => 32,
+                Ok(std::net::IpAddr::V6(_)) => 128,
+                Err(_) => return false,
+            };
+            bits.parse::<u8>().is_ok_and(|b| b <= max)
+        }),
+        _ => true,
     }
 }
 
@@ -728,6 +776,30 @@ mod tests {
         apply_schema(&mut missing, &schema(), "", &mut causes, true);
         assert_eq!(causes.len(), 1);
         assert!(causes[0].message.contains("greater than or equal to 1"));
+    }
+
+    #[test]
+    fn string_formats_are_checked() {
+        let schema = json!({"type": "object", "properties": {
+            "ca": {"type": "string", "format": "byte"},
+            "at": {"type": "string", "format": "date-time"},
+            "net": {"type": "string", "format": "cidr"},
+            "n": {"type": "integer", "format": "int32"},
+            "other": {"type": "string", "format": "no-such-format"}}});
+        let mut good = json!({"ca": "aGVsbG8=", "at": "2026-11-25T22:00:00Z",
+                              "net": "10.0.0.0/8", "other": "anything"});
+        let mut causes = Vec::new();
+        apply_schema(&mut good, &schema, "", &mut causes, true);
+        assert!(causes.is_empty(), "{causes:?}");
+        let mut bad =
+            json!({"ca": "!!!", "at": "yesterday", "net": "10.0.0.0/33", "n": 2147483648u64});
+        apply_schema(&mut bad, &schema, "", &mut causes, true);
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["at", "ca", "n", "net"]);
+        assert!(
+            causes[1].message.contains("must be of type byte"),
+            "{causes:?}"
+        );
     }
 
     #[test]

@@ -427,6 +427,23 @@ fn members_are_isolated_and_bootstrap_identities_can_do_almost_nothing() {
         !out.status.success() && err.contains("is invalid") && err.contains("metadata.name"),
         "{err}"
     );
+    // Nor are taints or client configs the schema does not allow.
+    let out = k.run_stdin(
+        &["--context", "hub", "create", "-f", "-"],
+        "apiVersion: cluster.atoll.io/v1alpha1\nkind: ManagedCluster\nmetadata: {name: odd}\nspec:\n  taints: [{key: '', effect: Bogus}]\n  managedClusterClientConfigs: [{url: 'ftp://x', caBundle: '!!!'}]\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in [
+        "spec.taints[0].key",
+        "spec.taints[0].effect",
+        "spec.managedClusterClientConfigs[0].url",
+        "spec.managedClusterClientConfigs[0].caBundle",
+    ] {
+        assert!(
+            !out.status.success() && err.contains(field),
+            "{field}: {err}"
+        );
+    }
     // A member that joined as member1 does not join again under another name with member1's
     // identity: the agent says whose identity its Secret holds, and stops.
     let (ok, err) = join("another-name");
