@@ -655,7 +655,10 @@ fn string_format_ok(format: &str, s: &str) -> bool {
     use base64::Engine;
     match format {
         "byte" => base64::engine::general_purpose::STANDARD.decode(s).is_ok(),
-        "date-time" | "datetime" => s.parse::<jiff::Timestamp>().is_ok(),
+        // RFC 3339, or (as go-openapi's strfmt also accepts) a local time without an offset.
+        "date-time" | "datetime" => {
+            s.parse::<jiff::Timestamp>().is_ok() || s.parse::<jiff::civil::DateTime>().is_ok()
+        }
         "date" => s.len() == 10 && s.parse::<jiff::civil::Date>().is_ok(),
         "uuid" => uuid::Uuid::parse_str(s).is_ok() && s.len() == 36,
         "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
