@@ -46,6 +46,9 @@ struct Ctx {
     /// Leases as the lease watch delivers them, by cluster: a renewal is read from here rather
     /// than fetched (thousands of clusters renew every few seconds).
     leases: Arc<Mutex<HashMap<String, Renewal>>>,
+    /// Failed reconciles in a row, by cluster: a cluster that keeps failing (its namespace
+    /// cannot be made, say) is retried ever less often, not every 2 s forever.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -61,6 +64,7 @@ pub async fn run(client: Client, granted: Arc<crate::access::Granted>) -> Result
         client,
         granted,
         leases: leases.clone(),
+        failures: Mutex::default(),
     });
     Controller::new(mcs, watcher::Config::default())
         .watches(
@@ -92,9 +96,25 @@ pub async fn run(client: Client, granted: Arc<crate::access::Granted>) -> Result
     Ok(())
 }
 
-fn error_policy(_mc: Arc<ManagedCluster>, e: &Error, _ctx: Arc<Ctx>) -> Action {
-    tracing::warn!(error = %e, "cluster reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
+fn error_policy(mc: Arc<ManagedCluster>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    let name = mc.name_any();
+    let failures = {
+        let mut all = lock(&ctx.failures);
+        let n = all.entry(name.clone()).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = retry_delay(failures);
+    tracing::warn!(cluster = %name, error = %e, failures, "cluster reconcile failed; retrying in {delay:?}");
+    Action::requeue(delay)
+}
+
+/// 2 s after the first failure, doubling, at most a minute (health is judged on retries too).
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_secs(
+        2u64.saturating_mul(1 << failures.saturating_sub(1).min(8))
+            .min(60),
+    )
 }
 
 fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
@@ -108,6 +128,15 @@ fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
 }
 
 async fn reconcile(mc: Arc<ManagedCluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let name = mc.name_any();
+    let done = reconcile_cluster(mc, &ctx).await;
+    if done.is_ok() {
+        lock(&ctx.failures).remove(&name);
+    }
+    done
+}
+
+async fn reconcile_cluster(mc: Arc<ManagedCluster>, ctx: &Ctx) -> Result<Action, Error> {
     let name = mc.name_any();
     let api: Api<ManagedCluster> = Api::all(ctx.client.clone());
     let finalizers = mc.finalizers().to_vec();
@@ -312,4 +341,18 @@ async fn reconcile(mc: Arc<ManagedCluster>, ctx: Arc<Ctx>) -> Result<Action, Err
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_cluster_is_retried_ever_less_often() {
+        let secs: Vec<u64> = [1, 2, 3, 6, 9, 1000, u32::MAX]
+            .iter()
+            .map(|n| retry_delay(*n).as_secs())
+            .collect();
+        assert_eq!(secs, [2, 4, 8, 60, 60, 60, 60]);
+    }
 }
