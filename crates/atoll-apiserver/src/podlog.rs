@@ -38,17 +38,19 @@ pub(crate) async fn serve(ctx: &Ctx) -> ApiResult<Response> {
         .get(&ctx.rt.key(Some(&namespace), &name))
         .ok_or_else(|| ApiError::not_found("", "pods", &name))?;
     let pod = decode_stored(&ctx.rt, &entry)?;
-    let containers: Vec<String> = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .map(|cs| {
-            cs.iter()
-                .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = |list: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{list}"))
+            .and_then(Value::as_array)
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (containers, init) = (names("containers"), names("initContainers"));
     let container = match ctx.query.get("container") {
-        Some(c) if containers.iter().any(|x| x == c) => c.to_string(),
+        Some(c) if containers.iter().chain(&init).any(|x| x == c) => c.to_string(),
         Some(c) => {
             return Err(ApiError::bad_request(format!(
                 "container {c} is not valid for pod {name}"
@@ -56,8 +58,14 @@ pub(crate) async fn serve(ctx: &Ctx) -> ApiResult<Response> {
         }
         None if containers.len() == 1 => containers[0].clone(),
         None => {
+            // As kube-apiserver words it, init containers named apart.
+            let init = if init.is_empty() {
+                String::new()
+            } else {
+                format!(" or one of the init containers: [{}]", init.join(" "))
+            };
             return Err(ApiError::bad_request(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
+                "a container name must be specified for pod {name}, choose one of: [{}]{init}",
                 containers.join(" ")
             )));
         }

@@ -208,19 +208,8 @@ pub fn human_duration(secs: i64) -> String {
 }
 
 pub fn pod_ready(pod: &Value) -> Value {
-    let total = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    let ready = pod
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .map_or(0, |cs| {
-            cs.iter()
-                .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
-                .count()
-        });
-    Value::String(format!("{ready}/{total}"))
+    let p = PodSummary::of(pod);
+    Value::String(format!("{}/{}", p.ready, p.total))
 }
 
 /// The Age column where a kind wants it before its wide columns.
@@ -228,65 +217,145 @@ pub fn age_cell(obj: &Value) -> Value {
     Value::String(age(obj))
 }
 
-/// kubectl's pod STATUS: the reason a container is waiting or terminated, `Terminating`, or
-/// the phase.
+/// kubectl's pod STATUS: the reason an init or app container is waiting or terminated,
+/// `Init:N/M` while initializing, `Terminating`, or the phase.
 pub fn pod_status(pod: &Value) -> Value {
-    if pod.pointer("/metadata/deletionTimestamp").is_some() {
-        return json!("Terminating");
-    }
-    let phase = pod
-        .pointer("/status/phase")
-        .and_then(Value::as_str)
-        .unwrap_or("Pending");
-    let mut reason = String::new();
-    for c in pod
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let waiting = c.pointer("/state/waiting/reason").and_then(Value::as_str);
-        let terminated = c
-            .pointer("/state/terminated/reason")
-            .and_then(Value::as_str);
-        if let Some(r) = waiting.or(terminated)
-            && !r.is_empty()
-        {
-            reason = r.to_string();
-        }
-    }
-    if reason.is_empty() || (phase == "Succeeded" && reason == "Completed") {
-        if phase == "Succeeded" {
-            return json!("Completed");
-        }
-        let unschedulable = pod
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|cs| {
-                cs.iter().any(|c| {
-                    c.get("type") == Some(&json!("PodScheduled"))
-                        && c.get("status") == Some(&json!("False"))
-                })
-            });
-        return json!(if unschedulable && phase == "Pending" {
-            "Pending"
-        } else {
-            phase
-        });
-    }
-    json!(reason)
+    json!(PodSummary::of(pod).reason)
 }
 
 pub fn pod_restarts(pod: &Value) -> Value {
-    let n: i64 = pod
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .map_or(0, |cs| {
-            cs.iter()
-                .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
-                .sum()
+    json!(PodSummary::of(pod).restarts)
+}
+
+/// A pod's READY, STATUS and RESTARTS, worked out as kubectl's printer does.
+struct PodSummary {
+    ready: usize,
+    total: usize,
+    reason: String,
+    restarts: i64,
+}
+
+impl PodSummary {
+    fn of(pod: &Value) -> PodSummary {
+        let list = |p: &str| {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let str_at = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(String::from);
+        let int_at = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+        let init_specs = list("/spec/initContainers");
+        let restartable = |name: &str| {
+            init_specs.iter().any(|c| {
+                c.get("name").and_then(Value::as_str) == Some(name)
+                    && c.get("restartPolicy").and_then(Value::as_str) == Some("Always")
+            })
+        };
+        let sidecars = init_specs
+            .iter()
+            .filter(|c| c.get("restartPolicy").and_then(Value::as_str) == Some("Always"))
+            .count();
+        let mut total = list("/spec/containers").len() + sidecars;
+        let mut ready = 0;
+        let mut restarts = 0;
+        let mut sidecar_restarts = 0;
+        let mut reason = str_at(pod, "/status/reason")
+            .filter(|r| !r.is_empty())
+            .or_else(|| str_at(pod, "/status/phase"))
+            .unwrap_or_else(|| "Pending".into());
+        let exit_reason = |prefix: &str, c: &Value| {
+            let signal = int_at(c, "/state/terminated/signal");
+            if signal != 0 {
+                format!("{prefix}Signal:{signal}")
+            } else {
+                format!(
+                    "{prefix}ExitCode:{}",
+                    int_at(c, "/state/terminated/exitCode")
+                )
+            }
+        };
+        let mut initializing = false;
+        let init = list("/status/initContainerStatuses");
+        for (i, c) in init.iter().enumerate() {
+            let name = str_at(c, "/name").unwrap_or_default();
+            let started = c.get("started").and_then(Value::as_bool) == Some(true);
+            restarts += int_at(c, "/restartCount");
+            if restartable(&name) {
+                sidecar_restarts += int_at(c, "/restartCount");
+                if started && c.get("ready").and_then(Value::as_bool) == Some(true) {
+                    ready += 1;
+                }
+            }
+            let terminated = c.pointer("/state/terminated").is_some();
+            let waiting = str_at(c, "/state/waiting/reason").filter(|r| !r.is_empty());
+            if terminated && int_at(c, "/state/terminated/exitCode") == 0 {
+                continue;
+            }
+            if restartable(&name) && started {
+                continue;
+            }
+            reason = if terminated {
+                match str_at(c, "/state/terminated/reason").filter(|r| !r.is_empty()) {
+                    Some(r) => format!("Init:{r}"),
+                    None => exit_reason("Init:", c),
+                }
+            } else if let Some(w) = waiting.filter(|w| w != "PodInitializing") {
+                format!("Init:{w}")
+            } else {
+                format!("Init:{i}/{}", init_specs.len())
+            };
+            initializing = true;
+            break;
+        }
+        let initialized = list("/status/conditions").iter().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some("Initialized")
+                && c.get("status").and_then(Value::as_str) == Some("True")
         });
-    json!(n)
+        if !initializing || initialized {
+            restarts = sidecar_restarts;
+            let mut running = false;
+            // From the last container to the first: the first one's reason is shown.
+            for c in list("/status/containerStatuses").iter().rev() {
+                restarts += int_at(c, "/restartCount");
+                let waiting = str_at(c, "/state/waiting/reason").filter(|r| !r.is_empty());
+                let terminated = c.pointer("/state/terminated").is_some();
+                if let Some(w) = waiting {
+                    reason = w;
+                } else if terminated {
+                    reason = str_at(c, "/state/terminated/reason")
+                        .filter(|r| !r.is_empty())
+                        .unwrap_or_else(|| exit_reason("", c));
+                } else if c.get("ready").and_then(Value::as_bool) == Some(true)
+                    && c.pointer("/state/running").is_some()
+                {
+                    running = true;
+                    ready += 1;
+                }
+            }
+            if reason == "Completed" && running {
+                let pod_ready = list("/status/conditions").iter().any(|c| {
+                    c.get("type").and_then(Value::as_str) == Some("Ready")
+                        && c.get("status").and_then(Value::as_str) == Some("True")
+                });
+                reason = if pod_ready { "Running" } else { "NotReady" }.into();
+            }
+        }
+        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            reason = if str_at(pod, "/status/reason").as_deref() == Some("NodeLost") {
+                "Unknown".into()
+            } else {
+                "Terminating".into()
+            };
+        }
+        total = total.max(ready);
+        PodSummary {
+            ready,
+            total,
+            reason,
+            restarts,
+        }
+    }
 }
 
 pub fn node_status(node: &Value) -> Value {
@@ -343,4 +412,57 @@ pub fn service_ports(svc: &Value) -> Value {
     } else {
         ports.join(",")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(pod: Value) -> (String, String, i64) {
+        (
+            pod_ready(&pod).as_str().unwrap_or_default().to_string(),
+            pod_status(&pod).as_str().unwrap_or_default().to_string(),
+            pod_restarts(&pod).as_i64().unwrap_or(-1),
+        )
+    }
+
+    #[test]
+    fn pod_columns_are_what_kubectl_would_print() {
+        let spec = json!({
+            "initContainers": [{"name": "setup"}, {"name": "proxy", "restartPolicy": "Always"}],
+            "containers": [{"name": "a"}, {"name": "b"}]});
+        // Initializing: the first init container not done gives the count.
+        let pod = json!({"spec": spec, "status": {"phase": "Pending", "initContainerStatuses": [
+            {"name": "setup", "restartCount": 0, "state": {"running": {}}},
+            {"name": "proxy", "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}]}});
+        assert_eq!(summary(pod), ("0/3".into(), "Init:0/2".into(), 0));
+        // A failing init container says why, with its restarts.
+        let pod = json!({"spec": spec, "status": {"phase": "Pending", "initContainerStatuses": [
+            {"name": "setup", "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        assert_eq!(summary(pod).1, "Init:CrashLoopBackOff");
+        let pod = json!({"spec": spec, "status": {"phase": "Failed", "initContainerStatuses": [
+            {"name": "setup", "state": {"terminated": {"exitCode": 3}}}]}});
+        assert_eq!(summary(pod).1, "Init:ExitCode:3");
+        // Initialized: the sidecar counts as a ready container; the first app container's
+        // reason is the one shown.
+        let pod = json!({"spec": spec, "status": {"phase": "Running",
+            "conditions": [{"type": "Initialized", "status": "True"}],
+            "initContainerStatuses": [
+                {"name": "setup", "restartCount": 1, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                {"name": "proxy", "restartCount": 2, "started": true, "ready": true, "state": {"running": {}}}],
+            "containerStatuses": [
+                {"name": "a", "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+                {"name": "b", "restartCount": 0, "ready": true, "state": {"waiting": {"reason": "ContainerCreating"}}}]}});
+        assert_eq!(summary(pod), ("1/3".into(), "CrashLoopBackOff".into(), 3));
+        // One container completed, another still running and the pod Ready: Running.
+        let pod = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [
+                {"name": "a", "ready": true, "state": {"running": {}}},
+                {"name": "b", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}});
+        assert_eq!(summary(pod), ("1/2".into(), "Running".into(), 0));
+        let gone = json!({"metadata": {"deletionTimestamp": "2026-11-25T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Running"}});
+        assert_eq!(summary(gone).1, "Terminating");
+    }
 }

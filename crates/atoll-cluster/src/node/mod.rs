@@ -607,11 +607,49 @@ fn simulated_status(pod: &Pod, ip: Option<&str>, host_ip: &str) -> PodStatus {
         last_transition_time: Some(t.clone()),
         ..Default::default()
     };
-    let containers = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.clone())
-        .unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let running =
+        |c: &k8s_openapi::api::core::v1::Container| k8s_openapi::api::core::v1::ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            ready: true,
+            started: Some(true),
+            restart_count: 0,
+            state: Some(k8s_openapi::api::core::v1::ContainerState {
+                running: Some(k8s_openapi::api::core::v1::ContainerStateRunning {
+                    started_at: Some(t.clone()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+    // Init containers have completed at once; sidecars (restartPolicy Always) run.
+    let init: Vec<_> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| {
+            if c.restart_policy.as_deref() == Some("Always") {
+                return running(c);
+            }
+            k8s_openapi::api::core::v1::ContainerStatus {
+                ready: true,
+                started: Some(false),
+                state: Some(k8s_openapi::api::core::v1::ContainerState {
+                    terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                        exit_code: 0,
+                        reason: Some("Completed".into()),
+                        started_at: Some(t.clone()),
+                        finished_at: Some(t.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..running(c)
+            }
+        })
+        .collect();
     PodStatus {
         phase: Some("Running".into()),
         conditions: Some(vec![
@@ -625,26 +663,8 @@ fn simulated_status(pod: &Pod, ip: Option<&str>, host_ip: &str) -> PodStatus {
         pod_ip: ip.map(String::from),
         pod_ips: ip.map(|i| vec![PodIP { ip: i.into() }]),
         start_time: Some(t.clone()),
-        container_statuses: Some(
-            containers
-                .iter()
-                .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
-                    name: c.name.clone(),
-                    image: c.image.clone().unwrap_or_default(),
-                    image_id: String::new(),
-                    ready: true,
-                    started: Some(true),
-                    restart_count: 0,
-                    state: Some(k8s_openapi::api::core::v1::ContainerState {
-                        running: Some(k8s_openapi::api::core::v1::ContainerStateRunning {
-                            started_at: Some(t.clone()),
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
+        container_statuses: Some(spec.containers.iter().map(running).collect()),
+        init_container_statuses: (!init.is_empty()).then_some(init),
         ..Default::default()
     }
 }

@@ -49,6 +49,8 @@ struct Stop {
 #[derive(Clone, Debug)]
 pub(crate) struct CState {
     pub name: String,
+    /// What kind of container it is: init containers run (and sidecars start) first.
+    kind: Kind,
     image: String,
     pub state: State,
     last: Option<ContainerStateTerminated>,
@@ -57,6 +59,16 @@ pub(crate) struct CState {
     restarts: i32,
     /// It has stopped for good (restart policy says no more).
     finished: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Runs to completion, in order, before the next one and the app containers.
+    Init,
+    /// An init container with `restartPolicy: Always`: started in order, runs as long as the
+    /// pod (Kubernetes' native sidecars).
+    Sidecar,
+    App,
 }
 
 #[derive(Clone, Debug)]
@@ -164,11 +176,24 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
         tracing::error!(pod = %key, "the node's pod range is exhausted");
         return;
     };
-    let containers: Vec<Container> = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.clone())
-        .unwrap_or_default();
+    // Init containers (and sidecars) first, in order, then the app containers: indexes into
+    // the handle's states are indexes into this list.
+    let spec = pod.spec.clone().unwrap_or_default();
+    let containers: Vec<(Kind, Container)> = spec
+        .init_containers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let kind = if c.restart_policy.as_deref() == Some("Always") {
+                Kind::Sidecar
+            } else {
+                Kind::Init
+            };
+            (kind, c)
+        })
+        .chain(spec.containers.into_iter().map(|c| (Kind::App, c)))
+        .collect();
+    let initializing = containers.iter().any(|(k, _)| *k != Kind::App);
     let (stop_tx, _) = watch::channel(None);
     let (done_tx, _) = watch::channel(false);
     let handle = Arc::new(PodHandle {
@@ -176,11 +201,17 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
         containers: Mutex::new(
             containers
                 .iter()
-                .map(|c| CState {
+                .map(|(kind, c)| CState {
                     name: c.name.clone(),
+                    kind: *kind,
                     image: c.image.clone().unwrap_or_default(),
                     state: State::Waiting {
-                        reason: "ContainerCreating".into(),
+                        // As the kubelet says of a pod that has init containers to run.
+                        reason: if initializing {
+                            "PodInitializing".into()
+                        } else {
+                            "ContainerCreating".into()
+                        },
                         message: String::new(),
                     },
                     last: None,
@@ -196,11 +227,12 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
         done: done_tx,
     });
     // Restart counts survive agent restarts through the pod's own status.
-    if let Some(statuses) = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-    {
+    if let Some(statuses) = pod.status.as_ref().map(|s| {
+        let init = s.init_container_statuses.iter().flatten();
+        init.chain(s.container_statuses.iter().flatten())
+            .cloned()
+            .collect::<Vec<_>>()
+    }) {
         let mut cs = handle.containers.lock().unwrap_or_else(|p| p.into_inner());
         for c in cs.iter_mut() {
             if let Some(s) = statuses.iter().find(|s| s.name == c.name) {
@@ -250,21 +282,36 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
         }
     }
 
+    // Then the containers: init containers one after another, each to completion (sidecars
+    // until started), then the app containers together; all of it while watching for the pod's
+    // deletion, which the init phase must not hold up.
     let mut supervisors = Vec::new();
+    let mut early_shutdown = false;
     if stopped_early.is_none() {
-        for (idx, c) in containers.iter().enumerate() {
-            supervisors.push(tokio::spawn(supervise(
-                ctx.clone(),
-                handle.clone(),
-                pod.clone(),
-                idx,
-                c.clone(),
-                pod_ip.clone(),
-            )));
+        let start = start_containers(&ctx, &handle, &pod, &containers, &pod_ip, &mut supervisors);
+        tokio::pin!(start);
+        loop {
+            tokio::select! {
+                () = &mut start => break,
+                r = rx.changed() => {
+                    let u = rx.borrow_and_update().clone();
+                    if r.is_err() || u.gone || u.pod.metadata.deletion_timestamp.is_some() {
+                        let grace = u.pod.metadata.deletion_grace_period_seconds.unwrap_or(0).max(0) as u64;
+                        let shutdown = r.is_err();
+                        let grace = if shutdown { 5 } else { grace };
+                        let _ = handle.stop.send(Some(Stop { grace: Duration::from_secs(grace), shutdown }));
+                        // The init container being run stops too; then nothing more starts.
+                        start.as_mut().await;
+                        early_shutdown = shutdown;
+                        stopped_early = Some(if shutdown { PodUpdate { pod: pod.clone(), gone: false } } else { u });
+                        break;
+                    }
+                }
+            }
         }
     }
     // Wait for the pod's deletion (or the agent's shutdown).
-    let mut shutdown = false;
+    let mut shutdown = early_shutdown;
     let last = match stopped_early {
         Some(u) => u,
         None => loop {
@@ -320,7 +367,69 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
     let _ = handle.done.send(true);
 }
 
-/// Run one container for as long as the pod lives, restarting it per the pod's policy.
+/// Start the pod's containers in Kubernetes' order: each init container run to completion
+/// (restarted on failure unless the pod's policy is `Never`), each sidecar until it has
+/// started, then the app containers. Returns once the app containers are started, or an init
+/// container failed for good, or the pod is stopping.
+async fn start_containers(
+    ctx: &Arc<NodeCtx>,
+    handle: &Arc<PodHandle>,
+    pod: &Pod,
+    containers: &[(Kind, Container)],
+    pod_ip: &str,
+    supervisors: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let spawn = |idx: usize, kind: Kind, c: &Container| {
+        tokio::spawn(supervise(
+            ctx.clone(),
+            handle.clone(),
+            pod.clone(),
+            idx,
+            c.clone(),
+            pod_ip.to_string(),
+            kind,
+        ))
+    };
+    let state = |idx: usize| {
+        handle
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(idx)
+            .cloned()
+    };
+    for (idx, (kind, c)) in containers.iter().enumerate() {
+        if handle.stop.borrow().is_some() {
+            return;
+        }
+        match kind {
+            Kind::Init => {
+                let _ = spawn(idx, *kind, c).await;
+                let completed = state(idx)
+                    .is_some_and(|s| matches!(&s.state, State::Terminated(t) if t.exit_code == 0));
+                if !completed {
+                    return;
+                }
+            }
+            Kind::Sidecar => {
+                supervisors.push(spawn(idx, *kind, c));
+                // The next container starts once this one has (its startup probe passed).
+                while !state(idx)
+                    .is_some_and(|s| s.started && matches!(s.state, State::Running { .. }))
+                {
+                    if handle.stop.borrow().is_some() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Kind::App => supervisors.push(spawn(idx, *kind, c)),
+        }
+    }
+}
+
+/// Run one container for as long as the pod lives, restarting it per the pod's policy (an
+/// init container: until it completes).
 async fn supervise(
     ctx: Arc<NodeCtx>,
     handle: Arc<PodHandle>,
@@ -328,13 +437,22 @@ async fn supervise(
     idx: usize,
     container: Container,
     pod_ip: String,
+    kind: Kind,
 ) {
     let mut stop_rx = handle.stop.subscribe();
-    let policy = pod
+    let pod_policy = pod
         .spec
         .as_ref()
         .and_then(|s| s.restart_policy.clone())
         .unwrap_or_else(|| "Always".into());
+    // A sidecar always restarts; an init container restarts only on failure, and not at all
+    // under `Never` (as the kubelet does).
+    let policy = match (kind, pod_policy.as_str()) {
+        (Kind::Sidecar, _) => "Always".to_string(),
+        (Kind::Init, "Never") => "Never".to_string(),
+        (Kind::Init, _) => "OnFailure".to_string(),
+        (Kind::App, p) => p.to_string(),
+    };
     let logs = handle.dir.join("logs");
     let run_dir = handle.dir.join("run");
     let _ = std::fs::create_dir_all(&logs);
@@ -528,7 +646,8 @@ async fn supervise(
             c.finished = !restart;
         });
         if !restart {
-            if !stopping {
+            // An init container that is done is done: the pod goes on (or has failed).
+            if !stopping && kind != Kind::Init {
                 let _ = stop_rx.changed().await;
             }
             return;
@@ -879,13 +998,24 @@ fn pod_status(
     start_time: &Time,
     transitions: &mut BTreeMap<String, (String, Time)>,
 ) -> PodStatus {
-    let all_done = !cs.is_empty() && cs.iter().all(|c| c.finished);
+    let (init, app): (Vec<&CState>, Vec<&CState>) = cs.iter().partition(|c| c.kind != Kind::App);
     let exit_ok = |c: &CState| matches!(&c.state, State::Terminated(t) if t.exit_code == 0);
-    let ever_ran = cs
+    // Initialized: every init container completed, every sidecar started.
+    let initialized = init.iter().all(|c| match c.kind {
+        Kind::Sidecar => c.started && matches!(c.state, State::Running { .. }),
+        _ => exit_ok(c),
+    });
+    let init_failed = init
+        .iter()
+        .any(|c| c.kind == Kind::Init && c.finished && !exit_ok(c));
+    let all_done = !app.is_empty() && app.iter().all(|c| c.finished);
+    let ever_ran = app
         .iter()
         .any(|c| c.restarts > 0 || matches!(c.state, State::Running { .. } | State::Terminated(_)));
-    let phase = if all_done {
-        if cs.iter().all(exit_ok) {
+    let phase = if init_failed {
+        "Failed"
+    } else if all_done {
+        if app.iter().all(|c| exit_ok(c)) {
             "Succeeded"
         } else {
             "Failed"
@@ -895,7 +1025,11 @@ fn pod_status(
     } else {
         "Pending"
     };
-    let all_ready = !cs.is_empty() && cs.iter().all(|c| c.ready) && !all_done;
+    // Sidecars count towards readiness, as app containers do.
+    let all_ready = !app.is_empty()
+        && initialized
+        && cs.iter().filter(|c| c.kind != Kind::Init).all(|c| c.ready)
+        && !all_done;
     let mut condition = |type_: &str, ok: bool| {
         let status = if ok { "True" } else { "False" };
         let entry = transitions
@@ -908,59 +1042,54 @@ fn pod_status(
             type_: type_.into(),
             status: status.into(),
             last_transition_time: Some(entry.1.clone()),
-            reason: (!ok && (type_ == "Ready" || type_ == "ContainersReady")).then(|| {
-                if all_done {
-                    "PodCompleted".into()
-                } else {
-                    "ContainersNotReady".into()
-                }
+            reason: (!ok).then(|| match type_ {
+                "Initialized" => "ContainersNotInitialized".into(),
+                _ if all_done || init_failed => "PodCompleted".into(),
+                _ => "ContainersNotReady".into(),
             }),
             ..Default::default()
         }
     };
     let conditions = vec![
         condition("PodReadyToStartContainers", true),
-        condition("Initialized", true),
+        condition("Initialized", initialized),
         condition("Ready", all_ready),
         condition("ContainersReady", all_ready),
         condition("PodScheduled", true),
     ];
-    let statuses = cs
-        .iter()
-        .map(|c| ContainerStatus {
-            name: c.name.clone(),
-            image: c.image.clone(),
-            image_id: String::new(),
-            container_id: Some(format!("atoll-process://{}", c.name)),
-            ready: c.ready,
-            started: Some(c.started && matches!(c.state, State::Running { .. })),
-            restart_count: c.restarts,
-            last_state: c.last.clone().map(|t| ContainerState {
-                terminated: Some(t),
-                ..Default::default()
-            }),
-            state: Some(match &c.state {
-                State::Waiting { reason, message } => ContainerState {
-                    waiting: Some(ContainerStateWaiting {
-                        reason: Some(reason.clone()),
-                        message: (!message.is_empty()).then(|| message.clone()),
-                    }),
-                    ..Default::default()
-                },
-                State::Running { since } => ContainerState {
-                    running: Some(ContainerStateRunning {
-                        started_at: Some(since.clone()),
-                    }),
-                    ..Default::default()
-                },
-                State::Terminated(t) => ContainerState {
-                    terminated: Some(t.clone()),
-                    ..Default::default()
-                },
-            }),
+    let status_of = |c: &&CState| ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        image_id: String::new(),
+        container_id: Some(format!("atoll-process://{}", c.name)),
+        ready: c.ready,
+        started: Some(c.started && matches!(c.state, State::Running { .. })),
+        restart_count: c.restarts,
+        last_state: c.last.clone().map(|t| ContainerState {
+            terminated: Some(t),
             ..Default::default()
-        })
-        .collect();
+        }),
+        state: Some(match &c.state {
+            State::Waiting { reason, message } => ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.clone()),
+                    message: (!message.is_empty()).then(|| message.clone()),
+                }),
+                ..Default::default()
+            },
+            State::Running { since } => ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(since.clone()),
+                }),
+                ..Default::default()
+            },
+            State::Terminated(t) => ContainerState {
+                terminated: Some(t.clone()),
+                ..Default::default()
+            },
+        }),
+        ..Default::default()
+    };
     let _ = pod;
     PodStatus {
         phase: Some(phase.into()),
@@ -969,7 +1098,8 @@ fn pod_status(
         pod_ip: Some(pod_ip.into()),
         pod_ips: Some(vec![PodIP { ip: pod_ip.into() }]),
         start_time: Some(start_time.clone()),
-        container_statuses: Some(statuses),
+        container_statuses: Some(app.iter().map(status_of).collect()),
+        init_container_statuses: (!init.is_empty()).then(|| init.iter().map(status_of).collect()),
         ..Default::default()
     }
 }

@@ -837,6 +837,117 @@ fn dev_down_keeps_data_and_environments_do_not_collide() {
 }
 
 #[test]
+fn init_containers_run_first_in_order_and_sidecars_alongside() {
+    let env = DevEnv::up(&["--clusters", "1"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    let manifest = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: initialized}
+spec:
+  initContainers:
+  - {name: setup, image: busybox, command: [sh, -c, "echo prepared > shared.txt; echo setup-ran"]}
+  - {name: sidecar, image: busybox, restartPolicy: Always, command: [sh, -c, "echo sidecar-up; exec sleep 3600"]}
+  - {name: check, image: busybox, command: [sh, -c, "test -f shared.txt && echo check-ran"]}
+  containers:
+  - {name: main, image: busybox, command: [sh, -c, "cat shared.txt; exec sleep 3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: retried}
+spec:
+  initContainers:
+  - {name: flaky, image: busybox, command: [sh, -c, "if [ -f tried ]; then exit 0; fi; touch tried; exit 1"]}
+  containers:
+  - {name: main, image: busybox, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: failed}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: broken, image: busybox, command: [sh, -c, "exit 3"]}
+  containers:
+  - {name: main, image: busybox, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waiting}
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - {name: forever, image: busybox, command: [sleep, "3600"]}
+  containers:
+  - {name: main, image: busybox, command: [sleep, "3600"]}
+"#;
+    k.ok_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), manifest);
+    let pod = |name: &str| json(&k.ok(&[&m1[..], &["get", "pod", name, "-o", "json"]].concat()));
+    let condition = |p: &Value, t: &str| {
+        p["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+            .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    // In order: setup completed, the sidecar runs, check completed (it saw setup's file),
+    // then main, which reads it too.
+    let p = wait_for(60, "initialized to be Ready", || {
+        let p = pod("initialized");
+        is_ready(&p).then_some(p)
+    });
+    assert_eq!(condition(&p, "Initialized"), "True");
+    let init = p["status"]["initContainerStatuses"].as_array().unwrap();
+    let names: Vec<&str> = init.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["setup", "sidecar", "check"]);
+    assert_eq!(init[0]["state"]["terminated"]["reason"], "Completed", "{p}");
+    assert!(init[1]["state"]["running"].is_object(), "{p}");
+    assert_eq!(init[2]["state"]["terminated"]["exitCode"], 0, "{p}");
+    assert_eq!(p["status"]["containerStatuses"][0]["name"], "main");
+    for (container, line) in [
+        ("setup", "setup-ran"),
+        ("sidecar", "sidecar-up"),
+        ("check", "check-ran"),
+        ("main", "prepared"),
+    ] {
+        k.eventually(
+            &[&m1[..], &["logs", "initialized", "-c", container]].concat(),
+            |t| t.contains(line),
+        );
+    }
+    // A failed init container is run again (the pod's policy is Always) until it completes.
+    let p = wait_for(60, "retried to be Ready", || {
+        let p = pod("retried");
+        is_ready(&p).then_some(p)
+    });
+    let flaky = &p["status"]["initContainerStatuses"][0];
+    assert!(flaky["restartCount"].as_i64().unwrap() >= 1, "{p}");
+    assert_eq!(flaky["state"]["terminated"]["exitCode"], 0, "{p}");
+    // Under `Never`, a failed init container fails the pod; its app container never runs.
+    let p = wait_for(30, "failed to fail", || {
+        let p = pod("failed");
+        (p["status"]["phase"] == "Failed").then_some(p)
+    });
+    assert_eq!(condition(&p, "Initialized"), "False");
+    assert_eq!(
+        p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 3,
+        "{p}"
+    );
+    assert!(
+        p["status"]["containerStatuses"][0]["state"]["waiting"].is_object(),
+        "{p}"
+    );
+    let table = k.ok(&[&m1[..], &["get", "pods", "failed", "waiting"]].concat());
+    assert!(table.contains("Init:Error"), "{table}");
+    // A pod still initializing is Pending, shows as such, and goes promptly when deleted.
+    let p = pod("waiting");
+    assert_eq!(p["status"]["phase"], "Pending", "{p}");
+    assert!(table.contains("Init:0/1"), "{table}");
+    k.ok(&[&m1[..], &["delete", "pod", "waiting", "--timeout=30s"]].concat());
+}
+
+#[test]
 fn liveness_and_startup_probes_and_graceful_termination() {
     let env = DevEnv::up(&["--clusters", "1"]);
     let k = env.kubectl();
@@ -946,6 +1057,15 @@ fn the_simulated_runtime_makes_pods_ready_without_processes() {
     // Nothing was run.
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&ps.stdout).contains("nginx"));
+    // Init containers have completed, sidecars run: Running, the sidecar counted as ready.
+    k.ok_stdin(
+        &[&m1[..], &["apply", "-f", "-"]].concat(),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: with-init}\nspec:\n  initContainers:\n  - {name: setup, image: busybox}\n  - {name: proxy, image: envoy, restartPolicy: Always}\n  containers:\n  - {name: main, image: nginx}\n",
+    );
+    let row = k.eventually(&[&m1[..], &["get", "pod", "with-init"]].concat(), |t| {
+        t.contains("Running")
+    });
+    assert!(row.contains("2/2"), "{row}");
     k.ok(&[&m1[..], &["scale", "deployment", "many", "--replicas=0"]].concat());
     wait_for(30, "the pods to go", || {
         running_pods(&k, "member1", "app=many")
