@@ -29,7 +29,20 @@ pub use atoll_api::KUBELET_SERVING_CERT_ANNOTATION as SERVING_CERT_ANNOTATION;
 /// The identity the server shows node agents.
 pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
-pub(crate) async fn serve(ctx: &Ctx) -> ApiResult<Response> {
+/// Where a pod's container runs: its node's endpoint, and the node's pinned certificate.
+struct Target {
+    namespace: String,
+    name: String,
+    container: String,
+    node_name: String,
+    address: IpAddr,
+    port: u16,
+    pin: String,
+}
+
+/// The pod, container and node a `log` or `exec` request is for. `what` names the request in
+/// errors.
+fn target(ctx: &Ctx, what: &str) -> ApiResult<Target> {
     let name = ctx.name().to_string();
     let namespace = ctx.rr.namespace.clone().unwrap_or_default();
     let entry = ctx
@@ -73,7 +86,8 @@ pub(crate) async fn serve(ctx: &Ctx) -> ApiResult<Response> {
     let node_name = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_string();
     if node_name.is_empty() {
         return Err(ApiError::bad_request(format!(
             "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not scheduled yet"
@@ -83,7 +97,7 @@ pub(crate) async fn serve(ctx: &Ctx) -> ApiResult<Response> {
     let node = snapshot
         .get("", "v1", "nodes")
         .and_then(|rt| {
-            let e = ctx.server.store.get(&rt.key(None, node_name))?;
+            let e = ctx.server.store.get(&rt.key(None, &node_name))?;
             decode_stored(rt, &e).ok()
         })
         .ok_or_else(|| {
@@ -112,10 +126,79 @@ pub(crate) async fn serve(ctx: &Ctx) -> ApiResult<Response> {
         .map(String::from);
     let (Some(address), Some(port), Some(pin)) = (address, port, pin) else {
         return Err(ApiError::bad_request(format!(
-            "node {node_name} publishes no log endpoint (InternalIP, kubelet port and serving certificate)"
+            "node {node_name} publishes no endpoint for {what} (InternalIP, kubelet port and serving certificate): its runtime may run no processes"
         )));
     };
-    let mut path = format!("/containerLogs/{namespace}/{name}/{container}");
+    Ok(Target {
+        namespace,
+        name,
+        container,
+        node_name,
+        address,
+        port,
+        pin,
+    })
+}
+
+impl Target {
+    fn unreachable(&self, what: &str) -> impl Fn(String) -> ApiError + '_ {
+        let what = what.to_string();
+        move |e| ApiError::ServiceUnavailable {
+            message: format!(
+                "cannot reach node {} at {}:{} for {what}: {e}",
+                self.node_name, self.address, self.port
+            ),
+        }
+    }
+
+    /// An HTTP/1.1 connection to the node (TLS, our client certificate, its pinned one).
+    async fn connect(
+        &self,
+        ctx: &Ctx,
+        what: &str,
+    ) -> ApiResult<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+        let unreachable = self.unreachable(what);
+        let config = client_config(&ctx.server, self.pin.clone()).map_err(&unreachable)?;
+        let tcp = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::TcpStream::connect((self.address, self.port)),
+        )
+        .await
+        .map_err(|_| unreachable("timed out connecting".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::IpAddress(self.address.into()), tcp)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+        // Upgrades allowed: `exec` turns this connection into the stream of a WebSocket.
+        tokio::spawn(conn.with_upgrades());
+        Ok(sender)
+    }
+
+    /// The node's error answer as the API's.
+    async fn refused(&self, what: &str, answer: http::Response<hyper::body::Incoming>) -> ApiError {
+        use http_body_util::BodyExt;
+        let status = answer.status();
+        let text = answer
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+            .unwrap_or_default();
+        match status {
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => ApiError::bad_request(text),
+            _ => (self.unreachable(what))(format!("{status}: {text}")),
+        }
+    }
+}
+
+pub(crate) async fn serve(ctx: &Ctx) -> ApiResult<Response> {
+    let t = target(ctx, "logs")?;
+    let mut path = format!("/containerLogs/{}/{}/{}", t.namespace, t.name, t.container);
     let forwarded: Vec<String> = [
         "follow",
         "tailLines",
@@ -130,53 +213,106 @@ pub(crate) async fn serve(ctx: &Ctx) -> ApiResult<Response> {
         path.push('?');
         path.push_str(&forwarded.join("&"));
     }
-    let unreachable = |e: String| ApiError::ServiceUnavailable {
-        message: format!("cannot reach node {node_name} at {address}:{port} for logs: {e}"),
-    };
-    let config = client_config(&ctx.server, pin).map_err(unreachable)?;
-    let tcp = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        tokio::net::TcpStream::connect((address, port)),
-    )
-    .await
-    .map_err(|_| unreachable("timed out connecting".into()))?
-    .map_err(|e| unreachable(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::IpAddress(address.into()), tcp)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(conn);
+    let mut sender = t.connect(ctx, "logs").await?;
     let request = http::Request::get(path)
-        .header(http::header::HOST, format!("{address}:{port}"))
+        .header(http::header::HOST, format!("{}:{}", t.address, t.port))
         .body(Empty::<Bytes>::new())
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| (t.unreachable("logs"))(e.to_string()))?;
     let answer = sender
         .send_request(request)
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| (t.unreachable("logs"))(e.to_string()))?;
     if !answer.status().is_success() {
-        use http_body_util::BodyExt;
-        let status = answer.status();
-        let text = answer
-            .into_body()
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
-            .unwrap_or_default();
-        return Err(if status == StatusCode::NOT_FOUND {
-            ApiError::bad_request(text)
-        } else {
-            unreachable(format!("{status}: {text}"))
-        });
+        return Err(t.refused("logs", answer).await);
     }
     Response::builder()
         .status(StatusCode::OK)
         .header(http::header::CONTENT_TYPE, "text/plain")
         .body(Body::new(answer.into_body()))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `pods/exec` over a WebSocket (the `v5.channel.k8s.io` and `v4.channel.k8s.io` protocols,
+/// which kubectl speaks since 1.30): the request is checked here, then the upgrade is passed
+/// to the pod's node, which runs the command, and the two connections are joined byte for byte,
+/// as kube-apiserver proxies to the kubelet.
+pub(crate) async fn exec(ctx: &Ctx, mut req: axum::extract::Request) -> ApiResult<Response> {
+    let t = target(ctx, "exec")?;
+    if ctx.query.all("command").is_empty() {
+        return Err(ApiError::bad_request(
+            "you must specify at least one command for the container",
+        ));
+    }
+    let upgrade = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if upgrade != "websocket" {
+        return Err(ApiError::bad_request(if upgrade.starts_with("spdy") {
+            "this server speaks exec over WebSockets only (v5.channel.k8s.io), not SPDY: use kubectl 1.30 or later (and do not set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false)"
+        } else {
+            "Upgrade request required"
+        }));
+    }
+    let mut path = format!("/exec/{}/{}/{}?", t.namespace, t.name, t.container);
+    let mut params: Vec<String> = ctx
+        .query
+        .all("command")
+        .iter()
+        .map(|c| format!("command={}", urlencode(c)))
+        .collect();
+    for k in ["stdin", "stdout", "stderr", "tty"] {
+        if let Some(v) = ctx.query.get(k) {
+            params.push(format!("{k}={}", urlencode(v)));
+        }
+    }
+    path.push_str(&params.join("&"));
+    let mut sender = t.connect(ctx, "exec").await?;
+    let mut forward = http::Request::get(path)
+        .header(http::header::HOST, format!("{}:{}", t.address, t.port))
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "websocket");
+    for h in [
+        http::header::SEC_WEBSOCKET_KEY,
+        http::header::SEC_WEBSOCKET_VERSION,
+        http::header::SEC_WEBSOCKET_PROTOCOL,
+    ] {
+        for v in req.headers().get_all(&h) {
+            forward = forward.header(&h, v);
+        }
+    }
+    let forward = forward
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| (t.unreachable("exec"))(e.to_string()))?;
+    let mut answer = sender
+        .send_request(forward)
+        .await
+        .map_err(|e| (t.unreachable("exec"))(e.to_string()))?;
+    if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(t.refused("exec", answer).await);
+    }
+    let mut switched = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for (k, v) in answer.headers() {
+        switched = switched.header(k, v);
+    }
+    let client_side = hyper::upgrade::on(&mut req);
+    let node_side = hyper::upgrade::on(&mut answer);
+    let who = format!("{}/{}", t.namespace, t.name);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(node)) = (client_side.await, node_side.await) else {
+            tracing::debug!(pod = %who, "exec: an upgrade did not complete");
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut node = hyper_util::rt::TokioIo::new(node);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut node).await {
+            tracing::debug!(pod = %who, error = %e, "exec stream ended");
+        }
+    });
+    switched
+        .body(Body::empty())
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 

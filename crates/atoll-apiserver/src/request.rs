@@ -107,26 +107,36 @@ pub fn parse(
     }))
 }
 
-/// Decoded query parameters (the last value of a repeated key wins, as in Go's `Get`).
+/// Decoded query parameters (the last value of a repeated key wins, as in Go's `Get`; `all`
+/// gives every value, as `exec`'s repeated `command` needs).
 #[derive(Clone, Debug, Default)]
-pub struct Query(pub HashMap<String, String>);
+pub struct Query(pub HashMap<String, Vec<String>>);
 
 impl Query {
     pub fn parse(q: Option<&str>) -> Query {
-        let mut map = HashMap::new();
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
         for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            map.insert(decode(k), decode(v));
+            map.entry(decode(k)).or_default().push(decode(v));
         }
         Query(map)
     }
 
+    fn last(&self, k: &str) -> Option<&str> {
+        self.0.get(k).and_then(|v| v.last()).map(String::as_str)
+    }
+
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+        self.last(k).filter(|v| !v.is_empty())
+    }
+
+    /// Every value given for `k`, in order.
+    pub fn all(&self, k: &str) -> &[String] {
+        self.0.get(k).map_or(&[], Vec::as_slice)
     }
 
     pub fn flag(&self, k: &str) -> bool {
-        matches!(self.0.get(k).map(String::as_str), Some("true" | "1"))
+        matches!(self.last(k), Some("true" | "1"))
     }
 
     pub fn int(&self, k: &str) -> ApiResult<Option<i64>> {

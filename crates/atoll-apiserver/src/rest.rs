@@ -176,6 +176,9 @@ async fn route(
         Verb::Get if ctx.rr.subresource.as_deref() == Some("log") => {
             return crate::podlog::serve(&ctx).await;
         }
+        Verb::Get | Verb::Create if ctx.rr.subresource.as_deref() == Some("exec") => {
+            return crate::podlog::exec(&ctx, req).await;
+        }
         Verb::Get => ctx.get(),
         Verb::List => ctx.list(),
         Verb::Watch => return watch::serve(ctx),
@@ -255,6 +258,18 @@ fn authorize(
         (Some(ns), _, _) => ns.clone(),
         (None, "namespaces", Some(name)) if rr.group.is_empty() => name.clone(),
         _ => String::new(),
+    };
+    // Running a command in a pod is a `create` of `pods/exec` whatever the method (a
+    // WebSocket arrives as a GET), as kube-apiserver authorizes it since 1.30.
+    let verb = if rr.group.is_empty()
+        && rr.resource == "pods"
+        && matches!(
+            rr.subresource.as_deref(),
+            Some("exec" | "attach" | "portforward")
+        ) {
+        "create"
+    } else {
+        verb
     };
     let attrs = Attributes {
         verb: verb.into(),
@@ -499,11 +514,14 @@ impl Ctx {
             "finalize" => self.rt.group.is_empty() && self.rt.resource == "namespaces",
             "token" => self.rt.group.is_empty() && self.rt.resource == "serviceaccounts",
             "approval" => self.is_csr(),
-            "binding" | "log" => self.is_pods(),
+            "binding" | "log" | "exec" => self.is_pods(),
             _ => false,
         };
         let verb_ok = if sub == "token" || sub == "binding" {
             self.rr.verb == Verb::Create
+        } else if sub == "exec" {
+            // GET for a WebSocket, POST for SPDY.
+            matches!(self.rr.verb, Verb::Get | Verb::Create)
         } else if sub == "log" {
             self.rr.verb == Verb::Get
         } else {

@@ -1,5 +1,5 @@
-//! The node's log endpoint (the kubelet's `/containerLogs`), which the API server calls for
-//! `pods/log`. HTTPS with a self-signed certificate whose SHA-256 the node publishes on its
+//! The node's endpoint (the kubelet's `/containerLogs`, and `/exec` in `exec.rs`), which the
+//! API server calls for `pods/log` and `pods/exec`. HTTPS with a self-signed certificate whose SHA-256 the node publishes on its
 //! `Node`; callers must present a client certificate from the cluster CA.
 
 use std::convert::Infallible;
@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use super::NodeCtx;
 use crate::Error;
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 pub(crate) struct LogServer {
     listener: tokio::net::TcpListener,
@@ -86,14 +86,20 @@ impl LogServer {
                 let ctx = ctx.clone();
                 move |req: hyper::Request<hyper::body::Incoming>| {
                     let ctx = ctx.clone();
-                    async move { handle(&ctx, req.uri()).await }
+                    async move {
+                        if req.uri().path().starts_with("/exec/") {
+                            super::exec::serve(&ctx, req).await
+                        } else {
+                            handle(&ctx, req.uri()).await
+                        }
+                    }
                 }
             },
         ));
     }
 }
 
-fn text(status: StatusCode, msg: String) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, msg: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(msg)).boxed());
     *r.status_mut() = status;
     r
@@ -119,12 +125,7 @@ async fn handle(ctx: &NodeCtx, uri: &http::Uri) -> Response<Body> {
     let previous = q("previous") == Some("true");
     let tail: Option<usize> = q("tailLines").and_then(|v| v.parse().ok());
     let limit: Option<usize> = q("limitBytes").and_then(|v| v.parse().ok());
-    let handle = ctx
-        .running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&format!("{namespace}/{pod}"))
-        .cloned();
+    let handle = ctx.running_pod(namespace, pod);
     let Some(handle) = handle else {
         return text(
             StatusCode::NOT_FOUND,

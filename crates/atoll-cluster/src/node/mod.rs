@@ -11,6 +11,7 @@
 //! the cluster's range in 127.0.0.0/8, so every pod of every cluster gets its own address.
 
 mod env;
+mod exec;
 mod logs;
 mod probe;
 mod process;
@@ -107,12 +108,27 @@ pub(crate) struct NodeCtx {
     pub pods_api: Api<Pod>,
     /// Pod IPs in use, from the node's range.
     pub ips: Mutex<IpPool>,
-    /// Running pods by `namespace/name`, for the log endpoint.
+    /// Running pods by `namespace/name`, for the log and exec endpoint.
     pub running: Mutex<HashMap<String, Arc<process::PodHandle>>>,
     /// The node's address (also the host IP of its pods).
     pub host_ip: String,
     /// Port and certificate SHA-256 of the log endpoint.
     pub log_endpoint: Option<(u16, String)>,
+}
+
+impl NodeCtx {
+    /// The pod `namespace/name` if it runs here.
+    pub(crate) fn running_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<process::PodHandle>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
 }
 
 /// Pod addresses from a range in 127.0.0.0/8.

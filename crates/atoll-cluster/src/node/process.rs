@@ -33,6 +33,9 @@ use crate::util::now;
 /// A pod running here, as the log endpoint and the agent's shutdown see it.
 pub(crate) struct PodHandle {
     pub dir: PathBuf,
+    /// The pod as it was started, and its address (for `exec`, which runs in its context).
+    pub pod: Pod,
+    pub pod_ip: String,
     pub containers: Mutex<Vec<CState>>,
     changed: Notify,
     stop: watch::Sender<Option<Stop>>,
@@ -198,6 +201,8 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
     let (done_tx, _) = watch::channel(false);
     let handle = Arc::new(PodHandle {
         dir: dir.clone(),
+        pod: pod.clone(),
+        pod_ip: pod_ip.clone(),
         containers: Mutex::new(
             containers
                 .iter()
@@ -367,6 +372,36 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
     let _ = handle.done.send(true);
 }
 
+/// The environment a container's processes start with, before the container's own: POD_IP
+/// and friends are there for `$(POD_IP)` too.
+pub(crate) fn base_env(dir: &Path, pod_name: &str, pod_ip: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "PATH".into(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        ("HOME".into(), dir.display().to_string()),
+        ("HOSTNAME".into(), pod_name.to_string()),
+        ("POD_IP".into(), pod_ip.to_string()),
+        ("POD_DIR".into(), dir.display().to_string()),
+    ];
+    if let Ok(lang) = std::env::var("LANG") {
+        env.push(("LANG".into(), lang));
+    }
+    env
+}
+
+/// The directory a container's processes start in: its `workingDir` if that exists here,
+/// else the pod directory.
+pub(crate) fn workdir(container: &Container, dir: &Path) -> PathBuf {
+    container
+        .working_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
 /// Start the pod's containers in Kubernetes' order: each init container run to completion
 /// (restarted on failure unless the pod's policy is `Never`), each sidecar until it has
 /// started, then the app containers. Returns once the app containers are started, or an init
@@ -482,20 +517,7 @@ async fn supervise(
                 }
             }
         };
-        // POD_IP and friends are there for `$(POD_IP)` too, before the container's own.
-        let mut full_env: Vec<(String, String)> = vec![
-            (
-                "PATH".into(),
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-            ),
-            ("HOME".into(), handle.dir.display().to_string()),
-            ("HOSTNAME".into(), pod.name_any()),
-            ("POD_IP".into(), pod_ip.clone()),
-            ("POD_DIR".into(), handle.dir.display().to_string()),
-        ];
-        if let Ok(lang) = std::env::var("LANG") {
-            full_env.push(("LANG".into(), lang));
-        }
+        let mut full_env = base_env(&handle.dir, &pod.name_any(), &pod_ip);
         full_env.extend(env.iter().cloned());
         let mut argv: Vec<String> = container
             .command
@@ -532,12 +554,7 @@ async fn supervise(
             .open(&log_path)
             .and_then(|out| {
                 let err = out.try_clone()?;
-                let workdir = container
-                    .working_dir
-                    .as_ref()
-                    .map(PathBuf::from)
-                    .filter(|p| p.is_dir())
-                    .unwrap_or_else(|| handle.dir.clone());
+                let workdir = workdir(&container, &handle.dir);
                 tokio::process::Command::new(&program)
                     .args(&argv)
                     .env_clear()

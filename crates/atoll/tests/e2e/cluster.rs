@@ -948,6 +948,132 @@ spec:
 }
 
 #[test]
+fn exec_runs_commands_in_the_containers_context() {
+    let env = DevEnv::up(&["--clusters", "1"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    let manifest = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: box}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    env: [{name: GREETING, value: hi}]
+    command: [sh, -c, "echo prepared > state; exec sleep 3600"]
+  - {name: other, image: busybox, command: [sleep, "3600"]}
+"#;
+    k.ok_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), manifest);
+    wait_for(60, "box to be Ready", || {
+        let p = json(&k.ok(&[&m1[..], &["get", "pod", "box", "-o", "json"]].concat()));
+        is_ready(&p).then_some(())
+    });
+    let exec = |args: &[&str]| {
+        let all = [&m1[..], &["exec", "box", "-c", "main", "--"], args].concat();
+        k.run(&all)
+    };
+    // Its environment and directory; stdout, stderr and the exit code come back apart.
+    let out = exec(&[
+        "sh",
+        "-c",
+        "echo out $GREETING $POD_IP; cat state; echo err >&2; exit 3",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout} {stderr}");
+    assert!(stdout.starts_with("out hi 127."), "{stdout}");
+    assert!(stdout.contains("prepared"), "{stdout}");
+    assert!(
+        stderr.contains("err") && !stdout.contains("err"),
+        "{stderr}"
+    );
+    // Standard input, and a large output, intact.
+    let out = k.run_stdin(
+        &[&m1[..], &["exec", "-i", "box", "-c", "main", "--", "cat"]].concat(),
+        "through stdin\n",
+    );
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    let out = exec(&["seq", "1", "100000"]);
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 100000);
+    assert_eq!(lines.last().map(String::as_str), Some("100000"));
+    // What cannot run says why.
+    let out = exec(&["no-such-command"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-command"));
+    let out = k.run(&[&m1[..], &["exec", "box", "-c", "nope", "--", "true"]].concat());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("container nope is not valid"));
+    // A command whose caller goes away goes too.
+    let mut caller = k
+        .cmd(
+            &[
+                &m1[..],
+                &["exec", "box", "-c", "main", "--", "sleep", "4242"],
+            ]
+            .concat(),
+        )
+        .spawn()
+        .expect("kubectl exec");
+    let running = |what: &str| {
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l == what)
+    };
+    wait_for(20, "the exec'd command to run", || {
+        running("sleep 4242").then_some(())
+    });
+    let _ = caller.kill();
+    let _ = caller.wait();
+    wait_for(20, "the exec'd command to stop", || {
+        (!running("sleep 4242")).then_some(())
+    });
+    // Exec is a `create` of pods/exec: reading pods is not enough.
+    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["kubeconfig", "--user", "reader", "--data-dir"])
+        .arg(env.dir.join("member1"))
+        .output()
+        .unwrap();
+    let reader = env.dir.join("reader.kubeconfig");
+    std::fs::write(&reader, &out.stdout).unwrap();
+    k.ok(&[
+        &m1[..],
+        &[
+            "create",
+            "role",
+            "pod-reader",
+            "--verb=get,list",
+            "--resource=pods",
+        ],
+    ]
+    .concat());
+    k.ok(&[
+        &m1[..],
+        &[
+            "create",
+            "rolebinding",
+            "pod-reader",
+            "--role=pod-reader",
+            "--user=reader",
+        ],
+    ]
+    .concat());
+    let out = Command::new("kubectl")
+        .args(["--kubeconfig"])
+        .arg(&reader)
+        .args(["exec", "box", "-c", "main", "--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("pods/exec"), "{err}");
+}
+
+#[test]
 fn liveness_and_startup_probes_and_graceful_termination() {
     let env = DevEnv::up(&["--clusters", "1"]);
     let k = env.kubectl();
@@ -1066,6 +1192,13 @@ fn the_simulated_runtime_makes_pods_ready_without_processes() {
         t.contains("Running")
     });
     assert!(row.contains("2/2"), "{row}");
+    // There is no process to exec into; that is said plainly.
+    let out = k.run(&[&m1[..], &["exec", "with-init", "--", "true"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("publishes no endpoint for exec"),
+        "{err}"
+    );
     k.ok(&[&m1[..], &["scale", "deployment", "many", "--replicas=0"]].concat());
     wait_for(30, "the pods to go", || {
         running_pods(&k, "member1", "app=many")
