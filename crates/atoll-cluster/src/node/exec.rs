@@ -23,6 +23,7 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 /// What to run, and which streams the caller wants.
@@ -216,6 +217,102 @@ pub(crate) async fn serve(
         .unwrap_or_else(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+/// The command with pipes for the streams asked for, in the container's process group (so
+/// that it stops with the container).
+fn spawn_with_pipes(
+    request: &Request,
+    env: Vec<(String, String)>,
+    cwd: &std::path::Path,
+    handle: &PodHandle,
+    container: &str,
+) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(&request.command[0]);
+    cmd.args(&request.command[1..])
+        .env_clear()
+        .envs(env)
+        .current_dir(cwd)
+        .stdin(pipe_if(request.stdin))
+        .stdout(pipe_if(request.stdout))
+        .stderr(pipe_if(request.stderr))
+        .kill_on_drop(true);
+    let group = std::fs::read_to_string(handle.dir.join("run").join(format!("{container}.pid")))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    match group.map(|g| cmd.process_group(g).spawn()) {
+        Some(Ok(child)) => Ok(child),
+        // The container's group is gone (it is restarting): a group of its own.
+        _ => cmd.process_group(0).spawn(),
+    }
+}
+
+/// The command on a new pseudo-terminal, as its session's controlling terminal (through
+/// util-linux's `setsid --ctty`, which needs no code between fork and exec here). Returns the
+/// terminal's master side.
+fn spawn_on_terminal(
+    request: &Request,
+    mut env: Vec<(String, String)>,
+    cwd: &std::path::Path,
+) -> std::io::Result<(tokio::process::Child, std::fs::File)> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        // Not this process's terminal: only the command's.
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+    if !env.iter().any(|(k, _)| k == "TERM") {
+        env.push(("TERM".into(), "xterm".into()));
+    }
+    let mut cmd = tokio::process::Command::new("setsid");
+    cmd.arg("--ctty")
+        .args(&request.command)
+        .env_clear()
+        .envs(env)
+        .current_dir(cwd)
+        .stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave)
+        .kill_on_drop(true);
+    let child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => std::io::Error::new(
+            e.kind(),
+            "a terminal (-t) needs util-linux's setsid on the node, which is not installed",
+        ),
+        _ => e,
+    })?;
+    // The command holds the only handles on the terminal's other side now: when it is done,
+    // reading the master side ends.
+    drop(cmd);
+    Ok((child, std::fs::File::from(master)))
+}
+
+/// A resize message (`{"Width": W, "Height": H}`) applied to the terminal.
+fn resize(master: &std::fs::File, message: &[u8]) {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Size {
+        width: u16,
+        height: u16,
+    }
+    if let Ok(size) = serde_json::from_slice::<Size>(message) {
+        let _ = rustix::termios::tcsetwinsize(
+            master,
+            rustix::termios::Winsize {
+                ws_row: size.height,
+                ws_col: size.width,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        );
+    }
+}
+
 fn pipe_if(wanted: bool) -> std::process::Stdio {
     if wanted {
         std::process::Stdio::piped()
@@ -268,27 +365,13 @@ where
     } = session;
     let (mut sink, mut incoming) = ws.split();
     let program = request.command[0].clone();
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&request.command[1..])
-        .env_clear()
-        .envs(env)
-        .current_dir(cwd)
-        .stdin(pipe_if(request.stdin))
-        .stdout(pipe_if(request.stdout))
-        // A terminal has one output: without a stderr stream, errors join stdout.
-        .stderr(pipe_if(request.stderr || request.tty))
-        .kill_on_drop(true);
-    // In the container's process group, so that it stops with the container.
-    let group = std::fs::read_to_string(handle.dir.join("run").join(format!("{container}.pid")))
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok());
-    let spawned = match group.map(|g| cmd.process_group(g).spawn()) {
-        Some(Ok(child)) => Ok(child),
-        // The container's group is gone (it is restarting): a group of its own.
-        _ => cmd.process_group(0).spawn(),
+    let spawned = if request.tty {
+        spawn_on_terminal(&request, env, &cwd).map(|(child, master)| (child, Some(master)))
+    } else {
+        spawn_with_pipes(&request, env, &cwd, handle, &container).map(|child| (child, None))
     };
-    let mut child = match spawned {
-        Ok(child) => child,
+    let (mut child, terminal) = match spawned {
+        Ok(spawned) => spawned,
         Err(e) => {
             let message = format!("cannot run {program:?} in container {container}: {e}");
             let _ = sink
@@ -298,30 +381,42 @@ where
             return;
         }
     };
-    tracing::debug!(target = %who, command = ?request.command, "exec");
+    tracing::debug!(target = %who, command = ?request.command, tty = request.tty, "exec");
+    type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+    type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+    // Where output comes from, where input goes, and the terminal to resize.
+    let (outputs, input, resizer): (Vec<(u8, Reader)>, Option<Writer>, Option<std::fs::File>) =
+        match terminal {
+            Some(master) => {
+                let clone = |f: &std::fs::File| f.try_clone().ok();
+                let reader =
+                    clone(&master).map(|f| Box::new(tokio::fs::File::from_std(f)) as Reader);
+                let writer =
+                    clone(&master).map(|f| Box::new(tokio::fs::File::from_std(f)) as Writer);
+                (
+                    reader.map(|r| (STDOUT, r)).into_iter().collect(),
+                    writer.filter(|_| request.stdin),
+                    Some(master),
+                )
+            }
+            None => {
+                let stderr_channel = if request.stderr { STDERR } else { STDOUT };
+                let stdout = child.stdout.take().map(|p| (STDOUT, Box::new(p) as Reader));
+                let stderr = child
+                    .stderr
+                    .take()
+                    .map(|p| (stderr_channel, Box::new(p) as Reader));
+                let stdin = child.stdin.take().map(|p| Box::new(p) as Writer);
+                (stdout.into_iter().chain(stderr).collect(), stdin, None)
+            }
+        };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
-    let stderr_channel = if request.stderr { STDERR } else { STDOUT };
-    for (channel, pipe) in [
-        (
-            STDOUT,
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ),
-        (
-            stderr_channel,
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ),
-    ] {
-        let Some(mut pipe) = pipe else { continue };
+    for (channel, mut pipe) in outputs {
         let tx = tx.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 32 * 1024];
             loop {
+                // A terminal whose last user left reads as an error (EIO): the end, too.
                 match pipe.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
@@ -336,10 +431,10 @@ where
     drop(tx);
     // Stdin is written by its own task: a child that does not read must not stop the output.
     let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Vec<u8>>>();
-    if let Some(mut stdin) = child.stdin.take() {
+    if let Some(mut stdin) = input {
         tokio::spawn(async move {
             while let Some(Some(data)) = stdin_rx.recv().await {
-                if stdin.write_all(&data).await.is_err() {
+                if stdin.write_all(&data).await.is_err() || stdin.flush().await.is_err() {
                     break;
                 }
             }
@@ -372,7 +467,11 @@ where
                     Some(&CLOSE) if v5 && data.get(1) == Some(&STDIN) => {
                         let _ = stdin_tx.send(None);
                     }
-                    // Terminal resizes: there is no terminal to resize.
+                    Some(&RESIZE) => {
+                        if let Some(t) = &resizer {
+                            resize(t, &data[1..]);
+                        }
+                    }
                     _ => {}
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {

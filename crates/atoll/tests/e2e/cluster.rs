@@ -1002,6 +1002,19 @@ spec:
         .collect();
     assert_eq!(lines.len(), 100000);
     assert_eq!(lines.last().map(String::as_str), Some("100000"));
+    // With a terminal (-t; `script` gives kubectl one of its own), the command has one too.
+    let in_terminal = format!(
+        "kubectl --kubeconfig {} --context member1 exec -it box -c main -- sh -c 'tty; exit 4'",
+        env.dir.join("kubeconfig").display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &in_terminal, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("/dev/pts/"), "{stdout}");
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
     // What cannot run says why.
     let out = exec(&["no-such-command"]);
     assert!(!out.status.success());
