@@ -1015,6 +1015,24 @@ spec:
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
     assert_eq!(out.status.code(), Some(4), "{stdout}");
+    // `kubectl cp` (tar through exec), both ways.
+    let local = env.dir.join("to-copy.txt");
+    std::fs::write(&local, "copied in\n").unwrap();
+    let target = "box:copied.txt";
+    k.ok(&[
+        &m1[..],
+        &["cp", "-c", "main", local.to_str().unwrap(), target],
+    ]
+    .concat());
+    let out = exec(&["cat", "copied.txt"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "copied in\n");
+    let back = env.dir.join("copied-back.txt");
+    k.ok(&[
+        &m1[..],
+        &["cp", "-c", "main", target, back.to_str().unwrap()],
+    ]
+    .concat());
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
     // What cannot run says why.
     let out = exec(&["no-such-command"]);
     assert!(!out.status.success());
