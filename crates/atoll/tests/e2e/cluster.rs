@@ -1175,6 +1175,68 @@ spec:
         !String::from_utf8_lossy(&ps.stdout).contains("ignoring TERM"),
         "the container outlived its pod"
     );
+
+    // HTTPS probes: the pod's self-signed certificate is not verified (as the kubelet's
+    // are not), but TLS is spoken: an HTTPS probe of a plain HTTP server fails.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (crt, key) = (env.dir.join("tls.crt"), env.dir.join("tls.key"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
+    k.ok(&[
+        &m1[..],
+        &[
+            "create",
+            "secret",
+            "tls",
+            "web-tls",
+            &format!("--cert={}", crt.display()),
+            &format!("--key={}", key.display()),
+        ],
+    ]
+    .concat());
+    let https = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: secure}
+spec:
+  volumes: [{name: tls, secret: {secretName: web-tls}}]
+  containers:
+  - name: main
+    image: python
+    volumeMounts: [{name: tls, mountPath: /certs}]
+    command: [python3, -c, "import http.server, os, ssl; s = http.server.HTTPServer((os.environ['POD_IP'], 8443), http.server.SimpleHTTPRequestHandler); c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('certs/tls.crt', 'certs/tls.key'); s.socket = c.wrap_socket(s.socket, server_side=True); s.serve_forever()"]
+    readinessProbe: {httpGet: {scheme: HTTPS, port: 8443, path: /}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain}
+spec:
+  containers:
+  - name: main
+    image: python
+    command: [sh, -c, "exec python3 -m http.server 8443 --bind $POD_IP"]
+    readinessProbe: {httpGet: {scheme: HTTPS, port: 8443, path: /}, periodSeconds: 1}
+"#;
+    k.ok_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), https);
+    wait_for(60, "the HTTPS-probed pod to be Ready", || {
+        let p = json(&k.ok(&[&m1[..], &["get", "pod", "secure", "-o", "json"]].concat()));
+        is_ready(&p).then_some(())
+    });
+    let plain = wait_for(30, "the plain server to be started", || {
+        let p = json(&k.ok(&[&m1[..], &["get", "pod", "plain", "-o", "json"]].concat()));
+        let ip = p["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (!ip.is_empty() && http_status(&format!("http://{ip}:8443/")) == "200").then_some(p)
+    });
+    // It answers plain HTTP, yet its HTTPS probe has had seconds to pass, and has not.
+    std::thread::sleep(Duration::from_secs(3));
+    let p = json(&k.ok(&[&m1[..], &["get", "pod", "plain", "-o", "json"]].concat()));
+    assert!(
+        !is_ready(&p),
+        "an HTTPS probe passed against plain HTTP: {plain}"
+    );
 }
 
 #[test]
