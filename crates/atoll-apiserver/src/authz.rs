@@ -919,6 +919,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "replicasets/scale",
             ],
         ),
+        rule(&read, &["batch"], &["jobs", "jobs/status"]),
         rule(&read, &["discovery.k8s.io"], &["endpointslices"]),
         rule(&read, &["events.k8s.io"], &["events"]),
     ];
@@ -938,6 +939,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "replicasets/scale",
             ],
         ),
+        rule(&all_rw, &["batch"], &["jobs", "jobs/status"]),
         rule(&all_rw, &["discovery.k8s.io"], &["endpointslices"]),
         rule(&all_rw, &["events.k8s.io"], &["events"]),
         rule(&all_rw, &["coordination.k8s.io"], &["leases"]),
@@ -1037,6 +1039,8 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
             &["apps"],
             &["replicasets/status", "deployments/status"],
         ),
+        rule(&all_rw, &["batch"], &["jobs"]),
+        rule(&["update", "patch"], &["batch"], &["jobs/status"]),
         rule(&all_rw, &["discovery.k8s.io"], &["endpointslices"]),
         rule(&read, &["coordination.k8s.io"], &["leases"]),
     ];

@@ -5,9 +5,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    admissionregistration::v1 as admission, apps::v1 as apps, certificates::v1 as certificates,
-    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    events::v1 as events, rbac::v1 as rbac,
+    admissionregistration::v1 as admission, apps::v1 as apps, batch::v1 as batch,
+    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, events::v1 as events, rbac::v1 as rbac,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use serde::Serialize;
@@ -442,6 +442,30 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
                     Column::int("Desired", "/spec/replicas", "Desired replicas"),
                     Column::int("Current", "/status/replicas", "Current replicas"),
                     Column::int("Ready", "/status/readyReplicas", "Ready replicas"),
+                ]
+            }),
+        },
+        Decl {
+            review: false,
+            group: "batch",
+            version: "v1",
+            resource: "jobs",
+            kind: "Job",
+            namespaced: true,
+            short_names: &[],
+            categories: all,
+            status: true,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<batch::Job>(validate_job, &["status.successful"], || {
+                vec![
+                    Column::computed("Status", crate::table::job_status, "The job's state"),
+                    Column::computed(
+                        "Completions",
+                        crate::table::job_completions,
+                        "Succeeded pods of those wanted",
+                    ),
+                    Column::computed("Duration", crate::table::job_duration, "How long it ran"),
                 ]
             }),
         },
@@ -962,6 +986,69 @@ fn validate_workload(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) 
     for mut c in pod_causes {
         c.field = format!("spec.template.{}", c.field);
         causes.push(c);
+    }
+}
+
+/// A Job: a workload whose pods run to completion (the selector and labels are defaulted
+/// from its uid before this runs, as kube-apiserver does).
+fn validate_job(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    validate_workload(obj, old, causes);
+    let policy = str_at(obj, "/spec/template/spec/restartPolicy");
+    if policy.is_empty() {
+        causes.push(Cause {
+            message: "Required value: valid values: \"OnFailure\", \"Never\"".into(),
+            ..Cause::required("spec.template.spec.restartPolicy")
+        });
+    } else if !["OnFailure", "Never"].contains(&policy) {
+        causes.push(Cause::not_supported(
+            "spec.template.spec.restartPolicy",
+            policy,
+            &["OnFailure", "Never"],
+        ));
+    }
+    for field in ["parallelism", "completions", "backoffLimit"] {
+        if let Some(n) = obj
+            .pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_i64)
+            && n < 0
+        {
+            causes.push(Cause::invalid(
+                format!("spec.{field}"),
+                &n.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    for field in ["activeDeadlineSeconds", "ttlSecondsAfterFinished"] {
+        let min = if field == "activeDeadlineSeconds" {
+            1
+        } else {
+            0
+        };
+        if let Some(n) = obj
+            .pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_i64)
+            && n < min
+        {
+            causes.push(Cause::invalid(
+                format!("spec.{field}"),
+                &n.to_string(),
+                &format!("must be greater than or equal to {min}"),
+            ));
+        }
+    }
+    let mode = str_at(obj, "/spec/completionMode");
+    if !mode.is_empty() && mode != "NonIndexed" {
+        causes.push(Cause::not_supported(
+            "spec.completionMode",
+            mode,
+            &["NonIndexed"],
+        ));
+    }
+    if let Some(old) = old
+        && old.pointer("/spec/template") != obj.pointer("/spec/template")
+    {
+        causes.push(Cause::invalid("spec.template", "", "field is immutable"));
     }
 }
 

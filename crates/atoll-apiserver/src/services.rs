@@ -195,6 +195,70 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
                 default_pod_spec(pod);
             }
         }
+        ("batch", "jobs") => {
+            let uid = obj
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+                return;
+            };
+            // One pod to one completion unless told otherwise; without completions, pods
+            // work a queue until one succeeds.
+            if spec.get("completions").is_none_or(Value::is_null)
+                && spec.get("parallelism").is_none_or(Value::is_null)
+            {
+                spec["completions"] = json!(1);
+            }
+            default_field(spec, "parallelism", json!(1));
+            default_field(spec, "backoffLimit", json!(6));
+            default_field(spec, "completionMode", json!("NonIndexed"));
+            default_field(spec, "suspend", json!(false));
+            // The selector and pod labels come from the Job's uid (unless `manualSelector`),
+            // so `kubectl logs job/NAME` and `-l job-name=NAME` find its pods.
+            let manual = spec.get("manualSelector") == Some(&json!(true));
+            if !manual && !uid.is_empty() && spec.get("selector").is_none_or(Value::is_null) {
+                spec["selector"] =
+                    json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+                if spec
+                    .pointer("/template/metadata")
+                    .is_none_or(|m| !m.is_object())
+                    && spec.get("template").is_some_and(Value::is_object)
+                {
+                    spec["template"]["metadata"] = json!({});
+                }
+                if let Some(meta) = spec.pointer_mut("/template/metadata") {
+                    default_field(meta, "labels", json!({}));
+                    for (k, v) in [
+                        ("batch.kubernetes.io/controller-uid", &uid),
+                        ("batch.kubernetes.io/job-name", &name),
+                        ("controller-uid", &uid),
+                        ("job-name", &name),
+                    ] {
+                        meta["labels"][k] = json!(v);
+                    }
+                }
+            }
+            if let Some(pod) = spec.pointer_mut("/template/spec") {
+                // A Job's pods do not restart forever: a policy is required, not defaulted.
+                let policy = pod.get("restartPolicy").cloned();
+                default_pod_spec(pod);
+                match policy {
+                    Some(p) => pod["restartPolicy"] = p,
+                    None => {
+                        if let Some(m) = pod.as_object_mut() {
+                            m.remove("restartPolicy");
+                        }
+                    }
+                }
+            }
+        }
         ("apps", "replicasets") => {
             let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
                 return;

@@ -390,6 +390,62 @@ pub fn ready_of_replicas(obj: &Value) -> Value {
     Value::String(format!("{ready}/{want}"))
 }
 
+fn has_condition(obj: &Value, type_: &str) -> bool {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some(type_)
+                    && c.get("status").and_then(Value::as_str) == Some("True")
+            })
+        })
+}
+
+/// A Job's STATUS, as kubectl prints it.
+pub fn job_status(job: &Value) -> Value {
+    let status = if has_condition(job, "Complete") {
+        "Complete"
+    } else if has_condition(job, "Failed") {
+        "Failed"
+    } else if job.pointer("/metadata/deletionTimestamp").is_some() {
+        "Terminating"
+    } else if has_condition(job, "FailureTarget") {
+        "FailureTarget"
+    } else if has_condition(job, "SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else if has_condition(job, "Suspended") {
+        "Suspended"
+    } else {
+        "Running"
+    };
+    json!(status)
+}
+
+/// A Job's COMPLETIONS: succeeded of wanted (`N/1 of P` for a work queue run P at a time).
+pub fn job_completions(job: &Value) -> Value {
+    let int = |p: &str| job.pointer(p).and_then(Value::as_i64);
+    let succeeded = int("/status/succeeded").unwrap_or(0);
+    Value::String(match (int("/spec/completions"), int("/spec/parallelism")) {
+        (Some(c), _) => format!("{succeeded}/{c}"),
+        (None, Some(p)) if p > 1 => format!("{succeeded}/1 of {p}"),
+        (None, _) => format!("{succeeded}/1"),
+    })
+}
+
+/// A Job's DURATION: from its start to its completion, or to now.
+pub fn job_duration(job: &Value) -> Value {
+    let time = |p: &str| {
+        job.pointer(p)
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<Timestamp>().ok())
+    };
+    let Some(start) = time("/status/startTime") else {
+        return json!("");
+    };
+    let end = time("/status/completionTime").unwrap_or_else(Timestamp::now);
+    json!(human_duration((end.as_second() - start.as_second()).max(0)))
+}
+
 pub fn service_ports(svc: &Value) -> Value {
     let ports: Vec<String> = svc
         .pointer("/spec/ports")
@@ -464,5 +520,24 @@ mod tests {
         let gone = json!({"metadata": {"deletionTimestamp": "2026-11-25T00:00:00Z"},
             "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Running"}});
         assert_eq!(summary(gone).1, "Terminating");
+    }
+
+    #[test]
+    fn job_columns_are_what_kubectl_would_print() {
+        let job = json!({"spec": {"completions": 3, "parallelism": 2},
+            "status": {"succeeded": 2, "startTime": "2026-11-25T10:00:00Z",
+                       "completionTime": "2026-11-25T10:01:30Z",
+                       "conditions": [{"type": "Complete", "status": "True"}]}});
+        assert_eq!(job_status(&job), "Complete");
+        assert_eq!(job_completions(&job), "2/3");
+        assert_eq!(job_duration(&job), "90s");
+        let queue = json!({"spec": {"parallelism": 4}, "status": {
+            "conditions": [{"type": "Suspended", "status": "True"}]}});
+        assert_eq!(job_status(&queue), "Suspended");
+        assert_eq!(job_completions(&queue), "0/1 of 4");
+        assert_eq!(job_duration(&queue), "");
+        let failing = json!({"spec": {"completions": 1}, "status": {
+            "conditions": [{"type": "FailureTarget", "status": "True"}]}});
+        assert_eq!(job_status(&failing), "FailureTarget");
     }
 }

@@ -1,5 +1,5 @@
 //! The workload controllers (kube-controller-manager's part of a cluster): ReplicaSet,
-//! Deployment, EndpointSlice, the default ServiceAccount, and node lifecycle.
+//! Deployment, Job, EndpointSlice, the default ServiceAccount, and node lifecycle.
 //!
 //! One set of caches (kube-rs reflectors) feeds all of them. Each cache's events are mapped to
 //! the keys of the objects to reconcile and put on that controller's work queue *after* the
@@ -8,6 +8,7 @@
 
 mod deployment;
 mod endpointslice;
+mod job;
 mod nodelifecycle;
 mod replicaset;
 mod serviceaccount;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -60,6 +62,7 @@ pub(crate) struct Caches {
     pub pods: Store<Pod>,
     pub replicasets: Store<ReplicaSet>,
     pub deployments: Store<Deployment>,
+    pub jobs: Store<Job>,
     pub services: Store<Service>,
     pub nodes: Store<Node>,
     pub leases: Store<Lease>,
@@ -76,12 +79,14 @@ pub(crate) struct Ctx {
 pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let rs_queue = WorkQueue::new();
     let deploy_queue = WorkQueue::new();
+    let job_queue = WorkQueue::new();
     let svc_queue = WorkQueue::new();
     let ns_queue = WorkQueue::new();
 
     let (pods, pods_w) = reflector::store();
     let (replicasets, rs_w) = reflector::store();
     let (deployments, deploy_w) = reflector::store();
+    let (jobs, jobs_w) = reflector::store();
     let (services, svc_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
     let (leases, leases_w) = reflector::store();
@@ -93,6 +98,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             pods,
             replicasets,
             deployments,
+            jobs,
             services,
             nodes,
             leases,
@@ -101,10 +107,18 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     });
 
     {
-        let (rs_q, svc_q, ctx2) = (rs_queue.clone(), svc_queue.clone(), ctx.clone());
+        let (rs_q, job_q, svc_q, ctx2) = (
+            rs_queue.clone(),
+            job_queue.clone(),
+            svc_queue.clone(),
+            ctx.clone(),
+        );
         drive(Api::<Pod>::all(client.clone()), pods_w, move |pod: &Pod| {
             if let Some(owner) = controller_of(pod, "ReplicaSet") {
                 rs_q.add((pod.namespace().unwrap_or_default(), owner));
+            }
+            if let Some(owner) = controller_of(pod, "Job") {
+                job_q.add((pod.namespace().unwrap_or_default(), owner));
             }
             for svc in endpointslice::services_selecting(&ctx2, pod) {
                 svc_q.add(svc);
@@ -131,6 +145,12 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             deploy_w,
             move |d: &Deployment| d_q.add(key_of(d)),
         );
+    }
+    {
+        let j_q = job_queue.clone();
+        drive(Api::<Job>::all(client.clone()), jobs_w, move |j: &Job| {
+            j_q.add(key_of(j))
+        });
     }
     {
         let s_q = svc_queue.clone();
@@ -181,6 +201,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     }
     let _ = ctx.caches.replicasets.wait_until_ready().await;
     let _ = ctx.caches.deployments.wait_until_ready().await;
+    let _ = ctx.caches.jobs.wait_until_ready().await;
     let _ = ctx.caches.services.wait_until_ready().await;
     let _ = ctx.caches.nodes.wait_until_ready().await;
     let _ = ctx.caches.namespaces.wait_until_ready().await;
@@ -196,6 +217,8 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
         deployment::reconcile(c.clone(), k)
     });
     let c = ctx.clone();
+    job_queue.run(workers, "job", move |k| job::reconcile(c.clone(), k));
+    let c = ctx.clone();
     svc_queue.run(workers, "endpointslice", move |k| {
         endpointslice::reconcile(c.clone(), k)
     });
@@ -206,9 +229,10 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     // A periodic pass catches what no event announced (a lapsed lease, a pod that stopped
     // matching a Service's selector).
     let resync = {
-        let (rs_q, d_q, s_q, ctx) = (
+        let (rs_q, d_q, j_q, s_q, ctx) = (
             rs_queue.clone(),
             deploy_queue.clone(),
+            job_queue.clone(),
             svc_queue.clone(),
             ctx.clone(),
         );
@@ -225,6 +249,11 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
                     .state()
                     .iter()
                     .for_each(|o| d_q.add(key_of(o.as_ref())));
+                ctx.caches
+                    .jobs
+                    .state()
+                    .iter()
+                    .for_each(|o| j_q.add(key_of(o.as_ref())));
                 ctx.caches
                     .services
                     .state()

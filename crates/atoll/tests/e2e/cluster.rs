@@ -948,6 +948,150 @@ spec:
 }
 
 #[test]
+fn jobs_run_pods_to_completion_or_fail() {
+    let env = DevEnv::up(&["--clusters", "1"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    let manifest = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: count}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: busybox, command: [sh, -c, "echo counted"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: fails}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: busybox, command: [sh, -c, "exit 1"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: slow}
+spec:
+  activeDeadlineSeconds: 2
+  template:
+    spec:
+      restartPolicy: OnFailure
+      containers: [{name: main, image: busybox, command: [sleep, "600"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: brief}
+spec:
+  ttlSecondsAfterFinished: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: busybox, command: ["true"]}]
+"#;
+    k.ok_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), manifest);
+    let wait = |job: &str, condition: &str| {
+        k.ok(&[
+            &m1[..],
+            &[
+                "wait",
+                &format!("--for=condition={condition}"),
+                &format!("job/{job}"),
+                "--timeout=60s",
+            ],
+        ]
+        .concat())
+    };
+    let job = |name: &str| json(&k.ok(&[&m1[..], &["get", "job", name, "-o", "json"]].concat()));
+    let reason = |j: &Value, t: &str| {
+        j["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+            .map(|c| c["reason"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    // Three completions, two at a time; its pods are labelled with its name.
+    wait("count", "complete");
+    let j = job("count");
+    assert_eq!(j["status"]["succeeded"], 3, "{j}");
+    assert!(j["status"]["completionTime"].is_string(), "{j}");
+    let pods = json(
+        &k.ok(&[
+            &m1[..],
+            &["get", "pods", "-l", "job-name=count", "-o", "json"],
+        ]
+        .concat()),
+    );
+    assert_eq!(pods["items"].as_array().unwrap().len(), 3, "{pods}");
+    let row = k.ok(&[&m1[..], &["get", "job", "count"]].concat());
+    assert!(row.contains("Complete") && row.contains("3/3"), "{row}");
+    assert!(
+        k.ok(&[&m1[..], &["logs", "job/count"]].concat())
+            .contains("counted")
+    );
+    // No retries allowed: one failed pod fails the Job.
+    wait("fails", "failed");
+    assert_eq!(reason(&job("fails"), "Failed"), "BackoffLimitExceeded");
+    let row = k.ok(&[&m1[..], &["get", "job", "fails"]].concat());
+    assert!(row.contains("Failed") && row.contains("0/1"), "{row}");
+    // Past its deadline, a Job fails and its pods are stopped.
+    wait("slow", "failed");
+    assert_eq!(reason(&job("slow"), "Failed"), "DeadlineExceeded");
+    wait_for(30, "the slow Job's pod to go", || {
+        let pods = json(
+            &k.ok(&[
+                &m1[..],
+                &["get", "pods", "-l", "job-name=slow", "-o", "json"],
+            ]
+            .concat()),
+        );
+        pods["items"].as_array().unwrap().is_empty().then_some(())
+    });
+    // A finished Job with a TTL is removed, with its pods.
+    wait_for(30, "the brief Job to be removed", || {
+        let out = k.run(&[&m1[..], &["get", "job", "brief"]].concat());
+        (!out.status.success()).then_some(())
+    });
+    wait_for(30, "the brief Job's pods to go", || {
+        let pods = json(
+            &k.ok(&[
+                &m1[..],
+                &["get", "pods", "-l", "job-name=brief", "-o", "json"],
+            ]
+            .concat()),
+        );
+        pods["items"].as_array().unwrap().is_empty().then_some(())
+    });
+    // A Job's pods do not restart forever.
+    for (policy, says) in [
+        ("Always", "Unsupported value: \"Always\""),
+        ("", "Required value"),
+    ] {
+        let policy_line = if policy.is_empty() {
+            String::new()
+        } else {
+            format!("      restartPolicy: {policy}\n")
+        };
+        let bad = format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: bad}}\nspec:\n  template:\n    spec:\n{policy_line}      containers: [{{name: main, image: busybox, command: [\"true\"]}}]\n"
+        );
+        let out = k.run_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), &bad);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("spec.template.spec.restartPolicy")
+                && err.contains(says),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn exec_runs_commands_in_the_containers_context() {
     let env = DevEnv::up(&["--clusters", "1"]);
     let k = env.kubectl();
