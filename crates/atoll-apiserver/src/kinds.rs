@@ -447,6 +447,45 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
         },
         Decl {
             review: false,
+            group: "apps",
+            version: "v1",
+            resource: "daemonsets",
+            kind: "DaemonSet",
+            namespaced: true,
+            short_names: &["ds"],
+            categories: all,
+            status: true,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<apps::DaemonSet>(validate_workload, &[], || {
+                vec![
+                    Column::int(
+                        "Desired",
+                        "/status/desiredNumberScheduled",
+                        "Nodes wanting a pod",
+                    ),
+                    Column::int(
+                        "Current",
+                        "/status/currentNumberScheduled",
+                        "Nodes with a pod",
+                    ),
+                    Column::int("Ready", "/status/numberReady", "Ready pods"),
+                    Column::int(
+                        "Up-to-date",
+                        "/status/updatedNumberScheduled",
+                        "Updated pods",
+                    ),
+                    Column::int("Available", "/status/numberAvailable", "Available pods"),
+                    Column::computed(
+                        "Node Selector",
+                        crate::table::template_node_selector,
+                        "The pods' nodeSelector",
+                    ),
+                ]
+            }),
+        },
+        Decl {
+            review: false,
             group: "batch",
             version: "v1",
             resource: "jobs",

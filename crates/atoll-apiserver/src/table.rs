@@ -390,6 +390,24 @@ pub fn ready_of_replicas(obj: &Value) -> Value {
     Value::String(format!("{ready}/{want}"))
 }
 
+/// A workload's pod template `nodeSelector` as `k=v,...`, or `<none>`.
+pub fn template_node_selector(obj: &Value) -> Value {
+    let pairs: Vec<String> = obj
+        .pointer("/spec/template/spec/nodeSelector")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!(if pairs.is_empty() {
+        "<none>".to_string()
+    } else {
+        pairs.join(",")
+    })
+}
+
 fn has_condition(obj: &Value, type_: &str) -> bool {
     obj.pointer("/status/conditions")
         .and_then(Value::as_array)

@@ -493,6 +493,28 @@ fn least_allocated(alloc: &Resources, requested: &Resources, req: &Resources) ->
 
 fn fits(pod: &Pod, req: &Resources, info: &NodeInfo) -> Result<(), String> {
     let node = &info.node;
+    placement(pod, node)?;
+    if !node_ready(node) {
+        return Err("node(s) were not ready".into());
+    }
+    let alloc = &info.allocatable;
+    let used = &info.requested;
+    if used.pods + 1 > alloc.pods {
+        return Err("Too many pods".into());
+    }
+    if req.cpu_millis > 0 && used.cpu_millis + req.cpu_millis > alloc.cpu_millis {
+        return Err("Insufficient cpu".into());
+    }
+    if req.memory > 0 && used.memory + req.memory > alloc.memory {
+        return Err("Insufficient memory".into());
+    }
+    Ok(())
+}
+
+/// Whether the pod may go to the node at all: its taints (and `unschedulable`) tolerated,
+/// its labels matching the pod's `nodeSelector` and required node affinity. (The DaemonSet
+/// controller asks this too, to know which nodes want a daemon pod.)
+pub(crate) fn placement(pod: &Pod, node: &Node) -> Result<(), String> {
     let spec = pod.spec.as_ref();
     let tolerations: &[Toleration] = spec.and_then(|s| s.tolerations.as_deref()).unwrap_or(&[]);
     let node_spec = node.spec.as_ref();
@@ -520,9 +542,6 @@ fn fits(pod: &Pod, req: &Resources, info: &NodeInfo) -> Result<(), String> {
                 taint.key
             ));
         }
-    }
-    if !node_ready(node) {
-        return Err("node(s) were not ready".into());
     }
     let labels = node.metadata.labels.clone().unwrap_or_default();
     if let Some(sel) = spec.and_then(|s| s.node_selector.as_ref())
@@ -556,17 +575,6 @@ fn fits(pod: &Pod, req: &Resources, info: &NodeInfo) -> Result<(), String> {
         if !any {
             return Err("node(s) didn't match Pod's node affinity/selector".into());
         }
-    }
-    let alloc = &info.allocatable;
-    let used = &info.requested;
-    if used.pods + 1 > alloc.pods {
-        return Err("Too many pods".into());
-    }
-    if req.cpu_millis > 0 && used.cpu_millis + req.cpu_millis > alloc.cpu_millis {
-        return Err("Insufficient cpu".into());
-    }
-    if req.memory > 0 && used.memory + req.memory > alloc.memory {
-        return Err("Insufficient memory".into());
     }
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! The workload controllers (kube-controller-manager's part of a cluster): ReplicaSet,
-//! Deployment, Job, EndpointSlice, the default ServiceAccount, and node lifecycle.
+//! Deployment, DaemonSet, Job, EndpointSlice, the default ServiceAccount, and node lifecycle.
 //!
 //! One set of caches (kube-rs reflectors) feeds all of them. Each cache's events are mapped to
 //! the keys of the objects to reconcile and put on that controller's work queue *after* the
 //! cache has applied them, so a reconcile always sees at least the state that triggered it. A
 //! key is never reconciled twice at once; a change during a reconcile runs it again after.
 
+mod daemonset;
 mod deployment;
 mod endpointslice;
 mod job;
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
@@ -63,6 +64,7 @@ pub(crate) struct Caches {
     pub replicasets: Store<ReplicaSet>,
     pub deployments: Store<Deployment>,
     pub jobs: Store<Job>,
+    pub daemonsets: Store<DaemonSet>,
     pub services: Store<Service>,
     pub nodes: Store<Node>,
     pub leases: Store<Lease>,
@@ -80,6 +82,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let rs_queue = WorkQueue::new();
     let deploy_queue = WorkQueue::new();
     let job_queue = WorkQueue::new();
+    let ds_queue = WorkQueue::new();
     let svc_queue = WorkQueue::new();
     let ns_queue = WorkQueue::new();
 
@@ -87,6 +90,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let (replicasets, rs_w) = reflector::store();
     let (deployments, deploy_w) = reflector::store();
     let (jobs, jobs_w) = reflector::store();
+    let (daemonsets, ds_w) = reflector::store();
     let (services, svc_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
     let (leases, leases_w) = reflector::store();
@@ -99,6 +103,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             replicasets,
             deployments,
             jobs,
+            daemonsets,
             services,
             nodes,
             leases,
@@ -107,9 +112,10 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     });
 
     {
-        let (rs_q, job_q, svc_q, ctx2) = (
+        let (rs_q, job_q, ds_q, svc_q, ctx2) = (
             rs_queue.clone(),
             job_queue.clone(),
+            ds_queue.clone(),
             svc_queue.clone(),
             ctx.clone(),
         );
@@ -119,6 +125,9 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             }
             if let Some(owner) = controller_of(pod, "Job") {
                 job_q.add((pod.namespace().unwrap_or_default(), owner));
+            }
+            if let Some(owner) = controller_of(pod, "DaemonSet") {
+                ds_q.add((pod.namespace().unwrap_or_default(), owner));
             }
             for svc in endpointslice::services_selecting(&ctx2, pod) {
                 svc_q.add(svc);
@@ -147,6 +156,14 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
         );
     }
     {
+        let d_q = ds_queue.clone();
+        drive(
+            Api::<DaemonSet>::all(client.clone()),
+            ds_w,
+            move |d: &DaemonSet| d_q.add(key_of(d)),
+        );
+    }
+    {
         let j_q = job_queue.clone();
         drive(Api::<Job>::all(client.clone()), jobs_w, move |j: &Job| {
             j_q.add(key_of(j))
@@ -168,7 +185,19 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             move |n: &Namespace| n_q.add(key_of(n)),
         );
     }
-    drive(Api::<Node>::all(client.clone()), nodes_w, |_: &Node| {});
+    {
+        // A node that comes, goes or changes may want a daemon pod, or no longer.
+        let (d_q, ctx2) = (ds_queue.clone(), ctx.clone());
+        drive(
+            Api::<Node>::all(client.clone()),
+            nodes_w,
+            move |_: &Node| {
+                for ds in ctx2.caches.daemonsets.state() {
+                    d_q.add(key_of(ds.as_ref()));
+                }
+            },
+        );
+    }
     drive(
         Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
         leases_w,
@@ -202,6 +231,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let _ = ctx.caches.replicasets.wait_until_ready().await;
     let _ = ctx.caches.deployments.wait_until_ready().await;
     let _ = ctx.caches.jobs.wait_until_ready().await;
+    let _ = ctx.caches.daemonsets.wait_until_ready().await;
     let _ = ctx.caches.services.wait_until_ready().await;
     let _ = ctx.caches.nodes.wait_until_ready().await;
     let _ = ctx.caches.namespaces.wait_until_ready().await;
@@ -219,6 +249,10 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let c = ctx.clone();
     job_queue.run(workers, "job", move |k| job::reconcile(c.clone(), k));
     let c = ctx.clone();
+    ds_queue.run(workers, "daemonset", move |k| {
+        daemonset::reconcile(c.clone(), k)
+    });
+    let c = ctx.clone();
     svc_queue.run(workers, "endpointslice", move |k| {
         endpointslice::reconcile(c.clone(), k)
     });
@@ -229,10 +263,11 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     // A periodic pass catches what no event announced (a lapsed lease, a pod that stopped
     // matching a Service's selector).
     let resync = {
-        let (rs_q, d_q, j_q, s_q, ctx) = (
+        let (rs_q, d_q, j_q, ds_q, s_q, ctx) = (
             rs_queue.clone(),
             deploy_queue.clone(),
             job_queue.clone(),
+            ds_queue.clone(),
             svc_queue.clone(),
             ctx.clone(),
         );
@@ -254,6 +289,11 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
                     .state()
                     .iter()
                     .for_each(|o| j_q.add(key_of(o.as_ref())));
+                ctx.caches
+                    .daemonsets
+                    .state()
+                    .iter()
+                    .for_each(|o| ds_q.add(key_of(o.as_ref())));
                 ctx.caches
                     .services
                     .state()

@@ -948,6 +948,92 @@ spec:
 }
 
 #[test]
+fn daemonsets_run_a_pod_on_each_node_that_wants_one() {
+    let env = DevEnv::up(&["--clusters", "1", "--nodes", "2", "--runtime", "simulated"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    let manifest = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: main, image: agent:1}]
+"#;
+    k.ok_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), manifest);
+    let rollout = || k.ok(&[&m1[..], &["rollout", "status", "ds/agent", "--timeout=60s"]].concat());
+    let nodes_of_pods = || {
+        let pods = running_pods(&k, "member1", "app=agent");
+        let mut nodes: Vec<String> = pods
+            .iter()
+            .map(|p| {
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    assert!(rollout().contains("successfully rolled out"));
+    assert_eq!(nodes_of_pods(), ["member1-node1", "member1-node2"]);
+    let row = k.ok(&[&m1[..], &["get", "ds", "agent"]].concat());
+    assert!(
+        row.lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().nth(1) == Some("2")),
+        "{row}"
+    );
+    // A new template rolls out to every node.
+    k.ok(&[&m1[..], &["set", "image", "ds/agent", "main=agent:2"]].concat());
+    rollout();
+    wait_for(30, "every daemon pod on the new image", || {
+        let pods = running_pods(&k, "member1", "app=agent");
+        (pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| p["spec"]["containers"][0]["image"] == "agent:2"))
+        .then_some(())
+    });
+    // Only nodes its nodeSelector picks keep one.
+    k.ok(&[&m1[..], &["label", "node", "member1-node2", "disk=ssd"]].concat());
+    k.ok(&[
+        &m1[..],
+        &[
+            "patch",
+            "ds",
+            "agent",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"nodeSelector":{"disk":"ssd"}}}}}"#,
+        ],
+    ]
+    .concat());
+    rollout();
+    wait_for(30, "the daemon pod to leave node1", || {
+        (nodes_of_pods() == ["member1-node2"]).then_some(())
+    });
+    let row = k.ok(&[&m1[..], &["get", "ds", "agent"]].concat());
+    assert!(row.contains("disk=ssd"), "{row}");
+    // A NoSchedule taint keeps new pods away, not the one already there.
+    k.ok(&[
+        &m1[..],
+        &["taint", "node", "member1-node2", "dedicated=x:NoSchedule"],
+    ]
+    .concat());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(nodes_of_pods(), ["member1-node2"]);
+    // Its pods go with it.
+    k.ok(&[&m1[..], &["delete", "ds", "agent"]].concat());
+    wait_for(30, "the daemon pods to go", || {
+        nodes_of_pods().is_empty().then_some(())
+    });
+}
+
+#[test]
 fn jobs_run_pods_to_completion_or_fail() {
     let env = DevEnv::up(&["--clusters", "1"]);
     let k = env.kubectl();
