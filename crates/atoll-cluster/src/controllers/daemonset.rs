@@ -8,19 +8,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     Affinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Ctx, Key, pods_controlled_by, wait_for_cache};
+use super::{Ctx, Key, create_pods, delete_pods, pod_of, pods_controlled_by};
 use crate::Error;
 use crate::util::pod_ready;
 
@@ -207,53 +205,13 @@ pub(crate) async fn reconcile(
             }
         }
     }
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let created: Vec<String> = futures::stream::iter(create.iter().cloned())
-        .map(|node| {
-            let api = api.clone();
-            let pod = pod_for(&ds, &node, &hash);
-            async move { api.create(&PostParams::default(), &pod).await }
-        })
-        .buffer_unordered(32)
-        .filter_map(|r| async move {
-            match r {
-                Ok(p) => Some(p.name_any()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create a DaemonSet's pod");
-                    None
-                }
-            }
-        })
-        .collect()
-        .await;
-    futures::stream::iter(delete.iter().cloned())
-        .map(|n| {
-            let api = api.clone();
-            async move {
-                match api.delete(&n, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => tracing::warn!(pod = %n, error = %e, "cannot delete a daemon pod"),
-                }
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
-    wait_for_cache(|| {
-        created.iter().all(|n| {
-            ctx.caches
-                .pods
-                .get(&ObjectRef::new(n).within(&namespace))
-                .is_some()
-        }) && delete.iter().all(|n| {
-            ctx.caches
-                .pods
-                .get(&ObjectRef::new(n).within(&namespace))
-                .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
-        })
-    })
-    .await;
+    let owner = format!("DaemonSet {namespace}/{name}");
+    let new_pods = create
+        .iter()
+        .map(|node| pod_for(&ds, node, &hash))
+        .collect();
+    create_pods(&ctx, &namespace, new_pods, &owner).await;
+    delete_pods(&ctx, &namespace, &delete, &owner).await;
     // Status from what the cache now shows.
     let pods = live(&ctx);
     let on_wanted: Vec<&Arc<Pod>> = pods
@@ -317,16 +275,15 @@ pub(crate) async fn reconcile(
 /// The daemon pod for `node` (none yet: the template as it would be placed, for the check of
 /// which nodes want one).
 fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
-    let template = ds
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let meta = template.metadata.unwrap_or_default();
-    let mut spec = template.spec.unwrap_or_default();
-    let mut tolerations = spec.tolerations.take().unwrap_or_default();
-    tolerations.extend(daemon_tolerations());
-    spec.tolerations = Some(tolerations);
+    let mut pod = pod_of(ds, ds.spec.as_ref().map(|s| s.template.clone()));
+    pod.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(HASH_LABEL.into(), hash.into());
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    spec.tolerations
+        .get_or_insert_with(Vec::new)
+        .extend(daemon_tolerations());
     if !node.is_empty() {
         let term = NodeSelectorTerm {
             match_fields: Some(vec![NodeSelectorRequirement {
@@ -336,37 +293,17 @@ fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
             }]),
             ..Default::default()
         };
-        let mut affinity = spec.affinity.take().unwrap_or_default();
-        let mut node_affinity = affinity.node_affinity.take().unwrap_or_default();
         // Which nodes want the pod was decided with the template's own terms: the pod is
         // pinned to its node alone.
-        node_affinity.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
+        let affinity = spec.affinity.get_or_insert_with(Affinity::default);
+        affinity
+            .node_affinity
+            .get_or_insert_with(Default::default)
+            .required_during_scheduling_ignored_during_execution = Some(NodeSelector {
             node_selector_terms: vec![term],
         });
-        affinity.node_affinity = Some(node_affinity);
-        spec.affinity = Some(Affinity { ..affinity });
     }
-    let mut labels = meta.labels.unwrap_or_default();
-    labels.insert(HASH_LABEL.into(), hash.into());
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", ds.name_any())),
-            namespace: ds.namespace(),
-            labels: Some(labels),
-            annotations: meta.annotations,
-            owner_references: Some(vec![OwnerReference {
-                api_version: DaemonSet::api_version(&()).into(),
-                kind: DaemonSet::kind(&()).into(),
-                name: ds.name_any(),
-                uid: ds.uid().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..Default::default()
-        },
-        spec: Some(spec),
-        status: None,
-    }
+    pod
 }
 
 #[cfg(test)]

@@ -10,16 +10,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Ctx, Key, pods_controlled_by, wait_for_cache};
+use super::{Ctx, Key, create_pods, delete_pods, pod_of, pods_controlled_by};
 use crate::Error;
 use crate::util::{now, pod_ready};
 
@@ -104,7 +103,6 @@ pub(crate) async fn reconcile(
         0
     };
     let failures = failed_pods + restarts;
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let finished = condition(&job, "Complete") || condition(&job, "Failed");
     let mut conditions = status.conditions.clone().unwrap_or_default();
     let mut completion_time = status.completion_time.clone();
@@ -112,11 +110,11 @@ pub(crate) async fn reconcile(
     let mut requeue: Option<Duration> = None;
 
     if finished {
-        stop(&api, &active).await;
+        stop(&ctx, &job, &active).await;
         return ttl(&ctx, &job, &namespace, &name).await;
     }
     if spec.suspend == Some(true) {
-        stop(&api, &active).await;
+        stop(&ctx, &job, &active).await;
         set(
             &mut conditions,
             "Suspended",
@@ -162,7 +160,7 @@ pub(crate) async fn reconcile(
             // As kube-controller-manager (1.31+): the failure target first, then Failed once
             // the pods are gone.
             set(&mut conditions, "FailureTarget", "True", reason, &message);
-            stop(&api, &active).await;
+            stop(&ctx, &job, &active).await;
             set(&mut conditions, "Failed", "True", reason, &message);
             completion_time = None;
         } else if done {
@@ -174,7 +172,7 @@ pub(crate) async fn reconcile(
                 "CompletionsReached",
                 msg,
             );
-            stop(&api, &active).await;
+            stop(&ctx, &job, &active).await;
             set(
                 &mut conditions,
                 "Complete",
@@ -208,7 +206,7 @@ pub(crate) async fn reconcile(
             if missing > 0 && wait > 0.0 {
                 requeue = Some(Duration::from_secs_f64(wait + 0.05));
             } else if missing > 0 {
-                create(&ctx, &api, &job, missing).await?;
+                create(&ctx, &job, missing).await?;
             }
             if let Some(d) = deadline {
                 let left = Duration::from_secs_f64((d - elapsed).max(0.0) + 0.05);
@@ -285,22 +283,11 @@ fn set(conditions: &mut Vec<JobCondition>, type_: &str, status: &str, reason: &s
 }
 
 /// Stop (delete) the Job's pods that still run.
-async fn stop(api: &Api<Pod>, active: &[&Arc<Pod>]) {
+async fn stop(ctx: &Ctx, job: &Job, active: &[&Arc<Pod>]) {
     let names: Vec<String> = active.iter().map(|p| p.name_any()).collect();
-    futures::stream::iter(names)
-        .map(|n| {
-            let api = api.clone();
-            async move {
-                match api.delete(&n, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => tracing::warn!(pod = %n, error = %e, "cannot stop a Job's pod"),
-                }
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
+    let namespace = job.namespace().unwrap_or_default();
+    let owner = format!("Job {namespace}/{}", job.name_any());
+    delete_pods(ctx, &namespace, &names, &owner).await;
 }
 
 /// A finished Job with `ttlSecondsAfterFinished` is deleted that long after it finished.
@@ -334,70 +321,16 @@ async fn ttl(ctx: &Ctx, job: &Job, namespace: &str, name: &str) -> Result<Option
     }
 }
 
-async fn create(ctx: &Ctx, api: &Api<Pod>, job: &Job, n: usize) -> Result<(), Error> {
-    let template = pod_from_template(job);
+async fn create(ctx: &Ctx, job: &Job, n: usize) -> Result<(), Error> {
     let namespace = job.namespace().unwrap_or_default();
-    let created: Vec<String> = futures::stream::iter(0..n)
-        .map(|_| {
-            let api = api.clone();
-            let pod = template.clone();
-            async move { api.create(&PostParams::default(), &pod).await }
-        })
-        .buffer_unordered(32)
-        .filter_map(|r| async move {
-            match r {
-                Ok(p) => Some(p.name_any()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create a pod for a Job");
-                    None
-                }
-            }
-        })
-        .collect()
-        .await;
-    wait_for_cache(|| {
-        created.iter().all(|n| {
-            ctx.caches
-                .pods
-                .get(&ObjectRef::new(n).within(&namespace))
-                .is_some()
-        })
-    })
-    .await;
+    let owner = format!("Job {namespace}/{}", job.name_any());
+    let template = pod_of(job, job.spec.as_ref().map(|s| s.template.clone()));
+    let created = create_pods(ctx, &namespace, vec![template; n], &owner).await;
     if created.len() < n {
         return Err(Error::Config(format!(
-            "created {} of {n} pods for Job {namespace}/{}",
-            created.len(),
-            job.name_any()
+            "created {} of {n} pods for {owner}",
+            created.len()
         )));
     }
     Ok(())
-}
-
-fn pod_from_template(job: &Job) -> Pod {
-    let template = job
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let meta = template.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", job.name_any())),
-            namespace: job.namespace(),
-            labels: meta.labels,
-            annotations: meta.annotations,
-            owner_references: Some(vec![OwnerReference {
-                api_version: Job::api_version(&()).into(),
-                kind: Job::kind(&()).into(),
-                name: job.name_any(),
-                uid: job.uid().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..Default::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
 }

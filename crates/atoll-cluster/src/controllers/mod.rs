@@ -23,10 +23,12 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
@@ -510,6 +512,102 @@ pub(crate) async fn wait_for_cache(check: impl Fn() -> bool) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A pod from `owner`'s template, controlled by `owner` (named after it, with a suffix).
+pub(crate) fn pod_of<K>(owner: &K, template: Option<PodTemplateSpec>) -> Pod
+where
+    K: Resource<DynamicType = ()>,
+{
+    let template = template.unwrap_or_default();
+    let meta = template.metadata.unwrap_or_default();
+    let name = owner.meta().name.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}-")),
+            namespace: owner.meta().namespace.clone(),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            owner_references: Some(vec![OwnerReference {
+                api_version: K::api_version(&()).into(),
+                kind: K::kind(&()).into(),
+                name,
+                uid: owner.meta().uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    }
+}
+
+/// Create `pods` in `namespace` (32 at a time) and wait until the cache has them; the names
+/// of those created. `owner` names who wants them, for the log.
+pub(crate) async fn create_pods(
+    ctx: &Ctx,
+    namespace: &str,
+    pods: Vec<Pod>,
+    owner: &str,
+) -> Vec<String> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let created: Vec<String> = futures::stream::iter(pods)
+        .map(|pod| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &pod).await }
+        })
+        .buffer_unordered(32)
+        .filter_map(|r| async move {
+            match r {
+                Ok(p) => Some(p.name_any()),
+                Err(e) => {
+                    tracing::warn!(owner, error = %e, "cannot create a pod");
+                    None
+                }
+            }
+        })
+        .collect()
+        .await;
+    wait_for_cache(|| {
+        created.iter().all(|n| {
+            ctx.caches
+                .pods
+                .get(&ObjectRef::new(n).within(namespace))
+                .is_some()
+        })
+    })
+    .await;
+    created
+}
+
+/// Delete the pods `names` in `namespace` (32 at a time) and wait until the cache shows them
+/// going.
+pub(crate) async fn delete_pods(ctx: &Ctx, namespace: &str, names: &[String], owner: &str) {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    futures::stream::iter(names.iter().cloned())
+        .map(|n| {
+            let api = api.clone();
+            async move {
+                match api.delete(&n, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => tracing::warn!(owner, pod = %n, error = %e, "cannot delete a pod"),
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    wait_for_cache(|| {
+        names.iter().all(|n| {
+            ctx.caches
+                .pods
+                .get(&ObjectRef::new(n).within(namespace))
+                .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+        })
+    })
+    .await;
 }
 
 /// Pods in `namespace` controlled by the object with `uid`.

@@ -4,16 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Ctx, Key, pods_controlled_by, wait_for_cache};
+use super::{Ctx, Key, create_pods, delete_pods, pod_of, pods_controlled_by};
 use crate::Error;
 use crate::util::{pod_finished, pod_ready, pod_ready_since};
 
@@ -44,40 +42,14 @@ pub(crate) async fn reconcile(
             .collect()
     };
     let pods = active(&ctx);
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let owner = format!("ReplicaSet {namespace}/{name}");
     if pods.len() < want {
         let missing = (want - pods.len()).min(BURST);
-        let template = pod_from_template(&rs);
-        let created: Vec<String> = futures::stream::iter(0..missing)
-            .map(|_| {
-                let api = api.clone();
-                let pod = template.clone();
-                async move { api.create(&PostParams::default(), &pod).await }
-            })
-            .buffer_unordered(32)
-            .filter_map(|r| async move {
-                match r {
-                    Ok(p) => Some(p.name_any()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot create a pod for a ReplicaSet");
-                        None
-                    }
-                }
-            })
-            .collect()
-            .await;
-        wait_for_cache(|| {
-            created.iter().all(|n| {
-                ctx.caches
-                    .pods
-                    .get(&ObjectRef::new(n).within(&namespace))
-                    .is_some()
-            })
-        })
-        .await;
+        let template = pod_of(rs.as_ref(), spec.template.clone());
+        let created = create_pods(&ctx, &namespace, vec![template; missing], &owner).await;
         if created.len() < missing {
             return Err(Error::Config(format!(
-                "created {} of {missing} pods for ReplicaSet {namespace}/{name}",
+                "created {} of {missing} pods for {owner}",
                 created.len()
             )));
         }
@@ -99,31 +71,7 @@ pub(crate) async fn reconcile(
             .take(pods.len() - want)
             .map(|p| p.name_any())
             .collect();
-        futures::stream::iter(victims.iter().cloned())
-            .map(|n| {
-                let api = api.clone();
-                async move {
-                    match api.delete(&n, &DeleteParams::default()).await {
-                        Ok(_) => {}
-                        Err(kube::Error::Api(e)) if e.code == 404 => {}
-                        Err(e) => {
-                            tracing::warn!(pod = %n, error = %e, "cannot delete a surplus pod")
-                        }
-                    }
-                }
-            })
-            .buffer_unordered(32)
-            .collect::<Vec<_>>()
-            .await;
-        wait_for_cache(|| {
-            victims.iter().all(|n| {
-                ctx.caches
-                    .pods
-                    .get(&ObjectRef::new(n).within(&namespace))
-                    .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
-            })
-        })
-        .await;
+        delete_pods(&ctx, &namespace, &victims, &owner).await;
     }
     // Status from what the cache now shows.
     let pods = active(&ctx);
@@ -190,32 +138,4 @@ pub(crate) async fn reconcile(
         }
     }
     Ok(wait_for_available.map(|s| Duration::from_secs_f64(s.max(0.0) + 0.05)))
-}
-
-fn pod_from_template(rs: &ReplicaSet) -> Pod {
-    let template = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    let meta = template.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", rs.name_any())),
-            namespace: rs.namespace(),
-            labels: meta.labels,
-            annotations: meta.annotations,
-            owner_references: Some(vec![OwnerReference {
-                api_version: ReplicaSet::api_version(&()).into(),
-                kind: ReplicaSet::kind(&()).into(),
-                name: rs.name_any(),
-                uid: rs.uid().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..Default::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
 }

@@ -723,11 +723,39 @@ async fn terminate(child: &mut tokio::process::Child, pid: Option<Pid>, grace: D
             child.wait().await.map(exit_code).unwrap_or(137)
         }
     };
-    // Whatever else the container started in its group goes with it.
+    // Whatever else the container started in its group goes with it, and is gone before the
+    // pod is (a signal is delivered after kill returns; a process forked as the group was
+    // signalled escapes the first one).
     if let Some(p) = pid {
-        let _ = rustix::process::kill_process_group(p, Signal::KILL);
+        for _ in 0..100 {
+            if rustix::process::kill_process_group(p, Signal::KILL).is_err()
+                || !group_alive(p.as_raw_nonzero().get())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     code
+}
+
+/// Whether a process of group `pgid` still runs (zombies, which whoever adopted them reaps,
+/// do not count).
+fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
+        pgrp == Some(pgid) && state != "Z" && state != "X"
+    })
 }
 
 /// Startup, then readiness and liveness probes for one run of a container.
@@ -1118,5 +1146,18 @@ fn pod_status(
         container_statuses: Some(app.iter().map(status_of).collect()),
         init_container_statuses: (!init.is_empty()).then(|| init.iter().map(status_of).collect()),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_is_alive_while_a_process_of_it_runs() {
+        let own = rustix::process::getpgrp().as_raw_nonzero().get();
+        assert!(group_alive(own));
+        // Process groups are named after a process; no process has this number.
+        assert!(!group_alive(i32::MAX - 7));
     }
 }
