@@ -921,7 +921,11 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "daemonsets/status",
             ],
         ),
-        rule(&read, &["batch"], &["jobs", "jobs/status"]),
+        rule(
+            &read,
+            &["batch"],
+            &["jobs", "jobs/status", "cronjobs", "cronjobs/status"],
+        ),
         rule(&read, &["discovery.k8s.io"], &["endpointslices"]),
         rule(&read, &["events.k8s.io"], &["events"]),
     ];
@@ -943,7 +947,11 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "daemonsets/status",
             ],
         ),
-        rule(&all_rw, &["batch"], &["jobs", "jobs/status"]),
+        rule(
+            &all_rw,
+            &["batch"],
+            &["jobs", "jobs/status", "cronjobs", "cronjobs/status"],
+        ),
         rule(&all_rw, &["discovery.k8s.io"], &["endpointslices"]),
         rule(&all_rw, &["events.k8s.io"], &["events"]),
         rule(&all_rw, &["coordination.k8s.io"], &["leases"]),
@@ -1051,8 +1059,12 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "daemonsets/status",
             ],
         ),
-        rule(&all_rw, &["batch"], &["jobs"]),
-        rule(&["update", "patch"], &["batch"], &["jobs/status"]),
+        rule(&all_rw, &["batch"], &["jobs", "cronjobs"]),
+        rule(
+            &["update", "patch"],
+            &["batch"],
+            &["jobs/status", "cronjobs/status"],
+        ),
         rule(&all_rw, &["discovery.k8s.io"], &["endpointslices"]),
         rule(&read, &["coordination.k8s.io"], &["leases"]),
     ];

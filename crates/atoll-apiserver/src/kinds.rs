@@ -510,6 +510,36 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
         },
         Decl {
             review: false,
+            group: "batch",
+            version: "v1",
+            resource: "cronjobs",
+            kind: "CronJob",
+            namespaced: true,
+            short_names: &["cj"],
+            categories: all,
+            status: true,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<batch::CronJob>(validate_cronjob, &[], || {
+                vec![
+                    Column::text("Schedule", "/spec/schedule", "When its Jobs start"),
+                    Column::computed(
+                        "Timezone",
+                        crate::table::cronjob_time_zone,
+                        "The schedule's time zone",
+                    ),
+                    Column::computed("Suspend", crate::table::cronjob_suspend, "Suspended"),
+                    Column::computed("Active", crate::table::cronjob_active, "Running Jobs"),
+                    Column::computed(
+                        "Last Schedule",
+                        crate::table::cronjob_last_schedule,
+                        "When a Job last started",
+                    ),
+                ]
+            }),
+        },
+        Decl {
+            review: false,
             group: "apiextensions.k8s.io",
             version: "v1",
             resource: "customresourcedefinitions",
@@ -1088,6 +1118,82 @@ fn validate_job(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         && old.pointer("/spec/template") != obj.pointer("/spec/template")
     {
         causes.push(Cause::invalid("spec.template", "", "field is immutable"));
+    }
+}
+
+/// A CronJob: a schedule cron reads, a time zone the machine knows, and a Job template.
+fn validate_cronjob(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) {
+    // Its Jobs are named NAME-<minutes since the epoch>, and that name is a label value.
+    let name = str_at(obj, "/metadata/name");
+    if name.len() > 52 {
+        causes.push(Cause::invalid(
+            "metadata.name",
+            name,
+            "must be no more than 52 characters",
+        ));
+    }
+    let schedule = str_at(obj, "/spec/schedule");
+    if schedule.is_empty() {
+        causes.push(Cause::required("spec.schedule"));
+    } else if schedule.starts_with("TZ=") || schedule.starts_with("CRON_TZ=") {
+        causes.push(Cause::invalid(
+            "spec.schedule",
+            schedule,
+            "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+        ));
+    } else if let Err(e) = atoll_runtime::cron::Schedule::parse(schedule) {
+        causes.push(Cause::invalid("spec.schedule", schedule, &e));
+    }
+    let zone = str_at(obj, "/spec/timeZone");
+    if !zone.is_empty() && jiff::tz::TimeZone::get(zone).is_err() {
+        causes.push(Cause::invalid(
+            "spec.timeZone",
+            zone,
+            "unknown time zone (this machine's time zone database does not have it)",
+        ));
+    }
+    let policy = str_at(obj, "/spec/concurrencyPolicy");
+    if !policy.is_empty() && !["Allow", "Forbid", "Replace"].contains(&policy) {
+        causes.push(Cause::not_supported(
+            "spec.concurrencyPolicy",
+            policy,
+            &["Allow", "Forbid", "Replace"],
+        ));
+    }
+    let restart = str_at(obj, "/spec/jobTemplate/spec/template/spec/restartPolicy");
+    let field = "spec.jobTemplate.spec.template.spec.restartPolicy";
+    if restart.is_empty() {
+        causes.push(Cause {
+            message: "Required value: valid values: \"OnFailure\", \"Never\"".into(),
+            ..Cause::required(field)
+        });
+    } else if !["OnFailure", "Never"].contains(&restart) {
+        causes.push(Cause::not_supported(
+            field,
+            restart,
+            &["OnFailure", "Never"],
+        ));
+    }
+    if obj
+        .pointer("/spec/jobTemplate/spec/template/spec")
+        .is_none()
+    {
+        causes.push(Cause::required("spec.jobTemplate.spec.template.spec"));
+    }
+    for f in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        if let Some(n) = obj.pointer(&format!("/spec/{f}")).and_then(Value::as_i64)
+            && n < 0
+        {
+            causes.push(Cause::invalid(
+                format!("spec.{f}"),
+                &n.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
     }
 }
 

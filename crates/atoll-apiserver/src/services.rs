@@ -195,6 +195,28 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
                 default_pod_spec(pod);
             }
         }
+        ("batch", "cronjobs") => {
+            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+                return;
+            };
+            default_field(spec, "concurrencyPolicy", json!("Allow"));
+            default_field(spec, "suspend", json!(false));
+            default_field(spec, "successfulJobsHistoryLimit", json!(3));
+            default_field(spec, "failedJobsHistoryLimit", json!(1));
+            if let Some(pod) = spec.pointer_mut("/jobTemplate/spec/template/spec") {
+                // As for a Job: a restart policy is required, not defaulted.
+                let policy = pod.get("restartPolicy").cloned();
+                default_pod_spec(pod);
+                match policy {
+                    Some(p) => pod["restartPolicy"] = p,
+                    None => {
+                        if let Some(m) = pod.as_object_mut() {
+                            m.remove("restartPolicy");
+                        }
+                    }
+                }
+            }
+        }
         ("batch", "jobs") => {
             let uid = obj
                 .pointer("/metadata/uid")

@@ -390,6 +390,41 @@ pub fn ready_of_replicas(obj: &Value) -> Value {
     Value::String(format!("{ready}/{want}"))
 }
 
+pub fn cronjob_time_zone(cj: &Value) -> Value {
+    json!(
+        cj.pointer("/spec/timeZone")
+            .and_then(Value::as_str)
+            .filter(|z| !z.is_empty())
+            .unwrap_or("<none>")
+    )
+}
+
+pub fn cronjob_suspend(cj: &Value) -> Value {
+    json!(
+        cj.pointer("/spec/suspend")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+            .to_string()
+    )
+}
+
+pub fn cronjob_active(cj: &Value) -> Value {
+    json!(
+        cj.pointer("/status/active")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
+    )
+}
+
+/// How long ago the CronJob last started a Job, or `<none>`.
+pub fn cronjob_last_schedule(cj: &Value) -> Value {
+    json!(
+        cj.pointer("/status/lastScheduleTime")
+            .and_then(Value::as_str)
+            .map_or_else(|| "<none>".to_string(), age_since)
+    )
+}
+
 /// A workload's pod template `nodeSelector` as `k=v,...`, or `<none>`.
 pub fn template_node_selector(obj: &Value) -> Value {
     let pairs: Vec<String> = obj

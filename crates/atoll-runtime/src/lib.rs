@@ -1,6 +1,7 @@
 //! Plumbing Atoll's controllers share, whatever cluster they act on: timestamps, events,
 //! quantities, client-certificate subjects and kubeconfigs.
 
+pub mod cron;
 pub mod https;
 pub mod quantity;
 

@@ -1,11 +1,12 @@
 //! The workload controllers (kube-controller-manager's part of a cluster): ReplicaSet,
-//! Deployment, DaemonSet, Job, EndpointSlice, the default ServiceAccount, and node lifecycle.
+//! Deployment, DaemonSet, Job, CronJob, EndpointSlice, the default ServiceAccount, and node lifecycle.
 //!
 //! One set of caches (kube-rs reflectors) feeds all of them. Each cache's events are mapped to
 //! the keys of the objects to reconcile and put on that controller's work queue *after* the
 //! cache has applied them, so a reconcile always sees at least the state that triggered it. A
 //! key is never reconciled twice at once; a change during a reconcile runs it again after.
 
+mod cronjob;
 mod daemonset;
 mod deployment;
 mod endpointslice;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
@@ -66,6 +67,7 @@ pub(crate) struct Caches {
     pub replicasets: Store<ReplicaSet>,
     pub deployments: Store<Deployment>,
     pub jobs: Store<Job>,
+    pub cronjobs: Store<CronJob>,
     pub daemonsets: Store<DaemonSet>,
     pub services: Store<Service>,
     pub nodes: Store<Node>,
@@ -85,6 +87,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let deploy_queue = WorkQueue::new();
     let job_queue = WorkQueue::new();
     let ds_queue = WorkQueue::new();
+    let cj_queue = WorkQueue::new();
     let svc_queue = WorkQueue::new();
     let ns_queue = WorkQueue::new();
 
@@ -93,6 +96,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let (deployments, deploy_w) = reflector::store();
     let (jobs, jobs_w) = reflector::store();
     let (daemonsets, ds_w) = reflector::store();
+    let (cronjobs, cj_w) = reflector::store();
     let (services, svc_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
     let (leases, leases_w) = reflector::store();
@@ -105,6 +109,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             replicasets,
             deployments,
             jobs,
+            cronjobs,
             daemonsets,
             services,
             nodes,
@@ -166,10 +171,21 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
         );
     }
     {
-        let j_q = job_queue.clone();
+        let (j_q, c_q) = (job_queue.clone(), cj_queue.clone());
         drive(Api::<Job>::all(client.clone()), jobs_w, move |j: &Job| {
-            j_q.add(key_of(j))
+            j_q.add(key_of(j));
+            if let Some(owner) = controller_of(j, "CronJob") {
+                c_q.add((j.namespace().unwrap_or_default(), owner));
+            }
         });
+    }
+    {
+        let c_q = cj_queue.clone();
+        drive(
+            Api::<CronJob>::all(client.clone()),
+            cj_w,
+            move |c: &CronJob| c_q.add(key_of(c)),
+        );
     }
     {
         let s_q = svc_queue.clone();
@@ -234,6 +250,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let _ = ctx.caches.deployments.wait_until_ready().await;
     let _ = ctx.caches.jobs.wait_until_ready().await;
     let _ = ctx.caches.daemonsets.wait_until_ready().await;
+    let _ = ctx.caches.cronjobs.wait_until_ready().await;
     let _ = ctx.caches.services.wait_until_ready().await;
     let _ = ctx.caches.nodes.wait_until_ready().await;
     let _ = ctx.caches.namespaces.wait_until_ready().await;
@@ -251,6 +268,8 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let c = ctx.clone();
     job_queue.run(workers, "job", move |k| job::reconcile(c.clone(), k));
     let c = ctx.clone();
+    cj_queue.run(2, "cronjob", move |k| cronjob::reconcile(c.clone(), k));
+    let c = ctx.clone();
     ds_queue.run(workers, "daemonset", move |k| {
         daemonset::reconcile(c.clone(), k)
     });
@@ -265,11 +284,12 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     // A periodic pass catches what no event announced (a lapsed lease, a pod that stopped
     // matching a Service's selector).
     let resync = {
-        let (rs_q, d_q, j_q, ds_q, s_q, ctx) = (
+        let (rs_q, d_q, j_q, ds_q, c_q, s_q, ctx) = (
             rs_queue.clone(),
             deploy_queue.clone(),
             job_queue.clone(),
             ds_queue.clone(),
+            cj_queue.clone(),
             svc_queue.clone(),
             ctx.clone(),
         );
@@ -296,6 +316,11 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
                     .state()
                     .iter()
                     .for_each(|o| ds_q.add(key_of(o.as_ref())));
+                ctx.caches
+                    .cronjobs
+                    .state()
+                    .iter()
+                    .for_each(|o| c_q.add(key_of(o.as_ref())));
                 ctx.caches
                     .services
                     .state()
@@ -514,6 +539,21 @@ pub(crate) async fn wait_for_cache(check: impl Fn() -> bool) {
     }
 }
 
+/// A reference to `owner` as the controller of what it makes.
+pub(crate) fn controller_ref<K>(owner: &K) -> OwnerReference
+where
+    K: Resource<DynamicType = ()>,
+{
+    OwnerReference {
+        api_version: K::api_version(&()).into(),
+        kind: K::kind(&()).into(),
+        name: owner.meta().name.clone().unwrap_or_default(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
 /// A pod from `owner`'s template, controlled by `owner` (named after it, with a suffix).
 pub(crate) fn pod_of<K>(owner: &K, template: Option<PodTemplateSpec>) -> Pod
 where
@@ -528,14 +568,7 @@ where
             namespace: owner.meta().namespace.clone(),
             labels: meta.labels,
             annotations: meta.annotations,
-            owner_references: Some(vec![OwnerReference {
-                api_version: K::api_version(&()).into(),
-                kind: K::kind(&()).into(),
-                name,
-                uid: owner.meta().uid.clone().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![controller_ref(owner)]),
             ..Default::default()
         },
         spec: template.spec,

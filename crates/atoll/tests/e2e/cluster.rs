@@ -948,6 +948,117 @@ spec:
 }
 
 #[test]
+fn cronjobs_start_jobs_on_their_schedule() {
+    let env = DevEnv::up(&["--clusters", "1"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    let manifest = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: every}
+spec:
+  schedule: "* * * * *"
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: main, image: busybox, command: [sh, -c, "echo tick"]}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: paused}
+spec:
+  schedule: "* * * * *"
+  suspend: true
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: main, image: busybox, command: ["true"]}]
+"#;
+    k.ok_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), manifest);
+    // A Job from its template now, by hand (kubectl reads the template).
+    k.ok(&[
+        &m1[..],
+        &["create", "job", "by-hand", "--from=cronjob/every"],
+    ]
+    .concat());
+    k.ok(&[
+        &m1[..],
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/by-hand",
+            "--timeout=60s",
+        ],
+    ]
+    .concat());
+    let jobs = || json(&k.ok(&[&m1[..], &["get", "jobs", "-o", "json"]].concat()));
+    let complete = |j: &Value| {
+        j["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Complete" && c["status"] == "True")
+        })
+    };
+    // At the next minute, its own Job, named after the minute, runs to completion.
+    let scheduled = wait_for(90, "a scheduled Job to complete", || {
+        jobs()["items"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|j| {
+                    j["metadata"]["name"]
+                        .as_str()
+                        .and_then(|n| n.strip_prefix("every-"))
+                        .is_some_and(|m| m.parse::<u64>().is_ok())
+                        && complete(j)
+                })
+                .cloned()
+        })
+    });
+    let annotations = &scheduled["metadata"]["annotations"];
+    assert!(
+        annotations["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(":00Z")),
+        "{scheduled}"
+    );
+    let cj = json(&k.ok(&[&m1[..], &["get", "cronjob", "every", "-o", "json"]].concat()));
+    assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj}");
+    // One successful Job kept: the one by hand, older, goes.
+    wait_for(30, "the older Job to go", || {
+        let out = k.run(&[&m1[..], &["get", "job", "by-hand"]].concat());
+        (!out.status.success()).then_some(())
+    });
+    // A suspended CronJob starts nothing.
+    let paused: Vec<String> = jobs()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["metadata"]["name"].as_str().map(String::from))
+        .filter(|n| n.starts_with("paused-"))
+        .collect();
+    assert!(paused.is_empty(), "{paused:?}");
+    let row = k.ok(&[&m1[..], &["get", "cronjob", "paused"]].concat());
+    assert!(row.contains("true") && row.contains("<none>"), "{row}");
+    // A schedule cron cannot read is refused.
+    let out = k.run_stdin(
+        &[&m1[..], &["apply", "-f", "-"]].concat(),
+        &manifest.replace("name: every", "name: wrong").replace(
+            "\"* * * * *\"\n  successful",
+            "\"61 * * * *\"\n  successful",
+        ),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.schedule"),
+        "{err}"
+    );
+}
+
+#[test]
 fn daemonsets_run_a_pod_on_each_node_that_wants_one() {
     let env = DevEnv::up(&["--clusters", "1", "--nodes", "2", "--runtime", "simulated"]);
     let k = env.kubectl();
