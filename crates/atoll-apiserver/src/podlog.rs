@@ -31,6 +31,8 @@ pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// Where a pod's container runs: its node's endpoint, and the node's pinned certificate.
 struct Target {
+    /// The container's spec, from the pod.
+    spec: Value,
     namespace: String,
     name: String,
     container: String,
@@ -129,7 +131,15 @@ fn target(ctx: &Ctx, what: &str) -> ApiResult<Target> {
             "node {node_name} publishes no endpoint for {what} (InternalIP, kubelet port and serving certificate): its runtime may run no processes"
         )));
     };
+    let spec = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|l| pod.pointer(&format!("/spec/{l}")).and_then(Value::as_array))
+        .flatten()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(container.as_str()))
+        .cloned()
+        .unwrap_or_default();
     Ok(Target {
+        spec,
         namespace,
         name,
         container,
@@ -236,9 +246,29 @@ pub(crate) async fn serve(ctx: &Ctx) -> ApiResult<Response> {
 /// which kubectl speaks since 1.30): the request is checked here, then the upgrade is passed
 /// to the pod's node, which runs the command, and the two connections are joined byte for byte,
 /// as kube-apiserver proxies to the kubelet.
-pub(crate) async fn exec(ctx: &Ctx, mut req: axum::extract::Request) -> ApiResult<Response> {
-    let t = target(ctx, "exec")?;
-    if ctx.query.all("command").is_empty() {
+pub(crate) async fn exec(ctx: &Ctx, req: axum::extract::Request) -> ApiResult<Response> {
+    stream(ctx, req, "exec").await
+}
+
+/// `pods/attach`, passed to the node as `exec` is.
+pub(crate) async fn attach(ctx: &Ctx, req: axum::extract::Request) -> ApiResult<Response> {
+    stream(ctx, req, "attach").await
+}
+
+async fn stream(ctx: &Ctx, mut req: axum::extract::Request, what: &str) -> ApiResult<Response> {
+    let t = target(ctx, what)?;
+    let interactive = ["stdin", "tty"]
+        .iter()
+        .any(|f| t.spec.get(f) == Some(&Value::Bool(true)));
+    if what == "attach" && !interactive {
+        // (Checked here, not only on the node: a client falling back to SPDY is then told
+        // the real reason.)
+        return Err(ApiError::bad_request(format!(
+            "container {} in pod {}/{} was started without stdin or tty: there is nothing to attach to (kubectl logs -f shows its output)",
+            t.container, t.namespace, t.name
+        )));
+    }
+    if what == "exec" && ctx.query.all("command").is_empty() {
         return Err(ApiError::bad_request(
             "you must specify at least one command for the container",
         ));
@@ -251,12 +281,12 @@ pub(crate) async fn exec(ctx: &Ctx, mut req: axum::extract::Request) -> ApiResul
         .to_ascii_lowercase();
     if upgrade != "websocket" {
         return Err(ApiError::bad_request(if upgrade.starts_with("spdy") {
-            "this server speaks exec over WebSockets only (v5.channel.k8s.io), not SPDY: use kubectl 1.30 or later (and do not set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false)"
+            "this server speaks exec and attach over WebSockets only (v5.channel.k8s.io), not SPDY: use kubectl 1.30 or later (and do not set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false)"
         } else {
             "Upgrade request required"
         }));
     }
-    let mut path = format!("/exec/{}/{}/{}?", t.namespace, t.name, t.container);
+    let mut path = format!("/{what}/{}/{}/{}?", t.namespace, t.name, t.container);
     let mut params: Vec<String> = ctx
         .query
         .all("command")
@@ -269,7 +299,7 @@ pub(crate) async fn exec(ctx: &Ctx, mut req: axum::extract::Request) -> ApiResul
         }
     }
     path.push_str(&params.join("&"));
-    let mut sender = t.connect(ctx, "exec").await?;
+    let mut sender = t.connect(ctx, what).await?;
     let mut forward = http::Request::get(path)
         .header(http::header::HOST, format!("{}:{}", t.address, t.port))
         .header(http::header::CONNECTION, "Upgrade")
@@ -285,13 +315,13 @@ pub(crate) async fn exec(ctx: &Ctx, mut req: axum::extract::Request) -> ApiResul
     }
     let forward = forward
         .body(Empty::<Bytes>::new())
-        .map_err(|e| (t.unreachable("exec"))(e.to_string()))?;
+        .map_err(|e| (t.unreachable(what))(e.to_string()))?;
     let mut answer = sender
         .send_request(forward)
         .await
-        .map_err(|e| (t.unreachable("exec"))(e.to_string()))?;
+        .map_err(|e| (t.unreachable(what))(e.to_string()))?;
     if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(t.refused("exec", answer).await);
+        return Err(t.refused(what, answer).await);
     }
     let mut switched = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     for (k, v) in answer.headers() {
@@ -302,13 +332,13 @@ pub(crate) async fn exec(ctx: &Ctx, mut req: axum::extract::Request) -> ApiResul
     let who = format!("{}/{}", t.namespace, t.name);
     tokio::spawn(async move {
         let (Ok(client), Ok(node)) = (client_side.await, node_side.await) else {
-            tracing::debug!(pod = %who, "exec: an upgrade did not complete");
+            tracing::debug!(pod = %who, "exec/attach: an upgrade did not complete");
             return;
         };
         let mut client = hyper_util::rt::TokioIo::new(client);
         let mut node = hyper_util::rt::TokioIo::new(node);
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut node).await {
-            tracing::debug!(pod = %who, error = %e, "exec stream ended");
+            tracing::debug!(pod = %who, error = %e, "exec/attach stream ended");
         }
     });
     switched

@@ -179,6 +179,9 @@ async fn route(
         Verb::Get | Verb::Create if ctx.rr.subresource.as_deref() == Some("exec") => {
             return crate::podlog::exec(&ctx, req).await;
         }
+        Verb::Get | Verb::Create if ctx.rr.subresource.as_deref() == Some("attach") => {
+            return crate::podlog::attach(&ctx, req).await;
+        }
         Verb::Get => ctx.get(),
         Verb::List => ctx.list(),
         Verb::Watch => return watch::serve(ctx),
@@ -514,12 +517,12 @@ impl Ctx {
             "finalize" => self.rt.group.is_empty() && self.rt.resource == "namespaces",
             "token" => self.rt.group.is_empty() && self.rt.resource == "serviceaccounts",
             "approval" => self.is_csr(),
-            "binding" | "log" | "exec" => self.is_pods(),
+            "binding" | "log" | "exec" | "attach" => self.is_pods(),
             _ => false,
         };
         let verb_ok = if sub == "token" || sub == "binding" {
             self.rr.verb == Verb::Create
-        } else if sub == "exec" {
+        } else if sub == "exec" || sub == "attach" {
             // GET for a WebSocket, POST for SPDY.
             matches!(self.rr.verb, Verb::Get | Verb::Create)
         } else if sub == "log" {

@@ -129,27 +129,9 @@ pub(crate) async fn serve(
             ),
         );
     };
-    let headers = req.headers();
-    let key = headers
-        .get(http::header::SEC_WEBSOCKET_KEY)
-        .map(|k| k.as_bytes().to_vec());
-    let offered: Vec<String> = headers
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
-        .collect();
-    let Some(key) = key else {
-        return text(StatusCode::BAD_REQUEST, "Upgrade request required".into());
-    };
-    let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "none of the offered WebSocket protocols {offered:?} is spoken here ({})",
-                PROTOCOLS.join(", ")
-            ),
-        );
+    let (protocol, key) = match handshake(&req) {
+        Ok(h) => h,
+        Err(refused) => return refused,
     };
     // The container's environment, as its own process got it.
     let spec = handle
@@ -184,9 +166,199 @@ pub(crate) async fn serve(
     let mut env = base_env(&handle.dir, &pod, &handle.pod_ip);
     env.extend(own);
     let cwd = workdir(&spec, &handle.dir);
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let v5 = *protocol == PROTOCOLS[0];
+    let v5 = protocol == PROTOCOLS[0];
     let who = format!("{namespace}/{pod}/{container}");
+    switch(&mut req, protocol, &key, move |ws| async move {
+        let session = Session {
+            request,
+            container,
+            env,
+            cwd,
+            v5,
+            who,
+        };
+        run(ws, &handle, session).await;
+    })
+}
+
+type Socket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// `attach` (the kubelet's `/attach`): the caller joins a running container that keeps stdin
+/// open or has a terminal: its output from now on, its input, its terminal's size.
+pub(crate) async fn serve_attach(
+    ctx: &NodeCtx,
+    mut req: hyper::Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let parts: Vec<&str> = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
+    let [_, namespace, pod, container] = parts.as_slice() else {
+        return text(StatusCode::NOT_FOUND, "not found".into());
+    };
+    let (namespace, pod, container) = (
+        namespace.to_string(),
+        pod.to_string(),
+        container.to_string(),
+    );
+    let request = parse_query(req.uri().query().unwrap_or_default());
+    let Some(handle) = ctx
+        .running_pod(&namespace, &pod)
+        .filter(|h| h.container_running(&container))
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "container {container} is not running in pod {namespace}/{pod} (it may be starting, restarting or done)"
+            ),
+        );
+    };
+    let joined = {
+        let points = handle.attach.lock().unwrap_or_else(|p| p.into_inner());
+        points.get(&container).map(|p| Joined {
+            input: p.input.clone(),
+            output: p.output.subscribe(),
+            terminal: p.terminal.as_ref().and_then(|t| t.try_clone().ok()),
+            stdin_once: p.stdin_once,
+        })
+    };
+    let Some(joined) = joined else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "container {container} in pod {namespace}/{pod} was started without stdin or tty: there is nothing to attach to (kubectl logs -f shows its output)"
+            ),
+        );
+    };
+    let (protocol, key) = match handshake(&req) {
+        Ok(h) => h,
+        Err(refused) => return refused,
+    };
+    let v5 = protocol == PROTOCOLS[0];
+    switch(&mut req, protocol, &key, move |ws| {
+        attach_session(ws, joined, request, v5)
+    })
+}
+
+/// What an attach session holds of its container.
+struct Joined {
+    input: tokio::sync::mpsc::UnboundedSender<Option<Vec<u8>>>,
+    output: tokio::sync::broadcast::Receiver<(u8, Vec<u8>)>,
+    terminal: Option<std::fs::File>,
+    stdin_once: bool,
+}
+
+async fn attach_session(ws: Socket, joined: Joined, request: Request, v5: bool) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Joined {
+        input,
+        mut output,
+        terminal,
+        stdin_once,
+    } = joined;
+    let (mut sink, mut incoming) = ws.split();
+    let mut stdin_done = false;
+    loop {
+        tokio::select! {
+            out = output.recv() => match out {
+                Ok((channel, data)) => {
+                    let wanted = match channel {
+                        STDOUT => request.stdout,
+                        _ => request.stderr,
+                    };
+                    if !wanted {
+                        continue;
+                    }
+                    let mut frame = Vec::with_capacity(data.len() + 1);
+                    frame.push(channel);
+                    frame.extend(data);
+                    if sink.send(Message::binary(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => continue,
+                // The container is done.
+                Err(RecvError::Closed) => {
+                    let _ = sink.send(Message::binary(status(Ok(0), &[]))).await;
+                    close(&mut sink).await;
+                    return;
+                }
+            },
+            msg = incoming.next() => match msg {
+                Some(Ok(Message::Binary(data))) => match data.first() {
+                    Some(&STDIN) if request.stdin => {
+                        let _ = input.send(Some(data[1..].to_vec()));
+                    }
+                    Some(&CLOSE) if v5 && data.get(1) == Some(&STDIN) => {
+                        stdin_done = true;
+                        if stdin_once {
+                            let _ = input.send(None);
+                        }
+                    }
+                    Some(&RESIZE) => {
+                        if let Some(t) = &terminal {
+                            resize(t, &data[1..]);
+                        }
+                    }
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    // The caller left: with stdinOnce, the container's input ends with this session.
+    if stdin_once && request.stdin && !stdin_done {
+        let _ = input.send(None);
+    }
+}
+
+/// The WebSocket protocol to speak and the client's key, or the answer refusing the request.
+fn handshake(
+    req: &hyper::Request<hyper::body::Incoming>,
+) -> Result<(&'static str, Vec<u8>), Response<Body>> {
+    let headers = req.headers();
+    let offered: Vec<String> = headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+        .collect();
+    let Some(key) = headers
+        .get(http::header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+    else {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "Upgrade request required".into(),
+        ));
+    };
+    let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "none of the offered WebSocket protocols {offered:?} is spoken here ({})",
+                PROTOCOLS.join(", ")
+            ),
+        ));
+    };
+    Ok((protocol, key))
+}
+
+/// Switch the connection to a WebSocket and hand it to `session` once upgraded.
+fn switch<F, Fut>(
+    req: &mut hyper::Request<hyper::body::Incoming>,
+    protocol: &'static str,
+    key: &[u8],
+    session: F,
+) -> Response<Body>
+where
+    F: FnOnce(Socket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
@@ -197,22 +369,14 @@ pub(crate) async fn serve(
             None,
         )
         .await;
-        let session = Session {
-            request,
-            container,
-            env,
-            cwd,
-            v5,
-            who,
-        };
-        run(ws, &handle, session).await;
+        session(ws).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(http::header::CONNECTION, "Upgrade")
         .header(http::header::UPGRADE, "websocket")
-        .header(http::header::SEC_WEBSOCKET_ACCEPT, accept_key(&key))
-        .header(http::header::SEC_WEBSOCKET_PROTOCOL, *protocol)
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, accept_key(key))
+        .header(http::header::SEC_WEBSOCKET_PROTOCOL, protocol)
         .body(Full::new(Bytes::new()).boxed())
         .unwrap_or_else(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
@@ -248,8 +412,8 @@ fn spawn_with_pipes(
 /// The command on a new pseudo-terminal, as its session's controlling terminal (through
 /// util-linux's `setsid --ctty`, which needs no code between fork and exec here). Returns the
 /// terminal's master side.
-fn spawn_on_terminal(
-    request: &Request,
+pub(crate) fn spawn_on_terminal(
+    command: &[String],
     mut env: Vec<(String, String)>,
     cwd: &std::path::Path,
 ) -> std::io::Result<(tokio::process::Child, std::fs::File)> {
@@ -271,7 +435,7 @@ fn spawn_on_terminal(
     }
     let mut cmd = tokio::process::Command::new("setsid");
     cmd.arg("--ctty")
-        .args(&request.command)
+        .args(command)
         .env_clear()
         .envs(env)
         .current_dir(cwd)
@@ -366,7 +530,7 @@ where
     let (mut sink, mut incoming) = ws.split();
     let program = request.command[0].clone();
     let spawned = if request.tty {
-        spawn_on_terminal(&request, env, &cwd).map(|(child, master)| (child, Some(master)))
+        spawn_on_terminal(&request.command, env, &cwd).map(|(child, master)| (child, Some(master)))
     } else {
         spawn_with_pipes(&request, env, &cwd, handle, &container).map(|child| (child, None))
     };

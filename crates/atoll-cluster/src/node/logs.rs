@@ -89,6 +89,8 @@ impl LogServer {
                     async move {
                         if req.uri().path().starts_with("/exec/") {
                             super::exec::serve(&ctx, req).await
+                        } else if req.uri().path().starts_with("/attach/") {
+                            super::exec::serve_attach(&ctx, req).await
                         } else {
                             handle(&ctx, req.uri()).await
                         }

@@ -11,7 +11,7 @@
 //! `etc/config` under the pod directory, which is the container's working directory and
 //! `$POD_DIR`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +33,8 @@ use crate::util::now;
 /// A pod running here, as the log endpoint and the agent's shutdown see it.
 pub(crate) struct PodHandle {
     pub dir: PathBuf,
+    /// Running containers that keep stdin open or have a terminal, by name.
+    pub attach: Mutex<HashMap<String, AttachPoint>>,
     /// The pod as it was started, and its address (for `exec`, which runs in its context).
     pub pod: Pod,
     pub pod_ip: String,
@@ -40,6 +42,19 @@ pub(crate) struct PodHandle {
     changed: Notify,
     stop: watch::Sender<Option<Stop>>,
     done: watch::Sender<bool>,
+}
+
+/// Where `kubectl attach` (and `kubectl run -i`) meets a running container: its input, its
+/// output as it comes, and its terminal.
+pub(crate) struct AttachPoint {
+    /// Bytes for the container's stdin; `None` ends its input.
+    pub input: tokio::sync::mpsc::UnboundedSender<Option<Vec<u8>>>,
+    /// (channel, bytes): 1 stdout (and a terminal's output), 2 stderr.
+    pub output: tokio::sync::broadcast::Sender<(u8, Vec<u8>)>,
+    /// The terminal's master side, for resizes.
+    pub terminal: Option<std::fs::File>,
+    /// `stdinOnce`: the first attach session's end closes stdin.
+    pub stdin_once: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -201,6 +216,7 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
     let (done_tx, _) = watch::channel(false);
     let handle = Arc::new(PodHandle {
         dir: dir.clone(),
+        attach: Mutex::default(),
         pod: pod.clone(),
         pod_ip: pod_ip.clone(),
         containers: Mutex::new(
@@ -370,6 +386,108 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
         let _ = std::fs::remove_dir_all(&dir);
     }
     let _ = handle.done.send(true);
+}
+
+/// Start a container that keeps stdin open (`stdin: true`) or runs on a terminal (`tty: true`):
+/// its output read here, written to its log and offered to attach sessions; its input fed
+/// from them.
+fn spawn_interactive(
+    handle: &PodHandle,
+    container: &Container,
+    program: &str,
+    argv: &[String],
+    env: &[(String, String)],
+    log_path: &Path,
+) -> std::io::Result<tokio::process::Child> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+    type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)?;
+    let cwd = workdir(container, &handle.dir);
+    let tty = container.tty == Some(true);
+    let (child, sources, sink, terminal): (_, Vec<(u8, Reader)>, Option<Writer>, _) = if tty {
+        let command: Vec<String> = std::iter::once(program.to_string())
+            .chain(argv.iter().cloned())
+            .collect();
+        let (child, master) = super::exec::spawn_on_terminal(&command, env.to_vec(), &cwd)?;
+        let reader = tokio::fs::File::from_std(master.try_clone()?);
+        let writer = tokio::fs::File::from_std(master.try_clone()?);
+        (
+            child,
+            vec![(1, Box::new(reader) as Reader)],
+            Some(Box::new(writer) as Writer),
+            Some(master),
+        )
+    } else {
+        let mut child = tokio::process::Command::new(program)
+            .args(argv)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        let mut sources: Vec<(u8, Reader)> = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            sources.push((1, Box::new(out)));
+        }
+        if let Some(err) = child.stderr.take() {
+            sources.push((2, Box::new(err)));
+        }
+        let sink = child.stdin.take().map(|i| Box::new(i) as Writer);
+        (child, sources, sink, None)
+    };
+    let (output, _) = tokio::sync::broadcast::channel(1024);
+    for (channel, mut source) in sources {
+        let output = output.clone();
+        let mut log = tokio::fs::File::from_std(log.try_clone()?);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            // A terminal whose process is gone reads as an error (EIO): the end too.
+            while let Ok(n) = source.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let _ = log.write_all(&buf[..n]).await;
+                let _ = output.send((channel, buf[..n].to_vec()));
+            }
+        });
+    }
+    let (input, mut input_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Vec<u8>>>();
+    if let Some(mut sink) = sink {
+        tokio::spawn(async move {
+            while let Some(message) = input_rx.recv().await {
+                let data = match message {
+                    Some(data) => data,
+                    // The end of input: a terminal reads it as ^D; a pipe is closed.
+                    None if tty => vec![4],
+                    None => break,
+                };
+                if sink.write_all(&data).await.is_err() || sink.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    handle
+        .attach
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            container.name.clone(),
+            AttachPoint {
+                input,
+                output,
+                terminal,
+                stdin_once: container.stdin_once == Some(true),
+            },
+        );
+    Ok(child)
 }
 
 /// The environment a container's processes start with, before the container's own: POD_IP
@@ -548,24 +666,31 @@ async fn supervise(
             let _ = std::fs::remove_file(&previous_path);
             let _ = std::fs::rename(&log_path, &previous_path);
         }
-        let spawned = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .and_then(|out| {
-                let err = out.try_clone()?;
-                let workdir = workdir(&container, &handle.dir);
-                tokio::process::Command::new(&program)
-                    .args(&argv)
-                    .env_clear()
-                    .envs(full_env.iter().map(|(k, v)| (k, v)))
-                    .current_dir(workdir)
-                    .stdin(std::process::Stdio::null())
-                    .stdout(out)
-                    .stderr(err)
-                    .process_group(0)
-                    .spawn()
-            });
+        // A container that keeps stdin open (or has a terminal) is attached to through the
+        // node; its output passes through here on its way to the log.
+        let interactive = container.stdin == Some(true) || container.tty == Some(true);
+        let spawned = if interactive {
+            spawn_interactive(&handle, &container, &program, &argv, &full_env, &log_path)
+        } else {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .and_then(|out| {
+                    let err = out.try_clone()?;
+                    let workdir = workdir(&container, &handle.dir);
+                    tokio::process::Command::new(&program)
+                        .args(&argv)
+                        .env_clear()
+                        .envs(full_env.iter().map(|(k, v)| (k, v)))
+                        .current_dir(workdir)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(out)
+                        .stderr(err)
+                        .process_group(0)
+                        .spawn()
+                })
+        };
         let started_at = Instant::now();
         let exit = match spawned {
             Err(e) => {
@@ -622,6 +747,14 @@ async fn supervise(
                 };
                 probes.abort();
                 let _ = std::fs::remove_file(&pid_path);
+                if interactive {
+                    // Attach sessions see the end once the last output is through.
+                    handle
+                        .attach
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&container.name);
+                }
                 outcome
             }
         };

@@ -1289,7 +1289,7 @@ spec:
 }
 
 #[test]
-fn exec_runs_commands_in_the_containers_context() {
+fn exec_attach_and_cp_reach_into_containers() {
     let env = DevEnv::up(&["--clusters", "1"]);
     let k = env.kubectl();
     let m1 = ["--context", "member1"];
@@ -1356,6 +1356,56 @@ spec:
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
     assert_eq!(out.status.code(), Some(4), "{stdout}");
+    // `kubectl run -i` attaches to the new pod's stdin (through the node), and with `-t` to
+    // its terminal; `--rm` removes it after.
+    let out = k.run_stdin(
+        &[
+            &m1[..],
+            &[
+                "run",
+                "catter",
+                "-i",
+                "--rm",
+                "--restart=Never",
+                "--image=busybox",
+                "--command",
+                "--",
+                "cat",
+            ],
+        ]
+        .concat(),
+        "hello through attach\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("hello through attach"), "{stdout}");
+    let run_in_terminal = format!(
+        "kubectl --kubeconfig {} --context member1 run shell -it --rm --restart=Never --image=busybox --command -- sh -c 'tty; echo in-run; exit 3'",
+        env.dir.join("kubeconfig").display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &run_in_terminal, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("/dev/pts/") && stdout.contains("in-run"),
+        "{stdout}"
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    for pod in ["catter", "shell"] {
+        let out = k.run(&[&m1[..], &["get", "pod", pod]].concat());
+        assert!(!out.status.success(), "{pod} was not removed");
+    }
+    // A container started without stdin or tty has nothing to attach to, and says so.
+    let out = k.run(&[&m1[..], &["attach", "box", "-c", "main"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("started without stdin or tty"), "{err}");
     // `kubectl cp` (tar through exec), both ways.
     let local = env.dir.join("to-copy.txt");
     std::fs::write(&local, "copied in\n").unwrap();
