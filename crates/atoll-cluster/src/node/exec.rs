@@ -131,7 +131,7 @@ pub(crate) async fn serve(
     };
     let (protocol, key) = match handshake(&req) {
         Ok(h) => h,
-        Err(refused) => return refused,
+        Err(why) => return text(StatusCode::BAD_REQUEST, why),
     };
     // The container's environment, as its own process got it.
     let spec = handle
@@ -234,7 +234,7 @@ pub(crate) async fn serve_attach(
     };
     let (protocol, key) = match handshake(&req) {
         Ok(h) => h,
-        Err(refused) => return refused,
+        Err(why) => return text(StatusCode::BAD_REQUEST, why),
     };
     let v5 = protocol == PROTOCOLS[0];
     switch(&mut req, protocol, &key, move |ws| {
@@ -315,10 +315,10 @@ async fn attach_session(ws: Socket, joined: Joined, request: Request, v5: bool) 
     }
 }
 
-/// The WebSocket protocol to speak and the client's key, or the answer refusing the request.
+/// The WebSocket protocol to speak and the client's key, or why the request is refused.
 fn handshake(
     req: &hyper::Request<hyper::body::Incoming>,
-) -> Result<(&'static str, Vec<u8>), Response<Body>> {
+) -> Result<(&'static str, Vec<u8>), String> {
     let headers = req.headers();
     let offered: Vec<String> = headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -330,18 +330,12 @@ fn handshake(
         .get(http::header::SEC_WEBSOCKET_KEY)
         .map(|k| k.as_bytes().to_vec())
     else {
-        return Err(text(
-            StatusCode::BAD_REQUEST,
-            "Upgrade request required".into(),
-        ));
+        return Err("Upgrade request required".into());
     };
     let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
-        return Err(text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "none of the offered WebSocket protocols {offered:?} is spoken here ({})",
-                PROTOCOLS.join(", ")
-            ),
+        return Err(format!(
+            "none of the offered WebSocket protocols {offered:?} is spoken here ({})",
+            PROTOCOLS.join(", ")
         ));
     };
     Ok((protocol, key))
