@@ -919,6 +919,9 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "replicasets/scale",
                 "daemonsets",
                 "daemonsets/status",
+                "statefulsets",
+                "statefulsets/status",
+                "statefulsets/scale",
             ],
         ),
         rule(
@@ -945,6 +948,9 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "replicasets/scale",
                 "daemonsets",
                 "daemonsets/status",
+                "statefulsets",
+                "statefulsets/status",
+                "statefulsets/scale",
             ],
         ),
         rule(
@@ -1048,7 +1054,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         rule(
             &all_rw,
             &["apps"],
-            &["replicasets", "deployments", "daemonsets"],
+            &["replicasets", "deployments", "daemonsets", "statefulsets"],
         ),
         rule(
             &["update", "patch"],
@@ -1057,6 +1063,7 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "replicasets/status",
                 "deployments/status",
                 "daemonsets/status",
+                "statefulsets/status",
             ],
         ),
         rule(&all_rw, &["batch"], &["jobs", "cronjobs"]),

@@ -449,6 +449,26 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             review: false,
             group: "apps",
             version: "v1",
+            resource: "statefulsets",
+            kind: "StatefulSet",
+            namespaced: true,
+            short_names: &["sts"],
+            categories: all,
+            status: true,
+            scale: true,
+            name_rule: Subdomain,
+            strategy: typed::<apps::StatefulSet>(validate_statefulset, &[], || {
+                vec![Column::computed(
+                    "Ready",
+                    crate::table::ready_of_replicas,
+                    "Ready replicas",
+                )]
+            }),
+        },
+        Decl {
+            review: false,
+            group: "apps",
+            version: "v1",
             resource: "daemonsets",
             kind: "DaemonSet",
             namespaced: true,
@@ -1118,6 +1138,44 @@ fn validate_job(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         && old.pointer("/spec/template") != obj.pointer("/spec/template")
     {
         causes.push(Cause::invalid("spec.template", "", "field is immutable"));
+    }
+}
+
+/// A StatefulSet: a workload whose pods have stable names and claims.
+fn validate_statefulset(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    validate_workload(obj, old, causes);
+    let policy = str_at(obj, "/spec/podManagementPolicy");
+    if !policy.is_empty() && !["OrderedReady", "Parallel"].contains(&policy) {
+        causes.push(Cause::not_supported(
+            "spec.podManagementPolicy",
+            policy,
+            &["OrderedReady", "Parallel"],
+        ));
+    }
+    let strategy = str_at(obj, "/spec/updateStrategy/type");
+    if !strategy.is_empty() && !["RollingUpdate", "OnDelete"].contains(&strategy) {
+        causes.push(Cause::not_supported(
+            "spec.updateStrategy.type",
+            strategy,
+            &["RollingUpdate", "OnDelete"],
+        ));
+    }
+    if let Some(old) = old {
+        // As kube-apiserver: only replicas, template, update strategy, ordinals, minReadySeconds
+        // and the claim retention policy may change.
+        for f in [
+            "selector",
+            "serviceName",
+            "podManagementPolicy",
+            "volumeClaimTemplates",
+        ] {
+            if old.pointer(&format!("/spec/{f}")) != obj.pointer(&format!("/spec/{f}")) {
+                causes.push(Cause::forbidden(
+                    format!("spec.{f}"),
+                    "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+                ));
+            }
+        }
     }
 }
 

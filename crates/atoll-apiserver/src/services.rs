@@ -281,6 +281,27 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
                 }
             }
         }
+        ("apps", "statefulsets") => {
+            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+                return;
+            };
+            default_field(spec, "replicas", json!(1));
+            default_field(spec, "podManagementPolicy", json!("OrderedReady"));
+            default_field(spec, "revisionHistoryLimit", json!(10));
+            default_field(spec, "updateStrategy", json!({}));
+            default_field(&mut spec["updateStrategy"], "type", json!("RollingUpdate"));
+            if spec["updateStrategy"]["type"] == "RollingUpdate" {
+                default_field(&mut spec["updateStrategy"], "rollingUpdate", json!({}));
+                default_field(
+                    &mut spec["updateStrategy"]["rollingUpdate"],
+                    "partition",
+                    json!(0),
+                );
+            }
+            if let Some(pod) = spec.pointer_mut("/template/spec") {
+                default_pod_spec(pod);
+            }
+        }
         ("apps", "daemonsets") => {
             let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
                 return;

@@ -46,16 +46,8 @@ fn daemon_tolerations() -> Vec<Toleration> {
     .collect()
 }
 
-/// A short, stable hash of the pod template (FNV-1a of its JSON).
 fn template_hash(ds: &DaemonSet) -> String {
-    let template = ds.spec.as_ref().map(|s| &s.template);
-    let bytes = serde_json::to_vec(&template).unwrap_or_default();
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{:x}", h & 0xff_ffff_ffff)
+    super::template_hash(&ds.spec.as_ref().map(|s| &s.template))
 }
 
 /// The node a daemon pod is pinned to (by its affinity, or where it was bound).

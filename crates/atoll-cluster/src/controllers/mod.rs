@@ -1,5 +1,5 @@
 //! The workload controllers (kube-controller-manager's part of a cluster): ReplicaSet,
-//! Deployment, DaemonSet, Job, CronJob, EndpointSlice, the default ServiceAccount, and node lifecycle.
+//! Deployment, StatefulSet, DaemonSet, Job, CronJob, EndpointSlice, the default ServiceAccount, and node lifecycle.
 //!
 //! One set of caches (kube-rs reflectors) feeds all of them. Each cache's events are mapped to
 //! the keys of the objects to reconcile and put on that controller's work queue *after* the
@@ -14,6 +14,7 @@ mod job;
 mod nodelifecycle;
 mod replicaset;
 mod serviceaccount;
+mod statefulset;
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -69,6 +70,7 @@ pub(crate) struct Caches {
     pub jobs: Store<Job>,
     pub cronjobs: Store<CronJob>,
     pub daemonsets: Store<DaemonSet>,
+    pub statefulsets: Store<StatefulSet>,
     pub services: Store<Service>,
     pub nodes: Store<Node>,
     pub leases: Store<Lease>,
@@ -88,6 +90,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let job_queue = WorkQueue::new();
     let ds_queue = WorkQueue::new();
     let cj_queue = WorkQueue::new();
+    let sts_queue = WorkQueue::new();
     let svc_queue = WorkQueue::new();
     let ns_queue = WorkQueue::new();
 
@@ -97,6 +100,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let (jobs, jobs_w) = reflector::store();
     let (daemonsets, ds_w) = reflector::store();
     let (cronjobs, cj_w) = reflector::store();
+    let (statefulsets, sts_w) = reflector::store();
     let (services, svc_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
     let (leases, leases_w) = reflector::store();
@@ -111,6 +115,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             jobs,
             cronjobs,
             daemonsets,
+            statefulsets,
             services,
             nodes,
             leases,
@@ -119,10 +124,11 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     });
 
     {
-        let (rs_q, job_q, ds_q, svc_q, ctx2) = (
+        let (rs_q, job_q, ds_q, sts_q, svc_q, ctx2) = (
             rs_queue.clone(),
             job_queue.clone(),
             ds_queue.clone(),
+            sts_queue.clone(),
             svc_queue.clone(),
             ctx.clone(),
         );
@@ -135,6 +141,9 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             }
             if let Some(owner) = controller_of(pod, "DaemonSet") {
                 ds_q.add((pod.namespace().unwrap_or_default(), owner));
+            }
+            if let Some(owner) = controller_of(pod, "StatefulSet") {
+                sts_q.add((pod.namespace().unwrap_or_default(), owner));
             }
             for svc in endpointslice::services_selecting(&ctx2, pod) {
                 svc_q.add(svc);
@@ -160,6 +169,14 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             Api::<Deployment>::all(client.clone()),
             deploy_w,
             move |d: &Deployment| d_q.add(key_of(d)),
+        );
+    }
+    {
+        let q = sts_queue.clone();
+        drive(
+            Api::<StatefulSet>::all(client.clone()),
+            sts_w,
+            move |s: &StatefulSet| q.add(key_of(s)),
         );
     }
     {
@@ -251,6 +268,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let _ = ctx.caches.jobs.wait_until_ready().await;
     let _ = ctx.caches.daemonsets.wait_until_ready().await;
     let _ = ctx.caches.cronjobs.wait_until_ready().await;
+    let _ = ctx.caches.statefulsets.wait_until_ready().await;
     let _ = ctx.caches.services.wait_until_ready().await;
     let _ = ctx.caches.nodes.wait_until_ready().await;
     let _ = ctx.caches.namespaces.wait_until_ready().await;
@@ -270,6 +288,10 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let c = ctx.clone();
     cj_queue.run(2, "cronjob", move |k| cronjob::reconcile(c.clone(), k));
     let c = ctx.clone();
+    sts_queue.run(workers, "statefulset", move |k| {
+        statefulset::reconcile(c.clone(), k)
+    });
+    let c = ctx.clone();
     ds_queue.run(workers, "daemonset", move |k| {
         daemonset::reconcile(c.clone(), k)
     });
@@ -284,12 +306,13 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     // A periodic pass catches what no event announced (a lapsed lease, a pod that stopped
     // matching a Service's selector).
     let resync = {
-        let (rs_q, d_q, j_q, ds_q, c_q, s_q, ctx) = (
+        let (rs_q, d_q, j_q, ds_q, c_q, st_q, s_q, ctx) = (
             rs_queue.clone(),
             deploy_queue.clone(),
             job_queue.clone(),
             ds_queue.clone(),
             cj_queue.clone(),
+            sts_queue.clone(),
             svc_queue.clone(),
             ctx.clone(),
         );
@@ -321,6 +344,11 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
                     .state()
                     .iter()
                     .for_each(|o| c_q.add(key_of(o.as_ref())));
+                ctx.caches
+                    .statefulsets
+                    .state()
+                    .iter()
+                    .for_each(|o| st_q.add(key_of(o.as_ref())));
                 ctx.caches
                     .services
                     .state()
@@ -537,6 +565,17 @@ pub(crate) async fn wait_for_cache(check: impl Fn() -> bool) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A short, stable hash of a pod template (FNV-1a of its JSON), naming its revision.
+pub(crate) fn template_hash<T: serde::Serialize>(template: &T) -> String {
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{:x}", h & 0xff_ffff_ffff)
 }
 
 /// A reference to `owner` as the controller of what it makes.

@@ -1045,9 +1045,24 @@ async fn prepare_volumes(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<(), Str
         } else if let Some(h) = &v.host_path {
             paths.insert(v.name.clone(), PathBuf::from(&h.path));
             continue;
+        } else if let Some(claim) = &v.persistent_volume_claim {
+            // A claim is a directory of the node's, kept across the pod's restarts and
+            // replacements on this node (there are no PersistentVolume objects here).
+            let name = &claim.claim_name;
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(format!("volume {:?}: invalid claim name {name:?}", v.name));
+            }
+            let claims = dir
+                .parent()
+                .and_then(Path::parent)
+                .map(|node| node.join("claims").join(&namespace).join(name))
+                .ok_or_else(|| format!("volume {:?}: no node directory for claims", v.name))?;
+            std::fs::create_dir_all(&claims).map_err(io)?;
+            paths.insert(v.name.clone(), claims);
+            continue;
         } else {
             return Err(format!(
-                "volume {:?}: the process runtime supports emptyDir, configMap, secret and hostPath volumes",
+                "volume {:?}: the process runtime supports emptyDir, configMap, secret, hostPath and persistentVolumeClaim volumes",
                 v.name
             ));
         };
@@ -1064,7 +1079,12 @@ async fn prepare_volumes(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<(), Str
         }
         paths.insert(v.name.clone(), target);
     }
-    for c in &spec.containers {
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
         for m in c.volume_mounts.iter().flatten() {
             let Some(source) = paths.get(&m.name) else {
                 return Err(format!(

@@ -948,6 +948,130 @@ spec:
 }
 
 #[test]
+fn statefulsets_keep_names_claims_and_order() {
+    let env = DevEnv::up(&["--clusters", "1"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    let manifest = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 3
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - name: main
+        image: busybox
+        command: [sh, -c, "echo $HOSTNAME >> data/started; exec sleep 3600"]
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"#;
+    k.ok_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), manifest);
+    let rollout = || k.ok(&[&m1[..], &["rollout", "status", "sts/db", "--timeout=60s"]].concat());
+    rollout();
+    let pods = || {
+        let mut pods = running_pods(&k, "member1", "app=db");
+        pods.sort_by_key(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        });
+        pods
+    };
+    let names = |pods: &[Value]| -> Vec<String> {
+        pods.iter()
+            .map(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    let all = wait_for(60, "db-0..db-2 ready", || {
+        let p = pods();
+        (p.len() == 3 && p.iter().all(is_ready)).then_some(p)
+    });
+    assert_eq!(names(&all), ["db-0", "db-1", "db-2"]);
+    assert_eq!(all[1]["spec"]["hostname"], "db-1");
+    assert_eq!(all[1]["spec"]["subdomain"], "db");
+    assert_eq!(
+        all[1]["metadata"]["labels"]["apps.kubernetes.io/pod-index"],
+        "1"
+    );
+    // Ordered: each pod was created once the one before it was ready.
+    let created = |p: &Value| {
+        p["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(created(&all[0]) <= created(&all[1]) && created(&all[1]) <= created(&all[2]));
+    // A deleted pod comes back under its name, with its claim's data.
+    k.ok(&[&m1[..], &["delete", "pod", "db-1"]].concat());
+    wait_for(60, "db-1 back and ready", || {
+        let p = pods();
+        let back = p.iter().find(|x| x["metadata"]["name"] == "db-1")?;
+        (back["metadata"]["uid"] != all[1]["metadata"]["uid"] && is_ready(back)).then_some(())
+    });
+    let started = k.ok(&[&m1[..], &["exec", "db-1", "--", "cat", "data/started"]].concat());
+    assert_eq!(
+        started.lines().collect::<Vec<_>>(),
+        ["db-1", "db-1"],
+        "{started}"
+    );
+    // A new template rolls out to every pod.
+    k.ok(&[&m1[..], &["set", "image", "sts/db", "main=busybox:2"]].concat());
+    rollout();
+    let sts = json(&k.ok(&[&m1[..], &["get", "sts", "db", "-o", "json"]].concat()));
+    let revision = sts["status"]["updateRevision"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    wait_for(60, "every pod at the new revision", || {
+        let p = pods();
+        (p.len() == 3
+            && p.iter().all(|x| {
+                x["metadata"]["labels"]["controller-revision-hash"] == revision.as_str()
+                    && x["spec"]["containers"][0]["image"] == "busybox:2"
+                    && is_ready(x)
+            }))
+        .then_some(())
+    });
+    // Scaled down, the highest ordinals go.
+    k.ok(&[&m1[..], &["scale", "sts", "db", "--replicas=1"]].concat());
+    wait_for(60, "only db-0 left", || {
+        (names(&pods()) == ["db-0"]).then_some(())
+    });
+    // What may not change, does not.
+    let out = k.run(
+        &[
+            &m1[..],
+            &[
+                "patch",
+                "sts",
+                "db",
+                "-p",
+                r#"{"spec":{"serviceName":"other"}}"#,
+            ],
+        ]
+        .concat(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.serviceName"),
+        "{err}"
+    );
+}
+
+#[test]
 fn cronjobs_start_jobs_on_their_schedule() {
     let env = DevEnv::up(&["--clusters", "1"]);
     let k = env.kubectl();
