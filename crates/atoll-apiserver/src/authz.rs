@@ -896,6 +896,8 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
             &[
                 "configmaps",
                 "endpoints",
+                "persistentvolumeclaims",
+                "persistentvolumeclaims/status",
                 "pods",
                 "pods/log",
                 "pods/status",
@@ -1023,7 +1025,16 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         rule(&["update", "patch"], &[""], &["nodes/status"]),
         rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
         rule(&["update", "patch"], &[""], &["pods/status"]),
-        rule(&read, &[""], &["configmaps", "secrets", "services"]),
+        rule(
+            &read,
+            &[""],
+            &[
+                "configmaps",
+                "secrets",
+                "services",
+                "persistentvolumeclaims",
+            ],
+        ),
         rule(
             &["get", "create", "update", "patch"],
             &["coordination.k8s.io"],
@@ -1039,6 +1050,16 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
     scheduler_rules.extend(events());
     let mut controller_rules = vec![
         rule(&all_rw, &[""], &["pods"]),
+        rule(
+            &all_rw,
+            &[""],
+            &[
+                "persistentvolumeclaims",
+                "persistentvolumeclaims/status",
+                "persistentvolumes",
+                "persistentvolumes/status",
+            ],
+        ),
         rule(&["update", "patch"], &[""], &["pods/status"]),
         rule(&read, &[""], &["services", "namespaces"]),
         rule(

@@ -195,6 +195,63 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             review: false,
             group: "",
             version: "v1",
+            resource: "persistentvolumeclaims",
+            kind: "PersistentVolumeClaim",
+            namespaced: true,
+            short_names: &["pvc"],
+            categories: &[],
+            status: true,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::PersistentVolumeClaim>(validate_pvc, &[], || {
+                vec![
+                    Column::text("Status", "/status/phase", "Whether a volume is bound"),
+                    Column::text("Volume", "/spec/volumeName", "The bound volume"),
+                    Column::text("Capacity", "/status/capacity/storage", "The volume's size"),
+                    Column::computed(
+                        "Access Modes",
+                        crate::table::access_modes,
+                        "How it may be mounted",
+                    ),
+                    Column::text("StorageClass", "/spec/storageClassName", "Its class"),
+                ]
+            }),
+        },
+        Decl {
+            review: false,
+            group: "",
+            version: "v1",
+            resource: "persistentvolumes",
+            kind: "PersistentVolume",
+            namespaced: false,
+            short_names: &["pv"],
+            categories: &[],
+            status: true,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::PersistentVolume>(no_validation, &[], || {
+                vec![
+                    Column::text("Capacity", "/spec/capacity/storage", "Its size"),
+                    Column::computed(
+                        "Access Modes",
+                        crate::table::access_modes,
+                        "How it may be mounted",
+                    ),
+                    Column::text(
+                        "Reclaim Policy",
+                        "/spec/persistentVolumeReclaimPolicy",
+                        "What happens when its claim goes",
+                    ),
+                    Column::text("Status", "/status/phase", "Bound or not"),
+                    Column::computed("Claim", crate::table::pv_claim, "The claim bound to it"),
+                    Column::text("StorageClass", "/spec/storageClassName", "Its class"),
+                ]
+            }),
+        },
+        Decl {
+            review: false,
+            group: "",
+            version: "v1",
             resource: "services",
             kind: "Service",
             namespaced: true,
@@ -1138,6 +1195,63 @@ fn validate_job(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         && old.pointer("/spec/template") != obj.pointer("/spec/template")
     {
         causes.push(Cause::invalid("spec.template", "", "field is immutable"));
+    }
+}
+
+/// A claim: access modes and a size; once bound, what it asked for stays (but for a larger
+/// size).
+fn validate_pvc(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let modes = obj
+        .pointer("/spec/accessModes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if modes.is_empty() {
+        causes.push(Cause::required("spec.accessModes"));
+    }
+    let allowed = [
+        "ReadWriteOnce",
+        "ReadOnlyMany",
+        "ReadWriteMany",
+        "ReadWriteOncePod",
+    ];
+    for (i, m) in modes.iter().enumerate() {
+        let m = m.as_str().unwrap_or_default();
+        if !allowed.contains(&m) {
+            causes.push(Cause::not_supported(
+                format!("spec.accessModes[{i}]"),
+                m,
+                &allowed,
+            ));
+        }
+    }
+    let size = str_at(obj, "/spec/resources/requests/storage");
+    if size.is_empty() {
+        causes.push(Cause::required("spec.resources[storage]"));
+    } else if atoll_runtime::quantity::units(size).is_none() {
+        causes.push(Cause::invalid(
+            "spec.resources.requests[storage]",
+            size,
+            "must be a quantity, like 1Gi",
+        ));
+    }
+    if let Some(old) = old {
+        for f in ["accessModes", "storageClassName", "selector", "volumeMode"] {
+            let was = old.pointer(&format!("/spec/{f}"));
+            if was.is_some() && was != obj.pointer(&format!("/spec/{f}")) {
+                causes.push(Cause::forbidden(
+                    format!("spec.{f}"),
+                    "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+                ));
+            }
+        }
+        let was = str_at(old, "/spec/volumeName");
+        if !was.is_empty() && was != str_at(obj, "/spec/volumeName") {
+            causes.push(Cause::forbidden(
+                "spec.volumeName",
+                "a bound claim's volume does not change",
+            ));
+        }
     }
 }
 

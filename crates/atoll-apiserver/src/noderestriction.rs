@@ -57,7 +57,7 @@ pub fn check_request(server: &ApiServer, node: &str, a: &Attributes) -> Option<S
         ("", "pods") if a.verb == "deletecollection" => Some(format!(
             "node \"{node}\" may only delete pods bound to it, one by one"
         )),
-        ("", kind @ ("secrets" | "configmaps")) => {
+        ("", kind @ ("secrets" | "configmaps" | "persistentvolumeclaims")) => {
             if a.name.is_empty() || a.verb != "get" {
                 return Some(format!(
                     "node \"{node}\" may only get the {kind} of pods bound to it, by name"
@@ -120,13 +120,18 @@ fn used_by_pod_of(server: &ApiServer, node: &str, namespace: &str, kind: &str, n
     })
 }
 
-/// Whether a pod refers to the Secret (`kind` "secrets") or ConfigMap ("configmaps") `name`:
-/// in its volumes (projected ones too), its containers' `env` and `envFrom`, or (Secrets) its
-/// `imagePullSecrets`.
+/// Whether a pod refers to the Secret (`kind` "secrets"), ConfigMap ("configmaps") or claim
+/// ("persistentvolumeclaims") `name`: in its volumes (projected ones too), its containers'
+/// `env` and `envFrom`, or (Secrets) its `imagePullSecrets`.
 pub fn references(pod: &Value, kind: &str, name: &str) -> bool {
     let spec = &pod["spec"];
     let is = |v: &Value| v.as_str() == Some(name);
     let each = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    if kind == "persistentvolumeclaims" {
+        return each(&spec["volumes"])
+            .iter()
+            .any(|v| is(&v["persistentVolumeClaim"]["claimName"]));
+    }
     let secret = kind == "secrets";
     let volumes = each(&spec["volumes"]).into_iter().any(|v| {
         let direct = if secret {

@@ -390,6 +390,36 @@ pub fn ready_of_replicas(obj: &Value) -> Value {
     Value::String(format!("{ready}/{want}"))
 }
 
+/// Access modes as kubectl abbreviates them: RWO, ROX, RWX, RWOP.
+pub fn access_modes(obj: &Value) -> Value {
+    let modes: Vec<&str> = obj
+        .pointer("/spec/accessModes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect();
+    json!(modes.join(","))
+}
+
+/// A volume's claim as `namespace/name`.
+pub fn pv_claim(pv: &Value) -> Value {
+    let at = |p: &str| pv.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let name = at("/spec/claimRef/name");
+    json!(if name.is_empty() {
+        String::new()
+    } else {
+        format!("{}/{name}", at("/spec/claimRef/namespace"))
+    })
+}
+
 pub fn cronjob_time_zone(cj: &Value) -> Value {
     json!(
         cj.pointer("/spec/timeZone")

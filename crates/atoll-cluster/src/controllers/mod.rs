@@ -1,5 +1,5 @@
 //! The workload controllers (kube-controller-manager's part of a cluster): ReplicaSet,
-//! Deployment, StatefulSet, DaemonSet, Job, CronJob, EndpointSlice, the default ServiceAccount, and node lifecycle.
+//! Deployment, StatefulSet, DaemonSet, Job, CronJob, volume binding, EndpointSlice, the default ServiceAccount, and node lifecycle.
 //!
 //! One set of caches (kube-rs reflectors) feeds all of them. Each cache's events are mapped to
 //! the keys of the objects to reconcile and put on that controller's work queue *after* the
@@ -15,6 +15,7 @@ mod nodelifecycle;
 mod replicaset;
 mod serviceaccount;
 mod statefulset;
+mod volume;
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -26,7 +27,9 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolumeClaim, Pod, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -71,6 +74,7 @@ pub(crate) struct Caches {
     pub cronjobs: Store<CronJob>,
     pub daemonsets: Store<DaemonSet>,
     pub statefulsets: Store<StatefulSet>,
+    pub claims: Store<PersistentVolumeClaim>,
     pub services: Store<Service>,
     pub nodes: Store<Node>,
     pub leases: Store<Lease>,
@@ -91,6 +95,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let ds_queue = WorkQueue::new();
     let cj_queue = WorkQueue::new();
     let sts_queue = WorkQueue::new();
+    let claim_queue = WorkQueue::new();
     let svc_queue = WorkQueue::new();
     let ns_queue = WorkQueue::new();
 
@@ -101,6 +106,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let (daemonsets, ds_w) = reflector::store();
     let (cronjobs, cj_w) = reflector::store();
     let (statefulsets, sts_w) = reflector::store();
+    let (claims, claims_w) = reflector::store();
     let (services, svc_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
     let (leases, leases_w) = reflector::store();
@@ -116,6 +122,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             cronjobs,
             daemonsets,
             statefulsets,
+            claims,
             services,
             nodes,
             leases,
@@ -169,6 +176,14 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             Api::<Deployment>::all(client.clone()),
             deploy_w,
             move |d: &Deployment| d_q.add(key_of(d)),
+        );
+    }
+    {
+        let q = claim_queue.clone();
+        drive(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            claims_w,
+            move |c: &PersistentVolumeClaim| q.add(key_of(c)),
         );
     }
     {
@@ -269,6 +284,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let _ = ctx.caches.daemonsets.wait_until_ready().await;
     let _ = ctx.caches.cronjobs.wait_until_ready().await;
     let _ = ctx.caches.statefulsets.wait_until_ready().await;
+    let _ = ctx.caches.claims.wait_until_ready().await;
     let _ = ctx.caches.services.wait_until_ready().await;
     let _ = ctx.caches.nodes.wait_until_ready().await;
     let _ = ctx.caches.namespaces.wait_until_ready().await;
@@ -287,6 +303,8 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     job_queue.run(workers, "job", move |k| job::reconcile(c.clone(), k));
     let c = ctx.clone();
     cj_queue.run(2, "cronjob", move |k| cronjob::reconcile(c.clone(), k));
+    let c = ctx.clone();
+    claim_queue.run(2, "volume", move |k| volume::reconcile(c.clone(), k));
     let c = ctx.clone();
     sts_queue.run(workers, "statefulset", move |k| {
         statefulset::reconcile(c.clone(), k)

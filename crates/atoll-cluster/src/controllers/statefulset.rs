@@ -2,18 +2,19 @@
 //! `OrderedReady` creates them one after another, each once the ones before it are Running and
 //! Ready, and removes them from the highest ordinal down; `Parallel` does both at once. A
 //! template change rolls out from the highest ordinal down to the `partition`, one pod at a
-//! time. Each claim template gives each pod a `persistentVolumeClaim` volume named
-//! `TEMPLATE-NAME-ORDINAL`, which the node keeps as a directory of its own (no
-//! PersistentVolumeClaim objects are made).
+//! time. Each claim template gives each pod a PersistentVolumeClaim `TEMPLATE-NAME-ORDINAL`
+//! (made before the pod, kept after it) mounted as a `persistentVolumeClaim` volume.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Pod, Volume};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume,
+};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
@@ -131,6 +132,18 @@ pub(crate) async fn reconcile(
     {
         delete.push(stale.name_any());
     }
+    // Each new pod's claims first (kept when the pod or the StatefulSet goes, as Kubernetes'
+    // default retention does).
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    for i in &create {
+        for claim in claims_for(&sts, *i) {
+            match claims.create(&PostParams::default(), &claim).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     let new_pods = create
         .iter()
         .map(|i| pod_for(&sts, *i, &update_revision))
@@ -204,6 +217,26 @@ pub(crate) async fn reconcile(
         && ready == replicas
         && updated >= replicas - partition.min(replicas);
     Ok((!settled).then_some(Duration::from_secs(1)))
+}
+
+/// The claims of the pod with ordinal `i`, from the claim templates: `TEMPLATE-NAME-i`,
+/// labelled as the pods are selected.
+fn claims_for(sts: &StatefulSet, i: usize) -> Vec<PersistentVolumeClaim> {
+    let spec = sts.spec.clone().unwrap_or_default();
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    spec.volume_claim_templates
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut claim| {
+            let template = claim.metadata.name.clone().unwrap_or_default();
+            claim.metadata.name = Some(format!("{template}-{}-{i}", sts.name_any()));
+            claim.metadata.namespace = sts.namespace();
+            let labels = claim.metadata.labels.get_or_insert_with(Default::default);
+            labels.extend(selector.clone());
+            claim.status = None;
+            claim
+        })
+        .collect()
 }
 
 /// The pod with ordinal `i`: its stable name and hostname, its revision, its claims.

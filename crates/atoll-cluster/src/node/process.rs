@@ -1046,11 +1046,36 @@ async fn prepare_volumes(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<(), Str
             paths.insert(v.name.clone(), PathBuf::from(&h.path));
             continue;
         } else if let Some(claim) = &v.persistent_volume_claim {
-            // A claim is a directory of the node's, kept across the pod's restarts and
-            // replacements on this node (there are no PersistentVolume objects here).
+            // A claim's volume (`node-directory.atoll.io`) is a directory of the node's, kept
+            // across the pod's restarts and replacements on this node.
             let name = &claim.claim_name;
             if name.is_empty() || name.contains('/') || name.starts_with('.') {
                 return Err(format!("volume {:?}: invalid claim name {name:?}", v.name));
+            }
+            // As the kubelet: the claim must exist and be bound before the pod starts.
+            let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+                Api::namespaced(ctx.client.clone(), &namespace);
+            match claims.get_opt(name).await {
+                Ok(Some(c))
+                    if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") => {}
+                Ok(Some(_)) => {
+                    return Err(format!(
+                        "volume {:?}: persistentvolumeclaim {name:?} is not bound yet",
+                        v.name
+                    ));
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "volume {:?}: persistentvolumeclaim {name:?} not found",
+                        v.name
+                    ));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "volume {:?}: cannot read persistentvolumeclaim {name:?}: {e}",
+                        v.name
+                    ));
+                }
             }
             let claims = dir
                 .parent()

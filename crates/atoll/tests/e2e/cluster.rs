@@ -1050,6 +1050,44 @@ spec:
     wait_for(60, "only db-0 left", || {
         (names(&pods()) == ["db-0"]).then_some(())
     });
+    // Its claims are objects, bound to volumes, and stay when the pods go.
+    let pvcs = k.ok(&[&m1[..], &["get", "pvc"]].concat());
+    for claim in ["data-db-0", "data-db-1", "data-db-2"] {
+        assert!(
+            pvcs.lines()
+                .any(|l| l.starts_with(claim) && l.contains("Bound")),
+            "{pvcs}"
+        );
+    }
+    // A pod waits for its claim; a claim's volume goes with it.
+    k.ok_stdin(
+        &[&m1[..], &["apply", "-f", "-"]].concat(),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: claimer}\nspec:\n  volumes: [{name: v, persistentVolumeClaim: {claimName: later}}]\n  containers: [{name: main, image: busybox, command: [sleep, \"3600\"], volumeMounts: [{name: v, mountPath: /v}]}]\n",
+    );
+    k.eventually(
+        &[&m1[..], &["get", "pod", "claimer", "-o", "json"]].concat(),
+        |t| t.contains("persistentvolumeclaim \\\"later\\\" not found"),
+    );
+    k.ok_stdin(
+        &[&m1[..], &["apply", "-f", "-"]].concat(),
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: later}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n",
+    );
+    wait_for(60, "the claimer to run with its claim", || {
+        let p = json(&k.ok(&[&m1[..], &["get", "pod", "claimer", "-o", "json"]].concat()));
+        is_ready(&p).then_some(())
+    });
+    let volume = k.ok(&[
+        &m1[..],
+        &["get", "pvc", "later", "-o", "jsonpath={.spec.volumeName}"],
+    ]
+    .concat());
+    assert!(volume.starts_with("pvc-"), "{volume}");
+    k.ok(&[&m1[..], &["delete", "pod", "claimer"]].concat());
+    k.ok(&[&m1[..], &["delete", "pvc", "later"]].concat());
+    wait_for(30, "the claim's volume to go", || {
+        let out = k.run(&[&m1[..], &["get", "pv", &volume]].concat());
+        (!out.status.success()).then_some(())
+    });
     // What may not change, does not.
     let out = k.run(
         &[
