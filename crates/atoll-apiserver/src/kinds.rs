@@ -28,7 +28,7 @@ struct Typed<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-impl<T: DeserializeOwned + Serialize> Strategy for Typed<T> {
+impl<T: DeserializeOwned + Serialize + schemars::JsonSchema> Strategy for Typed<T> {
     fn normalize(&self, obj: &Value) -> Result<Value, NormalizeError> {
         let typed = T::deserialize(obj).map_err(|e| NormalizeError::Decode(e.to_string()))?;
         serde_json::to_value(typed).map_err(|e| NormalizeError::Decode(e.to_string()))
@@ -52,6 +52,19 @@ impl<T: DeserializeOwned + Serialize> Strategy for Typed<T> {
     }
     fn columns(&self) -> Vec<Column> {
         (self.columns)()
+    }
+    fn openapi_schema(&self) -> Option<Value> {
+        // Inlined, as one kind's document stands alone in the server's OpenAPI v3 per group.
+        let schema = schemars::generate::SchemaSettings::openapi3()
+            .with(|s| s.inline_subschemas = true)
+            .into_generator()
+            .into_root_schema_for::<T>();
+        let mut schema = serde_json::to_value(schema).ok()?;
+        if let Some(m) = schema.as_object_mut() {
+            m.remove("$schema");
+            m.remove("title");
+        }
+        Some(schema)
     }
 }
 
@@ -100,7 +113,7 @@ impl Decl {
     }
 }
 
-fn typed<T: DeserializeOwned + Serialize + 'static>(
+fn typed<T: DeserializeOwned + Serialize + schemars::JsonSchema + 'static>(
     validate: fn(&Value, Option<&Value>, &mut Vec<Cause>),
     fields: &'static [&'static str],
     columns: fn() -> Vec<Column>,
@@ -828,8 +841,8 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
                     label_selector: Some("/spec/selector".into()),
                 }),
                 name_rule: d.name_rule,
+                schema: d.strategy.openapi_schema(),
                 strategy: d.strategy,
-                schema: None,
                 crd: None,
                 review: d.review,
             })

@@ -36,6 +36,11 @@ pub trait Strategy: Send + Sync {
     fn columns(&self) -> Vec<Column> {
         Vec::new()
     }
+
+    /// The kind's OpenAPI v3 schema (for `kubectl explain`), if the strategy knows it.
+    fn openapi_schema(&self) -> Option<Value> {
+        None
+    }
 }
 
 #[derive(Debug)]

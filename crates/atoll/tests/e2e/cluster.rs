@@ -1426,6 +1426,9 @@ spec:
         );
         pods["items"].as_array().unwrap().is_empty().then_some(())
     });
+    // kubectl explain knows built-in kinds (the server's OpenAPI carries their schemas).
+    let explained = k.ok(&[&m1[..], &["explain", "job.spec.backoffLimit"]].concat());
+    assert!(explained.contains("backoffLimit <integer>"), "{explained}");
     // A Job's pods do not restart forever.
     for (policy, says) in [
         ("Always", "Unsupported value: \"Always\""),
