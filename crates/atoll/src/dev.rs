@@ -118,6 +118,15 @@ fn cluster_cidr(base_port: u16, i: usize) -> String {
     format!("{}/18", std::net::Ipv4Addr::from(first))
 }
 
+/// The Service range (ClusterIPs) of cluster `i` of the environment whose ports start at
+/// `base_port`: a loopback /24 below the pod ranges (127.1.0.0 to 127.12.63.255), one per
+/// cluster of every slot, so that the cluster's Service proxy can listen on them.
+fn service_cidr(base_port: u16, i: usize) -> String {
+    let slot = u32::from(base_port.saturating_sub(20000) / 20);
+    let first = u32::from(std::net::Ipv4Addr::new(127, 1, 0, 0)) + ((slot * 8 + i as u32) << 8);
+    format!("{}/24", std::net::Ipv4Addr::from(first))
+}
+
 /// The hub API server port of a running environment whose slot shares the pod ranges of the
 /// slot at `base_port`, if there is one.
 fn range_in_use(base_port: u16) -> Option<u16> {
@@ -240,6 +249,8 @@ fn plan(dir: &Path, args: &UpArgs, shape: (u32, u32, &str), base_port: u16) -> V
                 "--controllers".into(),
                 "--cluster-cidr".into(),
                 cluster_cidr(base_port, i),
+                "--service-cidr".into(),
+                service_cidr(base_port, i),
                 "--default-toleration-seconds".into(),
                 args.default_toleration_seconds.to_string(),
                 "--cluster-signing-duration".into(),
@@ -965,6 +976,16 @@ mod tests {
                 a.2,
                 b.2
             );
+        }
+        // Service ranges: one /24 per cluster of every slot, all below the pod ranges.
+        let mut services = std::collections::HashSet::new();
+        for slot in 0..PORT_SLOTS {
+            for i in 0..8 {
+                let (first, last) = range(&service_cidr(20000 + slot * 20, i));
+                assert!(first >= u32::from(Ipv4Addr::new(127, 1, 0, 0)));
+                assert!(last < u32::from(Ipv4Addr::new(127, 16, 0, 0)));
+                assert!(services.insert(first), "slot {slot} cluster {i}");
+            }
         }
         // The slots that share a range are exactly those `range_in_use` looks at.
         let base = next_slot(20000, 7);

@@ -1,5 +1,5 @@
 //! The workload controllers (kube-controller-manager's part of a cluster): ReplicaSet,
-//! Deployment, StatefulSet, DaemonSet, Job, CronJob, volume binding, EndpointSlice, the default ServiceAccount, and node lifecycle.
+//! Deployment, StatefulSet, DaemonSet, Job, CronJob, volume binding, EndpointSlice, the Service proxy, the default ServiceAccount, and node lifecycle.
 //!
 //! One set of caches (kube-rs reflectors) feeds all of them. Each cache's events are mapped to
 //! the keys of the objects to reconcile and put on that controller's work queue *after* the
@@ -14,6 +14,7 @@ mod job;
 mod nodelifecycle;
 mod replicaset;
 mod serviceaccount;
+mod serviceproxy;
 mod statefulset;
 mod volume;
 
@@ -375,7 +376,11 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             }
         }
     };
-    tokio::join!(nodelifecycle::run(ctx.clone()), resync);
+    tokio::join!(
+        nodelifecycle::run(ctx.clone()),
+        serviceproxy::run(ctx.clone()),
+        resync
+    );
     Ok(())
 }
 

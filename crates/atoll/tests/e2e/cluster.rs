@@ -219,6 +219,33 @@ fn deployment_of_http_servers_serves_scales_probes_logs_and_rolls_out() {
             (http_status(&url) == "200").then_some(())
         });
     }
+    // The Service answers on its ClusterIP (a loopback address the cluster's proxy listens
+    // on), from each of the pods in turn. (Port 8080: below 1024 needs privileges.)
+    k.ok(&[
+        &m1[..],
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--name=web-alt",
+            "--port=8080",
+            "--target-port=8000",
+        ],
+    ]
+    .concat());
+    let cluster_ip = k.ok(&[
+        &m1[..],
+        &["get", "svc", "web-alt", "-o", "jsonpath={.spec.clusterIP}"],
+    ]
+    .concat());
+    assert!(cluster_ip.starts_with("127."), "{cluster_ip}");
+    let via_service = format!("http://{cluster_ip}:8080/");
+    wait_for(30, "the Service to answer on its ClusterIP", || {
+        (http_status(&via_service) == "200").then_some(())
+    });
+    for _ in 0..6 {
+        assert_eq!(http_status(&via_service), "200");
+    }
     let mut ready = wait_for(30, "3 ready endpoints", || {
         let e = ready_endpoints(&k, "member1", "web");
         (e.len() == 3).then_some(e)
