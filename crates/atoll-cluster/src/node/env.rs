@@ -22,7 +22,17 @@ pub(crate) async fn resolve(
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let namespace = pod.namespace().unwrap_or_default();
     let mut lookups = Lookups::new(client, &namespace);
-    let mut vars: Vec<(String, String)> = Vec::new();
+    // The Services of the namespace first, so that the container's own variables win.
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut vars: Vec<(String, String)> = if links {
+        service_links(client, &namespace).await
+    } else {
+        Vec::new()
+    };
     let set = |vars: &mut Vec<(String, String)>, k: String, v: String| {
         if let Some(slot) = vars.iter_mut().find(|(n, _)| *n == k) {
             slot.1 = v;
@@ -240,6 +250,61 @@ impl<'a> Lookups<'a> {
         self.secrets.insert(name.into(), data.clone());
         Ok(data)
     }
+}
+
+/// The variables the kubelet gives a pod for each Service of its namespace with a ClusterIP
+/// (`NAME_SERVICE_HOST`, `NAME_SERVICE_PORT`, `NAME_PORT_8080_TCP_ADDR` and the rest, Docker
+/// links style). A Service list that fails gives none: the container still starts.
+async fn service_links(client: &Client, namespace: &str) -> Vec<(String, String)> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let services = match api.list(&Default::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::debug!(namespace, error = %e, "cannot list Services for service links");
+            return Vec::new();
+        }
+    };
+    let mut vars = Vec::new();
+    for svc in services {
+        let Some(spec) = svc.spec else { continue };
+        let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None") else {
+            continue;
+        };
+        let ports = spec.ports.unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let prefix = svc
+            .metadata
+            .name
+            .unwrap_or_default()
+            .to_uppercase()
+            .replace('-', "_");
+        vars.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        vars.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+        let protocol = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+        };
+        vars.push((
+            format!("{prefix}_PORT"),
+            format!("{}://{ip}:{}", protocol(first).to_lowercase(), first.port),
+        ));
+        for p in &ports {
+            if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                let name = name.to_uppercase().replace('-', "_");
+                vars.push((format!("{prefix}_SERVICE_PORT_{name}"), p.port.to_string()));
+            }
+            let proto = protocol(p);
+            let base = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            vars.push((
+                base.clone(),
+                format!("{}://{ip}:{}", proto.to_lowercase(), p.port),
+            ));
+            vars.push((format!("{base}_PROTO"), proto.to_lowercase()));
+            vars.push((format!("{base}_PORT"), p.port.to_string()));
+            vars.push((format!("{base}_ADDR"), ip.clone()));
+        }
+    }
+    vars
 }
 
 #[cfg(test)]

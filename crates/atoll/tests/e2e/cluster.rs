@@ -310,6 +310,24 @@ fn deployment_of_http_servers_serves_scales_probes_logs_and_rolls_out() {
     ]
     .concat());
     let pods = ready_pods(&k, "app=web", 3, 30);
+    // Pods started after a Service get its variables, as the kubelet gives them.
+    let seen = k.ok(&[
+        &m1[..],
+        &[
+            "exec",
+            pods[0]["metadata"]["name"].as_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo $WEB_ALT_SERVICE_HOST:$WEB_ALT_SERVICE_PORT $WEB_ALT_PORT",
+        ],
+    ]
+    .concat());
+    assert_eq!(
+        seen.trim(),
+        format!("{cluster_ip}:8080 tcp://{cluster_ip}:8080"),
+        "{seen}"
+    );
     wait_for(30, "3 ready endpoints after the rollout", || {
         (ready_endpoints(&k, "member1", "web").len() == 3).then_some(())
     });
