@@ -204,17 +204,7 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
             default_field(spec, "successfulJobsHistoryLimit", json!(3));
             default_field(spec, "failedJobsHistoryLimit", json!(1));
             if let Some(pod) = spec.pointer_mut("/jobTemplate/spec/template/spec") {
-                // As for a Job: a restart policy is required, not defaulted.
-                let policy = pod.get("restartPolicy").cloned();
-                default_pod_spec(pod);
-                match policy {
-                    Some(p) => pod["restartPolicy"] = p,
-                    None => {
-                        if let Some(m) = pod.as_object_mut() {
-                            m.remove("restartPolicy");
-                        }
-                    }
-                }
+                default_job_pod_spec(pod);
             }
         }
         ("batch", "jobs") => {
@@ -268,17 +258,7 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
                 }
             }
             if let Some(pod) = spec.pointer_mut("/template/spec") {
-                // A Job's pods do not restart forever: a policy is required, not defaulted.
-                let policy = pod.get("restartPolicy").cloned();
-                default_pod_spec(pod);
-                match policy {
-                    Some(p) => pod["restartPolicy"] = p,
-                    None => {
-                        if let Some(m) = pod.as_object_mut() {
-                            m.remove("restartPolicy");
-                        }
-                    }
-                }
+                default_job_pod_spec(pod);
             }
         }
         ("apps", "statefulsets") => {
@@ -338,6 +318,21 @@ fn default_field(obj: &mut Value, field: &str, value: Value) {
         let missing = m.get(field).is_none_or(|v| v.is_null() || v == "");
         if missing {
             m.insert(field.to_string(), value);
+        }
+    }
+}
+
+/// A Job's pod template: the pod defaults, but a restart policy is required, not defaulted
+/// (a Job's pods do not restart forever).
+fn default_job_pod_spec(pod: &mut Value) {
+    let policy = pod.get("restartPolicy").cloned();
+    default_pod_spec(pod);
+    match policy {
+        Some(p) => pod["restartPolicy"] = p,
+        None => {
+            if let Some(m) = pod.as_object_mut() {
+                m.remove("restartPolicy");
+            }
         }
     }
 }

@@ -13,10 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{Timestamp, ToSpan, tz::TimeZone};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
-use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::{Ctx, Key, controller_ref};
+use super::{Ctx, Key, controller_ref, live};
 use crate::Error;
 
 /// The oldest missed time still started: a CronJob that was away longer runs its latest one.
@@ -35,16 +34,9 @@ pub(crate) async fn reconcile(
     ctx: Arc<Ctx>,
     (namespace, name): Key,
 ) -> Result<Option<Duration>, Error> {
-    let Some(cj) = ctx
-        .caches
-        .cronjobs
-        .get(&ObjectRef::new(&name).within(&namespace))
-    else {
+    let Some(cj) = live(&ctx.caches.cronjobs, &namespace, &name) else {
         return Ok(None);
     };
-    if cj.metadata.deletion_timestamp.is_some() {
-        return Ok(None);
-    }
     let spec = cj.spec.clone().unwrap_or_default();
     let status = cj.status.clone().unwrap_or_default();
     let schedule = match atoll_runtime::cron::Schedule::parse(&spec.schedule) {

@@ -15,10 +15,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::{Ctx, Key, create_pods, delete_pods, pod_of, pods_controlled_by};
+use super::{Ctx, Key, create_pods, delete_pods, live, pod_of, pods_controlled_by};
 use crate::Error;
 use crate::util::pod_ready;
 
@@ -73,16 +72,9 @@ pub(crate) async fn reconcile(
     ctx: Arc<Ctx>,
     (namespace, name): Key,
 ) -> Result<Option<Duration>, Error> {
-    let Some(ds) = ctx
-        .caches
-        .daemonsets
-        .get(&ObjectRef::new(&name).within(&namespace))
-    else {
+    let Some(ds) = live(&ctx.caches.daemonsets, &namespace, &name) else {
         return Ok(None);
     };
-    if ds.metadata.deletion_timestamp.is_some() {
-        return Ok(None);
-    }
     let uid = ds.uid().unwrap_or_default();
     let hash = template_hash(&ds);
     let probe = pod_for(&ds, "", &hash);

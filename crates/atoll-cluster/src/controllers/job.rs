@@ -15,10 +15,9 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
-use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::{Ctx, Key, create_pods, delete_pods, pod_of, pods_controlled_by};
+use super::{Ctx, Key, create_pods, delete_pods, live, pod_of, pods_controlled_by};
 use crate::Error;
 use crate::util::{now, pod_ready};
 
@@ -63,16 +62,9 @@ pub(crate) async fn reconcile(
     ctx: Arc<Ctx>,
     (namespace, name): Key,
 ) -> Result<Option<Duration>, Error> {
-    let Some(job) = ctx
-        .caches
-        .jobs
-        .get(&ObjectRef::new(&name).within(&namespace))
-    else {
+    let Some(job) = live(&ctx.caches.jobs, &namespace, &name) else {
         return Ok(None);
     };
-    if job.metadata.deletion_timestamp.is_some() {
-        return Ok(None);
-    }
     let uid = job.uid().unwrap_or_default();
     let spec = job.spec.clone().unwrap_or_default();
     let status = job.status.clone().unwrap_or_default();

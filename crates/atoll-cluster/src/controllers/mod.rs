@@ -590,6 +590,16 @@ pub(crate) async fn wait_for_cache(check: impl Fn() -> bool) {
     }
 }
 
+/// The cached object `namespace/name`, unless it is gone or going (nothing to reconcile then).
+pub(crate) fn live<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .get(&ObjectRef::new(name).within(namespace))
+        .filter(|o| o.meta().deletion_timestamp.is_none())
+}
+
 /// A short, stable hash of a pod template (FNV-1a of its JSON), naming its revision.
 pub(crate) fn template_hash<T: serde::Serialize>(template: &T) -> String {
     let bytes = serde_json::to_vec(template).unwrap_or_default();

@@ -15,10 +15,9 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::{Ctx, Key, create_pods, delete_pods, pod_of, pods_controlled_by, template_hash};
+use super::{Ctx, Key, create_pods, delete_pods, live, pod_of, pods_controlled_by, template_hash};
 use crate::Error;
 use crate::util::pod_ready;
 
@@ -39,16 +38,9 @@ pub(crate) async fn reconcile(
     ctx: Arc<Ctx>,
     (namespace, name): Key,
 ) -> Result<Option<Duration>, Error> {
-    let Some(sts) = ctx
-        .caches
-        .statefulsets
-        .get(&ObjectRef::new(&name).within(&namespace))
-    else {
+    let Some(sts) = live(&ctx.caches.statefulsets, &namespace, &name) else {
         return Ok(None);
     };
-    if sts.metadata.deletion_timestamp.is_some() {
-        return Ok(None);
-    }
     let spec = sts.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");

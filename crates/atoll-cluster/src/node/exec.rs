@@ -95,10 +95,14 @@ fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
-pub(crate) async fn serve(
+type Found = (String, String, String, Request, std::sync::Arc<PodHandle>);
+
+/// The running container a request's path names (`/exec|attach/NS/POD/CONTAINER`), with the
+/// request's parameters; or the status and message refusing it.
+fn running_container(
     ctx: &NodeCtx,
-    mut req: hyper::Request<hyper::body::Incoming>,
-) -> Response<Body> {
+    req: &hyper::Request<hyper::body::Incoming>,
+) -> Result<Found, (StatusCode, String)> {
     let parts: Vec<&str> = req
         .uri()
         .path()
@@ -106,29 +110,43 @@ pub(crate) async fn serve(
         .split('/')
         .collect();
     let [_, namespace, pod, container] = parts.as_slice() else {
-        return text(StatusCode::NOT_FOUND, "not found".into());
+        return Err((StatusCode::NOT_FOUND, "not found".into()));
     };
-    let (namespace, pod, container) = (
+    let request = parse_query(req.uri().query().unwrap_or_default());
+    let Some(handle) = ctx
+        .running_pod(namespace, pod)
+        .filter(|h| h.container_running(container))
+    else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "container {container} is not running in pod {namespace}/{pod} (it may be starting, restarting or done)"
+            ),
+        ));
+    };
+    Ok((
         namespace.to_string(),
         pod.to_string(),
         container.to_string(),
-    );
-    let request = parse_query(req.uri().query().unwrap_or_default());
+        request,
+        handle,
+    ))
+}
+
+pub(crate) async fn serve(
+    ctx: &NodeCtx,
+    mut req: hyper::Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let (namespace, pod, container, request, handle) = match running_container(ctx, &req) {
+        Ok(found) => found,
+        Err((code, why)) => return text(code, why),
+    };
     if request.command.is_empty() {
         return text(
             StatusCode::BAD_REQUEST,
             "you must specify at least one command for the container".into(),
         );
     }
-    let handle = ctx.running_pod(&namespace, &pod);
-    let Some(handle) = handle.filter(|h| h.container_running(&container)) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "container {container} is not running in pod {namespace}/{pod} (it may be starting, restarting or done)"
-            ),
-        );
-    };
     let (protocol, key) = match handshake(&req) {
         Ok(h) => h,
         Err(why) => return text(StatusCode::BAD_REQUEST, why),
@@ -189,31 +207,9 @@ pub(crate) async fn serve_attach(
     ctx: &NodeCtx,
     mut req: hyper::Request<hyper::body::Incoming>,
 ) -> Response<Body> {
-    let parts: Vec<&str> = req
-        .uri()
-        .path()
-        .trim_start_matches('/')
-        .split('/')
-        .collect();
-    let [_, namespace, pod, container] = parts.as_slice() else {
-        return text(StatusCode::NOT_FOUND, "not found".into());
-    };
-    let (namespace, pod, container) = (
-        namespace.to_string(),
-        pod.to_string(),
-        container.to_string(),
-    );
-    let request = parse_query(req.uri().query().unwrap_or_default());
-    let Some(handle) = ctx
-        .running_pod(&namespace, &pod)
-        .filter(|h| h.container_running(&container))
-    else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "container {container} is not running in pod {namespace}/{pod} (it may be starting, restarting or done)"
-            ),
-        );
+    let (namespace, pod, container, request, handle) = match running_container(ctx, &req) {
+        Ok(found) => found,
+        Err((code, why)) => return text(code, why),
     };
     let joined = {
         let points = handle.attach.lock().unwrap_or_else(|p| p.into_inner());
