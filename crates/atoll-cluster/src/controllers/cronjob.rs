@@ -12,9 +12,10 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{Timestamp, ToSpan, tz::TimeZone};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use serde_json::json;
 
+use super::update_status;
 use super::{Ctx, Key, controller_ref, live};
 use crate::Error;
 
@@ -179,20 +180,8 @@ pub(crate) async fn reconcile(
         "lastScheduleTime": status.last_schedule_time,
         "lastSuccessfulTime": status.last_successful_time,
     });
-    if new_status != old_status {
-        let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &namespace);
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": new_status})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
+    if !update_status::<CronJob>(&ctx, &namespace, &name, &new_status, &old_status).await? {
+        return Ok(None);
     }
     // Back at the next time of the schedule.
     let next = schedule

@@ -14,9 +14,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
+use super::update_status;
 use super::{Ctx, Key, create_pods, delete_pods, live, pod_of, pods_controlled_by};
 use crate::Error;
 use crate::util::pod_ready;
@@ -235,21 +235,8 @@ pub(crate) async fn reconcile(
             "observedGeneration": s.observed_generation,
         })
     });
-    if old_status.as_ref() != Some(&status) {
-        let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
-        match dss
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let shown = old_status.unwrap_or_default();
+    update_status::<DaemonSet>(&ctx, &namespace, &name, &status, &shown).await?;
     // A rollout in progress goes on as pods become ready (their events bring us back); a
     // pass a little later catches the rest.
     let rolling = up_to_date < wanted.len() || available_updated < wanted.len();

@@ -14,9 +14,10 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, PropagationPolicy};
 use serde_json::json;
 
+use super::update_status;
 use super::{Ctx, Key, create_pods, delete_pods, live, pod_of, pods_controlled_by};
 use crate::Error;
 use crate::util::{now, pod_ready};
@@ -232,20 +233,8 @@ pub(crate) async fn reconcile(
         "completionTime": status.completion_time,
         "conditions": status.conditions.unwrap_or_default(),
     });
-    if new_status != old_status {
-        let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-        match jobs
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": new_status})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
+    if !update_status::<Job>(&ctx, &namespace, &name, &new_status, &old_status).await? {
+        return Ok(None);
     }
     Ok(requeue)
 }

@@ -600,6 +600,40 @@ where
         .filter(|o| o.meta().deletion_timestamp.is_none())
 }
 
+/// Write `status` to `K` `namespace/name` (a merge patch of its status subresource) when it
+/// differs from what the object shows; false if the object is gone.
+pub(crate) async fn update_status<K>(
+    ctx: &Ctx,
+    namespace: &str,
+    name: &str,
+    status: &serde_json::Value,
+    shown: &serde_json::Value,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if status == shown {
+        return Ok(true);
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({ "status": status });
+    match api
+        .patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A short, stable hash of a pod template (FNV-1a of its JSON), naming its revision.
 pub(crate) fn template_hash<T: serde::Serialize>(template: &T) -> String {
     let bytes = serde_json::to_vec(template).unwrap_or_default();

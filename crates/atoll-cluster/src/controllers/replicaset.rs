@@ -7,10 +7,10 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
+use super::update_status;
 use super::{Ctx, Key, create_pods, delete_pods, pod_of, pods_controlled_by};
 use crate::Error;
 use crate::util::{pod_finished, pod_ready, pod_ready_since};
@@ -122,20 +122,7 @@ pub(crate) async fn reconcile(
             "observedGeneration": s.observed_generation,
         })
     });
-    if current.as_ref() != Some(&status) {
-        let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
-        match rs_api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let shown = current.unwrap_or_default();
+    update_status::<ReplicaSet>(&ctx, &namespace, &name, &status, &shown).await?;
     Ok(wait_for_available.map(|s| Duration::from_secs_f64(s.max(0.0) + 0.05)))
 }

@@ -14,9 +14,10 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume,
 };
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
+use super::update_status;
 use super::{Ctx, Key, create_pods, delete_pods, live, pod_of, pods_controlled_by, template_hash};
 use crate::Error;
 use crate::util::pod_ready;
@@ -188,20 +189,8 @@ pub(crate) async fn reconcile(
         "observedGeneration": status.observed_generation,
         "collisionCount": status.collision_count.unwrap_or(0),
     });
-    if new_status != old_status {
-        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": new_status})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
+    if !update_status::<StatefulSet>(&ctx, &namespace, &name, &new_status, &old_status).await? {
+        return Ok(None);
     }
     // Work left (pods coming up, going, rolling): pod events bring us back; a pass a little
     // later catches the rest.
