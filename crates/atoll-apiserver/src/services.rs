@@ -113,6 +113,10 @@ pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
         {
             obj["spec"]["restartPolicy"] = json!("Always");
         }
+    } else if is(rt, "", "persistentvolumeclaims") {
+        obj["status"] = json!({"phase": "Pending"});
+    } else if is(rt, "", "persistentvolumes") {
+        obj["status"] = json!({"phase": "Available"});
     } else if is(rt, "", "services") {
         if obj.get("spec").is_some_and(Value::is_object) {
             if obj.pointer("/spec/type").is_none() {

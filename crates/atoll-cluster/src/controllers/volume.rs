@@ -2,7 +2,7 @@
 //! it (`pvc-<claim uid>`, driver `node-directory.atoll.io`): a directory on the node where the
 //! pod using the claim runs (`claims/<namespace>/<claim>` under the node's data directory),
 //! kept across the pod's replacements. When the claim goes, so does its volume (reclaim policy
-//! Delete), as with a dynamic provisioner.
+//! Delete), as with a dynamic provisioner. A claim that names its volume waits for that one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +55,38 @@ pub(crate) async fn reconcile(
         .and_then(|r| r.get("storage"))
         .map(|q| q.0.clone())
         .unwrap_or_else(|| "1Gi".into());
-    let volume = format!("pvc-{}", claim.uid().unwrap_or_default());
+    let generated = format!("pvc-{}", claim.uid().unwrap_or_default());
+    let named = spec
+        .volume_name
+        .clone()
+        .filter(|v| !v.is_empty() && *v != generated);
+    if let Some(volume) = named {
+        // A claim naming its volume binds to that one (static provisioning), once it exists
+        // and is free or already its own; until then it waits, Pending.
+        let Some(pv) = pvs.get_opt(&volume).await? else {
+            return Ok(Some(Duration::from_secs(5)));
+        };
+        let owner = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+        let free = owner.is_none_or(|r| {
+            r.namespace.as_deref() == Some(namespace.as_str())
+                && r.name.as_deref() == Some(name.as_str())
+        });
+        if !free {
+            return Ok(Some(Duration::from_secs(5)));
+        }
+        let claim_ref = json!({"spec": {"claimRef": {"kind": "PersistentVolumeClaim",
+            "apiVersion": "v1", "namespace": namespace, "name": name, "uid": claim.uid()}}});
+        pvs.patch(&volume, &PatchParams::default(), &Patch::Merge(&claim_ref))
+            .await?;
+        let capacity = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("storage"))
+            .map_or(size, |q| q.0.clone());
+        return bind(&ctx, &pvs, &namespace, &name, &volume, &spec, &capacity).await;
+    }
+    let volume = generated;
     let pv: PersistentVolume = serde_json::from_value(json!({
         "metadata": {"name": volume, "labels": {CLAIM_NAMESPACE: namespace, CLAIM_NAME: name}},
         "spec": {
@@ -75,17 +106,30 @@ pub(crate) async fn reconcile(
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
+    bind(&ctx, &pvs, &namespace, &name, &volume, &spec, &size).await
+}
+
+/// Mark the volume and the claim bound to each other.
+async fn bind(
+    ctx: &Ctx,
+    pvs: &Api<PersistentVolume>,
+    namespace: &str,
+    name: &str,
+    volume: &str,
+    spec: &k8s_openapi::api::core::v1::PersistentVolumeClaimSpec,
+    size: &str,
+) -> Result<Option<Duration>, Error> {
     pvs.patch_status(
-        &volume,
+        volume,
         &PatchParams::default(),
         &Patch::Merge(&json!({"status": {"phase": "Bound"}})),
     )
     .await?;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
     if spec.volume_name.as_deref().unwrap_or_default() != volume {
         claims
             .patch(
-                &name,
+                name,
                 &PatchParams::default(),
                 &Patch::Merge(&json!({"spec": {"volumeName": volume}})),
             )
@@ -93,11 +137,11 @@ pub(crate) async fn reconcile(
     }
     claims
         .patch_status(
-            &name,
+            name,
             &PatchParams::default(),
             &Patch::Merge(&json!({"status": {
                 "phase": "Bound",
-                "accessModes": spec.access_modes.unwrap_or_default(),
+                "accessModes": spec.access_modes.clone().unwrap_or_default(),
                 "capacity": {"storage": size},
             }})),
         )

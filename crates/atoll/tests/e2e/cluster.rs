@@ -1133,6 +1133,29 @@ spec:
         let out = k.run(&[&m1[..], &["get", "pv", &volume]].concat());
         (!out.status.success()).then_some(())
     });
+    // A claim naming its volume waits, Pending, for that one, then binds to it.
+    k.ok_stdin(
+        &[&m1[..], &["apply", "-f", "-"]].concat(),
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: static}\nspec: {accessModes: [ReadWriteOnce], volumeName: my-pv, resources: {requests: {storage: 1Gi}}}\n",
+    );
+    let phase = |claim: &str| {
+        k.ok(&[
+            &m1[..],
+            &["get", "pvc", claim, "-o", "jsonpath={.status.phase}"],
+        ]
+        .concat())
+    };
+    assert_eq!(phase("static"), "Pending");
+    k.ok_stdin(
+        &[&m1[..], &["apply", "-f", "-"]].concat(),
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: my-pv}\nspec: {capacity: {storage: 5Gi}, accessModes: [ReadWriteOnce], csi: {driver: node-directory.atoll.io, volumeHandle: default/static}}\n",
+    );
+    wait_for(30, "the static claim to bind", || {
+        (phase("static") == "Bound").then_some(())
+    });
+    let pv = json(&k.ok(&[&m1[..], &["get", "pv", "my-pv", "-o", "json"]].concat()));
+    assert_eq!(pv["spec"]["claimRef"]["name"], "static", "{pv}");
+    assert_eq!(pv["status"]["phase"], "Bound", "{pv}");
     // What may not change, does not.
     let out = k.run(
         &[
