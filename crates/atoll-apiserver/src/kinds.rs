@@ -25,6 +25,9 @@ struct Typed<T> {
     validate: fn(&Value, Option<&Value>, &mut Vec<Cause>),
     fields: &'static [&'static str],
     columns: fn() -> Vec<Column>,
+    /// The OpenAPI schema, made on the first OpenAPI request (some 100 KB per kind: not
+    /// worth making at every start).
+    schema: std::sync::OnceLock<Option<Value>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -54,17 +57,21 @@ impl<T: DeserializeOwned + Serialize + schemars::JsonSchema> Strategy for Typed<
         (self.columns)()
     }
     fn openapi_schema(&self) -> Option<Value> {
-        // Inlined, as one kind's document stands alone in the server's OpenAPI v3 per group.
-        let schema = schemars::generate::SchemaSettings::openapi3()
-            .with(|s| s.inline_subschemas = true)
-            .into_generator()
-            .into_root_schema_for::<T>();
-        let mut schema = serde_json::to_value(schema).ok()?;
-        if let Some(m) = schema.as_object_mut() {
-            m.remove("$schema");
-            m.remove("title");
-        }
-        Some(schema)
+        self.schema
+            .get_or_init(|| {
+                // Inlined, as one kind's document stands alone in the OpenAPI v3 per group.
+                let schema = schemars::generate::SchemaSettings::openapi3()
+                    .with(|s| s.inline_subschemas = true)
+                    .into_generator()
+                    .into_root_schema_for::<T>();
+                let mut schema = serde_json::to_value(schema).ok()?;
+                if let Some(m) = schema.as_object_mut() {
+                    m.remove("$schema");
+                    m.remove("title");
+                }
+                Some(schema)
+            })
+            .clone()
     }
 }
 
@@ -122,6 +129,7 @@ fn typed<T: DeserializeOwned + Serialize + schemars::JsonSchema + 'static>(
         validate,
         fields,
         columns,
+        schema: std::sync::OnceLock::new(),
         _t: PhantomData,
     })
 }
@@ -841,8 +849,8 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
                     label_selector: Some("/spec/selector".into()),
                 }),
                 name_rule: d.name_rule,
-                schema: d.strategy.openapi_schema(),
                 strategy: d.strategy,
+                schema: None,
                 crd: None,
                 review: d.review,
             })

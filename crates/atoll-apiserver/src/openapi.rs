@@ -80,7 +80,11 @@ fn hash(snap: &Snapshot, g: &str, v: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for r in snap.group_version(g, v) {
         r.resource.hash(&mut h);
-        r.schema.as_ref().map(|s| s.to_string()).hash(&mut h);
+        // A CRD's schema changes with the CRD; a built-in kind's only with the server.
+        match &r.schema {
+            Some(s) => s.to_string().hash(&mut h),
+            None => atoll_api::ATOLL_VERSION.hash(&mut h),
+        }
     }
     format!("{:016X}", h.finish())
 }
@@ -146,8 +150,8 @@ fn resource_paths(r: &ResourceType) -> (String, String) {
 /// The schema of a kind: its CRD schema with `metadata` pointing at ObjectMeta, or an open
 /// object for built-ins.
 fn kind_schema(r: &ResourceType, meta_ref: &str) -> Value {
-    let mut s = match &r.schema {
-        Some(s) if s.is_object() => s.clone(),
+    let mut s = match r.schema.clone().or_else(|| r.strategy.openapi_schema()) {
+        Some(s) if s.is_object() => s,
         _ => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
     };
     if !s.is_object() {
