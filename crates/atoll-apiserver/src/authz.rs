@@ -889,6 +889,21 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         "events",
         "endpoints",
     ];
+    // The workload kinds view reads and edit writes.
+    let apps = [
+        "deployments",
+        "deployments/status",
+        "deployments/scale",
+        "replicasets",
+        "replicasets/status",
+        "replicasets/scale",
+        "daemonsets",
+        "daemonsets/status",
+        "statefulsets",
+        "statefulsets/status",
+        "statefulsets/scale",
+    ];
+    let batch = ["jobs", "jobs/status", "cronjobs", "cronjobs/status"];
     let view_rules = vec![
         rule(
             &read,
@@ -909,28 +924,8 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "namespaces/status",
             ],
         ),
-        rule(
-            &read,
-            &["apps"],
-            &[
-                "deployments",
-                "deployments/status",
-                "deployments/scale",
-                "replicasets",
-                "replicasets/status",
-                "replicasets/scale",
-                "daemonsets",
-                "daemonsets/status",
-                "statefulsets",
-                "statefulsets/status",
-                "statefulsets/scale",
-            ],
-        ),
-        rule(
-            &read,
-            &["batch"],
-            &["jobs", "jobs/status", "cronjobs", "cronjobs/status"],
-        ),
+        rule(&read, &["apps"], &apps),
+        rule(&read, &["batch"], &batch),
         rule(&read, &["discovery.k8s.io"], &["endpointslices"]),
         rule(&read, &["events.k8s.io"], &["events"]),
     ];
@@ -938,28 +933,8 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         rule(&all_rw, &[""], &core_ns),
         rule(&all_rw, &[""], &["secrets"]),
         rule(&read, &[""], &["namespaces", "namespaces/status"]),
-        rule(
-            &all_rw,
-            &["apps"],
-            &[
-                "deployments",
-                "deployments/status",
-                "deployments/scale",
-                "replicasets",
-                "replicasets/status",
-                "replicasets/scale",
-                "daemonsets",
-                "daemonsets/status",
-                "statefulsets",
-                "statefulsets/status",
-                "statefulsets/scale",
-            ],
-        ),
-        rule(
-            &all_rw,
-            &["batch"],
-            &["jobs", "jobs/status", "cronjobs", "cronjobs/status"],
-        ),
+        rule(&all_rw, &["apps"], &apps),
+        rule(&all_rw, &["batch"], &batch),
         rule(&all_rw, &["discovery.k8s.io"], &["endpointslices"]),
         rule(&all_rw, &["events.k8s.io"], &["events"]),
         rule(&all_rw, &["coordination.k8s.io"], &["leases"]),
