@@ -84,8 +84,12 @@ pub async fn ensure_default_namespaces(server: &Arc<ApiServer>) -> ApiResult<()>
     Ok(())
 }
 
-/// Create the bootstrap roles and bindings that are missing (existing ones are left as the
-/// cluster admin changed them).
+/// Create the bootstrap roles and bindings that are missing, and reconcile those that exist as
+/// kube-apiserver does: the rules (or subjects) a newer server's policy has that the stored
+/// object lacks are added, what an admin added stays, and an object annotated
+/// `rbac.authorization.kubernetes.io/autoupdate: "false"` is left alone. (A server upgraded in
+/// place would otherwise keep an older, narrower policy: its controllers could not watch the
+/// kinds it now serves.)
 pub async fn ensure_bootstrap_policy(server: &Arc<ApiServer>) -> ApiResult<()> {
     let snap = server.registry.snapshot();
     for (resource, mut obj) in crate::authz::bootstrap_policy() {
@@ -93,16 +97,59 @@ pub async fn ensure_bootstrap_policy(server: &Arc<ApiServer>) -> ApiResult<()> {
             continue;
         };
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
-        if server.store.get(&rt.key(None, &name)).is_some() {
+        let ctx = internal_ctx(server, rt.clone(), None, None, None);
+        let Some(entry) = server.store.get(&rt.key(None, &name)) else {
+            match ctx.create_object(&mut obj).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        };
+        let current = decode_stored(&rt, &entry)?;
+        let field = if resource.ends_with("bindings") {
+            "subjects"
+        } else {
+            "rules"
+        };
+        if missing_items(&current, &obj, field).is_empty() || !auto_updated(&current) {
             continue;
         }
-        let ctx = internal_ctx(server, rt, None, None, None);
-        match ctx.create_object(&mut obj).await {
-            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        ctx.guaranteed_update(&name, None, |cur| {
+            let mut next = cur.clone();
+            let missing = missing_items(cur, &obj, field);
+            match next.get_mut(field).and_then(Value::as_array_mut) {
+                Some(items) => items.extend(missing),
+                None => next[field] = Value::Array(missing),
+            }
+            Ok(next)
+        })
+        .await?;
     }
     Ok(())
+}
+
+/// The items of `wanted`'s list `field` that `current`'s lacks.
+fn missing_items(current: &Value, wanted: &Value, field: &str) -> Vec<Value> {
+    let have = current
+        .get(field)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    wanted
+        .get(field)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|item| !have.contains(item))
+        .cloned()
+        .collect()
+}
+
+/// Whether a bootstrap object may be reconciled (unless an admin annotated it not to be).
+fn auto_updated(obj: &Value) -> bool {
+    obj.pointer("/metadata/annotations/rbac.authorization.kubernetes.io~1autoupdate")
+        .and_then(Value::as_str)
+        != Some("false")
 }
 
 /// Build the authorizer's index from every stored RBAC object; what the RBAC loop needs to
@@ -647,4 +694,100 @@ async fn reconcile_namespaces(server: &Arc<ApiServer>) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored ClusterRole `name`.
+    fn stored_role(server: &ApiServer, name: &str) -> Value {
+        let snap = server.registry.snapshot();
+        let rt = snap
+            .get(crate::authz::RBAC_GROUP, "v1", "clusterroles")
+            .expect("clusterroles are served");
+        let entry = server.store.get(&rt.key(None, name)).expect("the role");
+        decode_stored(rt, &entry).expect("a role")
+    }
+
+    /// Change the stored ClusterRole `name` as an older server, or an admin, left it.
+    async fn change_role(server: &Arc<ApiServer>, name: &str, change: impl Fn(&mut Value)) {
+        let snap = server.registry.snapshot();
+        let rt = snap
+            .get(crate::authz::RBAC_GROUP, "v1", "clusterroles")
+            .cloned()
+            .expect("clusterroles are served");
+        internal_ctx(server, rt, None, None, None)
+            .guaranteed_update(name, None, |cur| {
+                let mut next = cur.clone();
+                change(&mut next);
+                Ok(next)
+            })
+            .await
+            .expect("the role changes");
+    }
+
+    fn has_batch(role: &Value) -> bool {
+        role["rules"]
+            .as_array()
+            .is_some_and(|rules| rules.iter().any(|r| r["apiGroups"] == json!(["batch"])))
+    }
+
+    #[tokio::test]
+    async fn a_newer_policy_adds_what_stored_roles_lack_and_keeps_what_admins_did() {
+        let store = atoll_store::Store::open(
+            atoll_store::BackendKind::Memory,
+            atoll_store::Options::default(),
+        )
+        .expect("a store");
+        let server = ApiServer::start(store, crate::Config::default())
+            .await
+            .expect("a server");
+        let custom =
+            json!({"verbs": ["get"], "apiGroups": ["example.com"], "resources": ["widgets"]});
+        let narrow = |role: &mut Value| {
+            if let Some(rules) = role["rules"].as_array_mut() {
+                rules.retain(|r| r["apiGroups"] != json!(["batch"]));
+            }
+        };
+        // As a server from before Jobs left the controllers' role, plus a rule of the admin's.
+        change_role(&server, "system:kube-controller-manager", |role| {
+            narrow(role);
+            role["rules"]
+                .as_array_mut()
+                .expect("rules")
+                .push(custom.clone());
+        })
+        .await;
+        // And a role the admin told the server to leave alone.
+        change_role(&server, "system:aggregate-to-view", |role| {
+            narrow(role);
+            role["metadata"]["annotations"] =
+                json!({"rbac.authorization.kubernetes.io/autoupdate": "false"});
+        })
+        .await;
+        assert!(!has_batch(&stored_role(
+            &server,
+            "system:kube-controller-manager"
+        )));
+
+        ensure_bootstrap_policy(&server).await.expect("reconciled");
+        let kcm = stored_role(&server, "system:kube-controller-manager");
+        assert!(has_batch(&kcm), "{kcm}");
+        assert!(
+            kcm["rules"].as_array().is_some_and(|r| r.contains(&custom)),
+            "{kcm}"
+        );
+        assert!(!has_batch(&stored_role(
+            &server,
+            "system:aggregate-to-view"
+        )));
+        // Nothing missing: nothing written.
+        let before = stored_role(&server, "system:kube-controller-manager");
+        ensure_bootstrap_policy(&server).await.expect("reconciled");
+        assert_eq!(
+            before["metadata"]["resourceVersion"],
+            stored_role(&server, "system:kube-controller-manager")["metadata"]["resourceVersion"]
+        );
+    }
 }
