@@ -37,6 +37,11 @@ fn phase(p: &Pod) -> &str {
         .unwrap_or("Pending")
 }
 
+/// A pod of the Job that still runs (or is about to): not finished, not going.
+fn running(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none() && !matches!(phase(p), "Succeeded" | "Failed")
+}
+
 fn seconds_since(t: &Time) -> f64 {
     crate::util::age_seconds(&t.0)
 }
@@ -70,12 +75,7 @@ pub(crate) async fn reconcile(
     let spec = job.spec.clone().unwrap_or_default();
     let status = job.status.clone().unwrap_or_default();
     let pods = pods_controlled_by(&ctx, &namespace, &uid);
-    let active: Vec<&Arc<Pod>> = pods
-        .iter()
-        .filter(|p| {
-            p.metadata.deletion_timestamp.is_none() && !matches!(phase(p), "Succeeded" | "Failed")
-        })
-        .collect();
+    let active: Vec<&Arc<Pod>> = pods.iter().filter(|p| running(p)).collect();
     let succeeded = pods.iter().filter(|p| phase(p) == "Succeeded").count() as i32;
     let failed_pods = pods.iter().filter(|p| phase(p) == "Failed").count() as i32;
     // Under OnFailure the kubelet restarts failing containers in place: those count too.
@@ -209,12 +209,7 @@ pub(crate) async fn reconcile(
     }
     // Status from what the cache now shows.
     let pods = pods_controlled_by(&ctx, &namespace, &uid);
-    let active: Vec<&Arc<Pod>> = pods
-        .iter()
-        .filter(|p| {
-            p.metadata.deletion_timestamp.is_none() && !matches!(phase(p), "Succeeded" | "Failed")
-        })
-        .collect();
+    let active: Vec<&Arc<Pod>> = pods.iter().filter(|p| running(p)).collect();
     let new_status = json!({
         "active": active.len(),
         "ready": active.iter().filter(|p| pod_ready(p)).count(),
