@@ -36,6 +36,16 @@ impl DevEnv {
         }
     }
 
+    /// SIGKILL the environment's process `name` (a server, node, hub or agent).
+    pub(crate) fn sigkill(&self, name: &str) {
+        let pid = self.pid_of(name);
+        let killed = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success(), "kill -9 {pid} ({name})");
+    }
+
     pub(crate) fn pid_of(&self, name: &str) -> i32 {
         let state: Value =
             serde_json::from_slice(&std::fs::read(self.dir.join("dev.json")).unwrap()).unwrap();
@@ -641,14 +651,7 @@ fn a_lost_node_is_marked_and_its_pods_are_replaced_elsewhere() {
         "the scheduler spreads pods over both nodes"
     );
     // SIGKILL node1's agent.
-    let pid = env.pid_of("member1-node1");
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    env.sigkill("member1-node1");
     k.eventually(
         &[
             &m1[..],

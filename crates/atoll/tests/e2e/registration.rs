@@ -530,14 +530,7 @@ fn a_killed_agent_goes_unknown_comes_back_and_can_be_denied() {
     assert_eq!(csr_count(), 1, "one CSR: the bootstrap one");
 
     // SIGKILL the agent: after 5 missed 1 s leases the cluster is Unknown and tainted.
-    let pid = env.pid_of("member1-agent");
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    env.sigkill("member1-agent");
     let mc = wait_for(30, "member1 to be Unknown", || {
         let mc = get_mcl(&k, "member1");
         (condition(&mc, "ManagedClusterConditionAvailable") == "Unknown").then_some(mc)
@@ -673,14 +666,7 @@ fn agents_ride_out_a_hub_outage() {
     let k = env.kubectl();
     let csrs_before = hub_csrs(&k).len();
     // The hub's API server goes away (SIGKILL) for a few seconds; the agent keeps trying.
-    let pid = env.pid_of("hub");
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    env.sigkill("hub");
     std::thread::sleep(std::time::Duration::from_secs(4));
     let log = std::fs::read_to_string(env.dir.join("logs").join("member1-agent.log")).unwrap();
     assert!(log.contains("cannot reach the hub"), "{log}");
@@ -735,14 +721,7 @@ fn an_agent_whose_identity_expires_during_an_outage_joins_again() {
     assert_eq!(before.len(), 1);
     let new_requests = || bootstrap_csrs().difference(&before).count();
     // The hub is away for longer than the agent's 8 s certificate lives: it cannot renew it.
-    let pid = env.pid_of("hub");
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    env.sigkill("hub");
     std::thread::sleep(std::time::Duration::from_secs(10));
     let agent_pid = env.pid_of("member1-agent");
     // Back: the agent (the same process) sees its identity expired and joins again with its
