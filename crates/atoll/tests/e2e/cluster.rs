@@ -29,6 +29,16 @@ impl DevEnv {
         DevEnv { dir, _tmp: tmp }
     }
 
+    /// A directory for an environment the test brings up itself; whatever runs in it is
+    /// stopped when the test ends, passed or failed.
+    pub(crate) fn unstarted() -> DevEnv {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        DevEnv {
+            dir: tmp.path().to_path_buf(),
+            _tmp: tmp,
+        }
+    }
+
     pub(crate) fn kubectl(&self) -> Kubectl<'static> {
         Kubectl {
             bin: Path::new("kubectl"),
@@ -796,46 +806,46 @@ fn dev_down_keeps_data_and_environments_do_not_collide() {
         "{mine:?} {theirs:?}"
     );
     // Its ports are taken: an environment that would reuse them says so.
-    let third = tempfile::tempdir().unwrap();
+    let third = DevEnv::unstarted();
     let state: Value =
         serde_json::from_slice(&std::fs::read(env.dir.join("dev.json")).unwrap()).unwrap();
     let clash = serde_json::json!({"basePort": state["basePort"]});
-    std::fs::write(third.path().join("dev.json"), clash.to_string()).unwrap();
-    let (ok, out) = atoll(third.path(), &["dev", "up", "--clusters", "1"]);
+    std::fs::write(third.dir.join("dev.json"), clash.to_string()).unwrap();
+    let (ok, out) = atoll(&third.dir, &["dev", "up", "--clusters", "1"]);
     assert!(!ok, "a port clash must fail: {out}");
     assert!(out.contains("already in use"), "{out}");
     // A new environment whose own slot is held by something else takes the next free one.
-    let fourth = tempfile::tempdir().unwrap();
-    let own = 20000 + home_slot(fourth.path()) * 20;
+    let fourth = DevEnv::unstarted();
+    let own = 20000 + home_slot(&fourth.dir) * 20;
     let holders: Vec<std::net::TcpListener> = (own..own + 20)
         .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
         .collect();
     assert!(!holders.is_empty());
     let up = ["dev", "up", "--clusters", "1", "--runtime", "simulated"];
-    let (ok, out) = atoll(fourth.path(), &up);
+    let (ok, out) = atoll(&fourth.dir, &up);
     assert!(ok, "{out}");
-    assert_ne!(base_port(fourth.path()), own);
-    let (ok, out) = atoll(fourth.path(), &["dev", "down"]);
+    assert_ne!(base_port(&fourth.dir), own);
+    let (ok, out) = atoll(&fourth.dir, &["dev", "down"]);
     assert!(ok, "{out}");
     drop(holders);
     // Nor a free slot whose pod ranges a running environment uses: slots 120 apart share
     // them, and a held hub port there is an environment running.
-    let fifth = tempfile::tempdir().unwrap();
-    let slot = home_slot(fifth.path());
+    let fifth = DevEnv::unstarted();
+    let slot = home_slot(&fifth.dir);
     let sharer = |slot: u16| 20000 + (slot + 120) % 360 * 20;
     // (Held by us, or already by something else: in use either way.)
     let hub = std::net::TcpListener::bind(("127.0.0.1", sharer(slot)));
-    let (ok, out) = atoll(fifth.path(), &up);
+    let (ok, out) = atoll(&fifth.dir, &up);
     assert!(ok, "{out}");
-    let taken = base_port(fifth.path());
+    let taken = base_port(&fifth.dir);
     assert_ne!(taken, 20000 + slot * 20);
-    let (ok, out) = atoll(fifth.path(), &["dev", "down"]);
+    let (ok, out) = atoll(&fifth.dir, &["dev", "down"]);
     assert!(ok, "{out}");
     drop(hub);
     // Once recorded, its ranges are its own: if another environment runs on them while it is
     // down, starting it again says so.
     let hub = std::net::TcpListener::bind(("127.0.0.1", sharer((taken - 20000) / 20)));
-    let (ok, out) = atoll(fifth.path(), &up);
+    let (ok, out) = atoll(&fifth.dir, &up);
     assert!(!ok && out.contains("pod ranges"), "{out}");
     drop(hub);
 
