@@ -95,6 +95,7 @@ pub(crate) async fn reconcile(
     } else {
         0
     };
+    // What counts against backoffLimit (status.failed counts only the failed pods).
     let failures = failed_pods + restarts;
     let finished = condition(&job, "Complete") || condition(&job, "Failed");
     let mut conditions = status.conditions.clone().unwrap_or_default();
@@ -214,7 +215,7 @@ pub(crate) async fn reconcile(
         "active": active.len(),
         "ready": active.iter().filter(|p| pod_ready(p)).count(),
         "succeeded": succeeded,
-        "failed": failures,
+        "failed": failed_pods,
         "startTime": start_time,
         "completionTime": completion_time,
         "conditions": conditions,
