@@ -67,10 +67,11 @@ fn field(text: &str, min: u32, max: u32, names: &[&str]) -> Result<(u64, bool), 
             return Err(format!("{part:?} is outside {min}-{max}"));
         }
         let step = step.unwrap_or(1);
-        let mut v = lo;
-        while v <= hi {
-            bits |= 1 << v;
-            v += step;
+        // (A step past the range ends it: `*/4000000000` must neither overflow nor spin.)
+        let mut v = Some(lo);
+        while let Some(x) = v.filter(|x| *x <= hi) {
+            bits |= 1 << x;
+            v = x.checked_add(step);
         }
     }
     Ok((bits, star))
@@ -217,6 +218,11 @@ mod tests {
         assert!(s.matches(at(2026, 12, 1, 0, 0))); // a Tuesday, the 1st
         assert!(s.matches(at(2026, 11, 30, 0, 0))); // a Monday
         assert!(!s.matches(at(2026, 12, 2, 0, 0)));
+        // Steps as large as they come: the first value only.
+        let sparse = Schedule::parse("1 1-23/4294967295 1/4294967295 * *").expect("huge steps");
+        assert!(sparse.matches(at(2026, 12, 1, 1, 1)));
+        assert!(!sparse.matches(at(2026, 12, 2, 1, 1)));
+        assert!(!sparse.matches(at(2026, 12, 1, 2, 1)));
         for bad in [
             "* * * *",
             "60 * * * *",
