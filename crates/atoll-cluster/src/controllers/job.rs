@@ -18,12 +18,9 @@ use kube::api::{Api, DeleteParams, PropagationPolicy};
 use serde_json::json;
 
 use super::update_status;
-use super::{Ctx, Key, create_pods, delete_pods, live, pod_of, pods_controlled_by};
+use super::{BURST, Ctx, Key, create_pods, delete_pods, live, pod_of, pods_controlled_by};
 use crate::Error;
 use crate::util::{now, pod_ready};
-
-/// Most pods created in one pass.
-const BURST: usize = 500;
 
 /// The first wait before a failed pod is replaced; doubled per failure, at most six minutes
 /// (as kube-controller-manager's).

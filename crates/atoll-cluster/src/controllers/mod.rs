@@ -63,6 +63,10 @@ impl Default for ControllerConfig {
     }
 }
 
+/// Most pods a controller creates or deletes in one pass (the rest in the next), as
+/// Kubernetes' burst.
+pub(crate) const BURST: usize = 500;
+
 /// A namespaced (or cluster-scoped, empty namespace) object key.
 pub(crate) type Key = (String, String);
 

@@ -11,12 +11,9 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::update_status;
-use super::{Ctx, Key, create_pods, delete_pods, pod_of, pods_controlled_by};
+use super::{BURST, Ctx, Key, create_pods, delete_pods, pod_of, pods_controlled_by};
 use crate::Error;
 use crate::util::{pod_finished, pod_ready, pod_ready_since};
-
-/// Most pods created or deleted in one pass (the rest in the next), as Kubernetes' burst.
-const BURST: usize = 500;
 
 pub(crate) async fn reconcile(
     ctx: Arc<Ctx>,

@@ -18,7 +18,9 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use super::update_status;
-use super::{Ctx, Key, create_pods, delete_pods, live, pod_of, pods_controlled_by, template_hash};
+use super::{
+    BURST, Ctx, Key, create_pods, delete_pods, live, pod_of, pods_controlled_by, template_hash,
+};
 use crate::Error;
 use crate::util::pod_ready;
 
@@ -70,16 +72,13 @@ pub(crate) async fn reconcile(
         }
     }
     // The missing ordinals: all at once, or the lowest once those before it are up.
-    for i in 0..replicas {
-        if pods.contains_key(&i) {
-            continue;
-        }
+    let mut missing = (0..replicas).filter(|i| !pods.contains_key(i));
+    if parallel {
+        create.extend(missing.take(BURST));
+    } else if let Some(i) = missing.next() {
         let before_ready = (0..i).all(|j| pods.get(&j).is_some_and(|p| running_and_ready(p)));
-        if parallel || (before_ready && !terminating && create.is_empty()) {
+        if before_ready && !terminating {
             create.push(i);
-        }
-        if !parallel {
-            break;
         }
     }
     // Ordinals past `replicas` go: all at once, or the highest once the rest are up.
