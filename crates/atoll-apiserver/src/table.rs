@@ -256,7 +256,7 @@ impl PodSummary {
             .iter()
             .filter(|c| c.get("restartPolicy").and_then(Value::as_str) == Some("Always"))
             .count();
-        let mut total = list("/spec/containers").len() + sidecars;
+        let total = list("/spec/containers").len() + sidecars;
         let mut ready = 0;
         let mut restarts = 0;
         let mut sidecar_restarts = 0;
@@ -348,7 +348,6 @@ impl PodSummary {
                 "Terminating".into()
             };
         }
-        total = total.max(ready);
         PodSummary {
             ready,
             total,
