@@ -30,13 +30,21 @@ fn parse(path: &str) -> Result<Vec<Step>, String> {
             b'.' => {
                 let start = i + 1;
                 i = start;
+                // A field name runs to the next unescaped '.' or '['; `\.` is a dot of the
+                // name (label keys: `.metadata.labels.app\.kubernetes\.io/name`).
+                let mut name = String::new();
                 while i < b.len() && b[i] != b'.' && b[i] != b'[' {
-                    i += 1;
+                    if b[i] == b'\\' && i + 1 < b.len() {
+                        i += 1;
+                    }
+                    let ch = p[i..].chars().next().unwrap_or_default();
+                    name.push(ch);
+                    i += ch.len_utf8();
                 }
-                if i == start {
+                if name.is_empty() {
                     return Err(format!("empty field name at offset {start} in {path}"));
                 }
-                steps.push(Step::Field(p[start..i].to_string()));
+                steps.push(Step::Field(name));
             }
             b'[' => {
                 let end = p[i..]
@@ -137,6 +145,7 @@ mod tests {
             {"type": "Ready", "status": "True"}, {"type": "Other", "status": "False"}]}});
         assert_eq!(eval(&o, ".spec.size").unwrap(), vec![json!(3)]);
         assert_eq!(eval(&o, ".spec['a.b']").unwrap(), vec![json!("x")]);
+        assert_eq!(eval(&o, ".spec.a\\.b").unwrap(), vec![json!("x")]);
         assert_eq!(
             eval(&o, ".status.conditions[?(@.type==\"Ready\")].status").unwrap(),
             vec![json!("True")]

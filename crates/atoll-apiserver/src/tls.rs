@@ -305,18 +305,7 @@ impl Pki {
 
 /// CN and O of a verified client certificate.
 pub fn identity_from_der(der: &[u8]) -> Option<Identity> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let user = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    let mut groups: Vec<String> = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(String::from))
-        .collect();
+    let (user, mut groups) = atoll_runtime::certificate_subject(der)?;
     groups.push("system:authenticated".into());
     Some(Identity { user, groups })
 }

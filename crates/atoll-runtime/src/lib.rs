@@ -4,6 +4,7 @@
 pub mod cron;
 pub mod https;
 pub mod quantity;
+pub mod queue;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -91,6 +92,24 @@ pub fn client_subject(cn: &str, groups: &[String]) -> Result<rcgen::Distinguishe
         dn.push(DnType::CustomDnType(vec![2, 5, 4, 10]), g.as_str());
     }
     Ok(dn)
+}
+
+/// The user (CN) and groups (each O) of a client certificate that has been verified, as
+/// Kubernetes reads them; `None` if it has no CN.
+pub fn certificate_subject(der: &[u8]) -> Option<(String, Vec<String>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let user = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
+    Some((user, groups))
 }
 
 /// How the user of a kubeconfig authenticates.

@@ -20,6 +20,19 @@ pub fn units(q: &str) -> Option<i64> {
     plain(q).map(|v| v.ceil() as i64)
 }
 
+/// A quantity as a float (Kubernetes' `AsApproximateFloat64`): `500m` is 0.5, `1Ki` 1024.
+pub fn approximate(q: &str) -> Option<f64> {
+    let q = q.trim();
+    if let Some(m) = q.strip_suffix('m') {
+        return m
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(|v| v / 1000.0);
+    }
+    plain(q)
+}
+
 fn plain(q: &str) -> Option<f64> {
     const SUFFIXES: [(&str, f64); 12] = [
         ("Ki", 1024.0),
@@ -123,5 +136,9 @@ mod tests {
         assert_eq!(units("1.5Ki"), Some(1536));
         assert_eq!(cpu_millis("lots"), None);
         assert_eq!(units("1e3"), Some(1000));
+        assert_eq!(approximate("500m"), Some(0.5));
+        assert_eq!(approximate("4"), Some(4.0));
+        assert_eq!(approximate("2Ki"), Some(2048.0));
+        assert_eq!(approximate("x"), None);
     }
 }

@@ -18,9 +18,7 @@ mod serviceproxy;
 mod statefulset;
 mod volume;
 
-use std::collections::{HashSet, VecDeque};
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -37,7 +35,6 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use tokio::sync::Notify;
 
 use crate::Error;
 
@@ -467,121 +464,7 @@ fn consume<K, S>(
     });
 }
 
-/// Keys waiting to be reconciled, each at most once in the queue and once in flight.
-#[derive(Clone)]
-pub(crate) struct WorkQueue {
-    inner: Arc<(Mutex<QueueState>, Notify)>,
-}
-
-#[derive(Default)]
-struct QueueState {
-    queue: VecDeque<Key>,
-    queued: HashSet<Key>,
-    running: HashSet<Key>,
-    /// Changed while running: queue again when done.
-    dirty: HashSet<Key>,
-}
-
-impl WorkQueue {
-    fn new() -> WorkQueue {
-        WorkQueue {
-            inner: Arc::new((Mutex::new(QueueState::default()), Notify::new())),
-        }
-    }
-
-    pub(crate) fn add(&self, key: Key) {
-        let mut s = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
-        if s.running.contains(&key) {
-            s.dirty.insert(key);
-            return;
-        }
-        if s.queued.insert(key.clone()) {
-            s.queue.push_back(key);
-            drop(s);
-            self.inner.1.notify_one();
-        }
-    }
-
-    fn add_after(&self, key: Key, after: Duration) {
-        let q = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            q.add(key);
-        });
-    }
-
-    async fn next(&self) -> Key {
-        loop {
-            {
-                let mut s = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(k) = s.queue.pop_front() {
-                    s.queued.remove(&k);
-                    s.running.insert(k.clone());
-                    if !s.queue.is_empty() {
-                        self.inner.1.notify_one();
-                    }
-                    return k;
-                }
-            }
-            self.inner.1.notified().await;
-        }
-    }
-
-    fn done(&self, key: &Key) {
-        let mut s = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
-        s.running.remove(key);
-        if s.dirty.remove(key) && s.queued.insert(key.clone()) {
-            s.queue.push_back(key.clone());
-            drop(s);
-            self.inner.1.notify_one();
-        }
-    }
-
-    /// Start `workers` tasks reconciling keys with `f`; an error retries with back-off, an
-    /// `Ok(Some(d))` asks to be run again after `d`.
-    fn run<F, Fut>(&self, workers: usize, name: &'static str, f: F)
-    where
-        F: Fn(Key) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Option<Duration>, Error>> + Send + 'static,
-    {
-        let f = Arc::new(f);
-        let failures: Arc<Mutex<std::collections::HashMap<Key, u32>>> = Default::default();
-        for _ in 0..workers {
-            let q = self.clone();
-            let f = f.clone();
-            let failures = failures.clone();
-            tokio::spawn(async move {
-                loop {
-                    let key = q.next().await;
-                    let result = f(key.clone()).await;
-                    q.done(&key);
-                    match result {
-                        Ok(again) => {
-                            failures
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&key);
-                            if let Some(d) = again {
-                                q.add_after(key, d);
-                            }
-                        }
-                        Err(e) => {
-                            let n = {
-                                let mut m = failures.lock().unwrap_or_else(|p| p.into_inner());
-                                let n = m.entry(key.clone()).or_default();
-                                *n += 1;
-                                *n
-                            };
-                            let delay = Duration::from_millis((100u64 << n.min(8)).min(30_000));
-                            tracing::warn!(controller = name, namespace = %key.0, name = %key.1, error = %e, "reconcile failed; retrying in {delay:?}");
-                            q.add_after(key, delay);
-                        }
-                    }
-                }
-            });
-        }
-    }
-}
+pub(crate) type WorkQueue = atoll_runtime::queue::WorkQueue<Key>;
 
 /// Wait (briefly) until the cache shows what we just did, so the next reconcile does not act
 /// on a state from before it.
