@@ -71,7 +71,21 @@ pub async fn ensure_default_namespaces(server: &Arc<ApiServer>) -> ApiResult<()>
         return Ok(());
     };
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        if server.store.get(&rt.key(None, ns)).is_some() {
+        if let Some(entry) = server.store.get(&rt.key(None, ns)) {
+            // Written by a server from before namespaces carried their name as a label: the
+            // next write adds it (webhooks select kube-system by it).
+            let labelled = serde_json::from_slice::<Value>(&entry.value)
+                .ok()
+                .and_then(|o| {
+                    o.pointer("/metadata/labels/kubernetes.io~1metadata.name")
+                        .cloned()
+                })
+                .is_some();
+            if !labelled {
+                let ctx = internal_ctx(server, rt.clone(), None, None, None);
+                ctx.guaranteed_update(ns, None, |cur| Ok(cur.clone()))
+                    .await?;
+            }
             continue;
         }
         let ctx = internal_ctx(server, rt.clone(), None, None, None);

@@ -106,6 +106,7 @@ pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
     if is(rt, "", "namespaces") {
         obj["status"] = json!({"phase": "Active"});
         obj["spec"] = json!({"finalizers": ["kubernetes"]});
+        namespace_name_label(obj);
     } else if is(rt, "", "pods") {
         obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
         if obj.pointer("/spec/restartPolicy").is_none()
@@ -420,6 +421,29 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value) {
     if is(rt, "", "secrets") {
         string_data(new);
     }
+    if is(rt, "", "namespaces") {
+        namespace_name_label(new);
+    }
+}
+
+/// Every namespace carries `kubernetes.io/metadata.name: <name>`, set by the server whatever
+/// the client sends, as kube-apiserver does (selectors of webhooks and network policies use it).
+fn namespace_name_label(obj: &mut Value) {
+    let Some(name) = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(String::from)
+    else {
+        return;
+    };
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let labels = meta.entry("labels").or_insert_with(|| json!({}));
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    labels["kubernetes.io/metadata.name"] = json!(name);
 }
 
 /// Allocate a ClusterIP for a new Service; returns the address to release if the create fails.
