@@ -23,6 +23,10 @@ pub const ATOLL_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const KUBELET_SERVING_CERT_ANNOTATION: &str = "node.atoll.io/serving-cert-sha256";
 
 pub mod cluster;
+pub mod clusterset;
+pub mod placement;
+pub mod profile;
+pub mod selector;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube_core::CustomResourceExt;
@@ -32,11 +36,18 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         cluster::managed_cluster_crd(),
         cluster::ClusterProperty::crd(),
+        clusterset::ManagedClusterSet::crd(),
+        clusterset::ManagedClusterSetBinding::crd(),
+        placement::Placement::crd(),
+        placement::PlacementDecision::crd(),
+        profile::ClusterProfile::crd(),
     ]
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
     /// `deploy/crds/<name>.yaml` is what `crds()` generates; `ATOLL_UPDATE_CRDS=1 cargo test -p
     /// atoll-api` rewrites it. CI runs this test, so a stale file fails the build.
     #[test]
@@ -48,8 +59,12 @@ mod tests {
             let name = crd.metadata.name.clone().expect("CRDs are named");
             let text = format!(
                 "# Generated from crates/atoll-api by `ATOLL_UPDATE_CRDS=1 cargo test -p atoll-api`; do not edit.\n{}",
-                serde_yaml::to_string(&crd).expect("a CRD serializes")
+                serde_saphyr::to_string(&crd).expect("a CRD serializes")
             );
+            // What the file says must read back as the CRD itself (folded long strings too).
+            let back: CustomResourceDefinition =
+                serde_saphyr::from_str(&text).expect("the YAML reads back");
+            assert_eq!(back, crd, "{name}: YAML round trip");
             let path = dir.join(format!("{name}.yaml"));
             if update {
                 std::fs::create_dir_all(&dir).expect("deploy/crds");

@@ -21,7 +21,7 @@ pub fn decode_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
     let mime = content_type.split(';').next().unwrap_or_default().trim();
     let value: Value = match mime {
         "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => {
-            serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+            serde_saphyr::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
         }
         _ => serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({e})"))
