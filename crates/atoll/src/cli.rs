@@ -40,6 +40,12 @@ enum Command {
     Deny(crate::registration::AcceptArgs),
     /// Show state at a glance: `atoll get clusters`.
     Get(crate::registration::GetArgs),
+    /// Cluster sets: `create`, `set` (move a cluster), `bind` (to a namespace), `list`.
+    Clusterset(crate::clustersets::ClusterSetArgs),
+    /// Workspaces: a hub namespace bound to sets, with users who may place work there.
+    Workspace(crate::clustersets::WorkspaceArgs),
+    /// Placements: `explain` why one picks the clusters it picks.
+    Placement(crate::clustersets::PlacementArgs),
 }
 
 impl Args {
@@ -74,6 +80,9 @@ impl Args {
                 Command::Accept(a) => crate::registration::accept(a, true).await,
                 Command::Deny(a) => crate::registration::accept(a, false).await,
                 Command::Get(a) => crate::registration::get(a).await,
+                Command::Clusterset(a) => crate::clustersets::clusterset(a).await,
+                Command::Workspace(a) => crate::clustersets::workspace(a).await,
+                Command::Placement(a) => crate::clustersets::placement(a).await,
             }
         });
         match result {

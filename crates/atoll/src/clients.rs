@@ -24,6 +24,38 @@ pub async fn from_path(path: &Path) -> anyhow::Result<(kube::Client, kube::Confi
         .with_context(|| format!("kubeconfig {}", path.display()))
 }
 
+/// A client as kubectl would make one: `kubeconfig` if given, else `$KUBECONFIG` or
+/// `~/.kube/config`; `context` if given, else the current context.
+pub async fn from_flags(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> anyhow::Result<(kube::Client, kube::Config)> {
+    let kc = match kubeconfig {
+        Some(p) => Kubeconfig::read_from(p)
+            .with_context(|| format!("cannot read kubeconfig {}", p.display()))?,
+        None => Kubeconfig::read().context(
+            "no kubeconfig: give --kubeconfig, or set KUBECONFIG (`atoll dev up` writes one)",
+        )?,
+    };
+    let options = KubeConfigOptions {
+        context: context.map(String::from),
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kc, &options)
+        .await
+        .context("the kubeconfig is not usable")?;
+    let client = kube::Client::try_from(config.clone()).context("cannot build a client")?;
+    Ok((client, config))
+}
+
+/// The message of an API error as the server gave it (kubectl shows the same), or the error.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn terminated() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -554,8 +554,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     {
         let boot = dir.join(&p.cluster).join("bootstrap.kubeconfig");
         if !boot.exists() {
-            let text =
-                crate::registration::token(&hub_kubeconfig, Duration::from_secs(3600)).await?;
+            let text = crate::registration::token(&hub_kubeconfig, Duration::from_secs(3600), None)
+                .await?;
             atoll_apiserver::tls::write_private(&boot, &text)?;
         }
         let (pid, _) = spawn(&exe, &p.args, &p.log)?;

@@ -8,9 +8,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod cli;
 mod clients;
+mod clustersets;
 mod dev;
 mod kubeconfig;
 mod node;
+mod output;
 mod registration;
 mod server;
 

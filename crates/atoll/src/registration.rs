@@ -49,6 +49,10 @@ enum HubCommand {
         /// How long the token is valid, e.g. 30m, 1h, 24h.
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// The cluster set the joining cluster lands in (default: `default`); minting needs
+        /// `create` on `managedclustersets/join` for it.
+        #[arg(long)]
+        clusterset: Option<String>,
     },
 }
 
@@ -120,8 +124,16 @@ async fn client(path: &std::path::Path) -> anyhow::Result<Client> {
 }
 
 pub async fn hub(args: HubArgs) -> anyhow::Result<()> {
-    if let Some(HubCommand::Token { kubeconfig, ttl }) = args.command {
-        print!("{}", token(&kubeconfig, parse_duration(&ttl)?).await?);
+    if let Some(HubCommand::Token {
+        kubeconfig,
+        ttl,
+        clusterset,
+    }) = args.command
+    {
+        print!(
+            "{}",
+            token(&kubeconfig, parse_duration(&ttl)?, clusterset.as_deref()).await?
+        );
         return Ok(());
     }
     let kubeconfig = args
@@ -132,13 +144,28 @@ pub async fn hub(args: HubArgs) -> anyhow::Result<()> {
         auto_accept: args.auto_accept,
     };
     atoll_hub::install(&client).await?;
+    let sets = atoll_hub::start_sets_and_placements(client.clone()).await;
     match args.webhook_listen {
         Some(listen) => {
-            let url = atoll_hub::webhook::start(client.clone(), listen, args.webhook_host).await?;
-            eprintln!("atoll hub: acceptance webhook at {url}");
+            // Callers of `explain` show client certificates of the hub cluster's CA.
+            let (_, ca) = atoll_runtime::kubeconfig_cluster(&std::fs::read_to_string(&kubeconfig)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", kubeconfig.display()))?;
+            let ca_pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|p| !p.is_empty());
+            let url = atoll_hub::webhook::start(
+                client.clone(),
+                listen,
+                args.webhook_host,
+                Some(sets),
+                ca_pem,
+            )
+            .await?;
+            eprintln!("atoll hub: admission webhooks and placement explain at {url}");
         }
         None => eprintln!(
-            "atoll hub: no --webhook-listen: acceptance is checked by `atoll accept` only, not enforced by the hub"
+            "atoll hub: no --webhook-listen: acceptance, set membership and bindings are not enforced by the hub, and `atoll placement explain` is not served"
         ),
     }
     eprintln!("atoll hub: controllers ready");
@@ -148,9 +175,45 @@ pub async fn hub(args: HubArgs) -> anyhow::Result<()> {
     }
 }
 
-/// A bootstrap token Secret in kube-system and a kubeconfig that uses it.
-pub async fn token(kubeconfig: &std::path::Path, ttl: Duration) -> anyhow::Result<String> {
+/// A bootstrap token Secret in kube-system and a kubeconfig that uses it; with `clusterset`,
+/// the joining cluster lands in that set (and only the caller's right to join it lets them mint
+/// such a token, which the hub's webhook checks too).
+pub async fn token(
+    kubeconfig: &std::path::Path,
+    ttl: Duration,
+    clusterset: Option<&str>,
+) -> anyhow::Result<String> {
     let (client, _) = crate::clients::from_path(kubeconfig).await?;
+    let mut extra_groups = BOOTSTRAP_GROUP.to_string();
+    if let Some(set) = clusterset {
+        anyhow::ensure!(
+            !set.is_empty()
+                && set.len() <= 253
+                && set.bytes().all(|b| b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || b == b'-'
+                    || b == b'.'),
+            "--clusterset {set:?} is not a valid cluster set name (lower case letters, digits, '-' and '.')"
+        );
+        let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+            "spec": {"resourceAttributes": {"group": "cluster.atoll.io", "resource": "managedclustersets",
+                     "subresource": "join", "verb": "create", "name": set}},
+        }))?;
+        let allowed = Api::<SelfSubjectAccessReview>::all(client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .context("cannot check your access (SelfSubjectAccessReview)")?
+            .status
+            .is_some_and(|s| s.allowed);
+        anyhow::ensure!(
+            allowed,
+            "you may not mint a token that joins clusters into cluster set {set}: that needs `create` on `managedclustersets/join` (cluster.atoll.io) for {set}"
+        );
+        extra_groups = format!(
+            "{BOOTSTRAP_GROUP},{}{set}",
+            atoll_api::clusterset::BOOTSTRAP_SET_GROUP_PREFIX
+        );
+    }
     let mut bytes = [0u8; 22];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
@@ -173,7 +236,7 @@ pub async fn token(kubeconfig: &std::path::Path, ttl: Duration) -> anyhow::Resul
         "stringData": {
             "token-id": id, "token-secret": secret, "expiration": expiration,
             "usage-bootstrap-authentication": "true",
-            "auth-extra-groups": BOOTSTRAP_GROUP,
+            "auth-extra-groups": extra_groups,
             "description": "atoll hub token: joins one cluster",
         },
     }))?;
@@ -379,17 +442,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                 .join(","),
         ]);
     }
-    // Columns as wide as their widest cell, three spaces apart, as kubectl prints them.
-    let widths: Vec<usize> = (0..7)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    crate::output::print_table(&rows);
     Ok(())
 }

@@ -100,7 +100,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let hub_dir = tmp.path().join("hub");
     let server = start_server(&hub_dir, "hub")?;
     let hub_kubeconfig = hub_dir.join("admin.kubeconfig");
-    let boot = crate::registration::token(&hub_kubeconfig, Duration::from_secs(3600)).await?;
+    let boot = crate::registration::token(&hub_kubeconfig, Duration::from_secs(3600), None).await?;
     let token_id = boot
         .lines()
         .find_map(|l| l.trim().strip_prefix("token: "))
