@@ -55,18 +55,11 @@ pub async fn reconcile_builtin(hub: Arc<Hub>, name: String) -> Result<Option<Dur
                 .get(AUTOUPDATE_ANNOTATION)
                 .is_some_and(|v| v == "false");
             if !pinned && set.spec != spec && set.metadata.deletion_timestamp.is_none() {
-                api.patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({
-                        "metadata": {"resourceVersion": set.resource_version()},
-                        "spec": {"clusterSelector": {
-                            "selectorType": spec.cluster_selector.selector_type,
-                            "labelSelector": spec.cluster_selector.label_selector,
-                        }},
-                    })),
-                )
-                .await?;
+                // A whole update, not a merge patch: merging `{}` into an edited selector would
+                // leave the edit in place. A conflict retries from the next read.
+                let mut fixed = set.clone();
+                fixed.spec = spec;
+                api.replace(&name, &PostParams::default(), &fixed).await?;
                 tracing::info!(set = %name, "reverted an edit of the built-in cluster set's selector");
             }
         }

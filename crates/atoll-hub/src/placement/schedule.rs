@@ -299,7 +299,10 @@ pub fn schedule(
 }
 
 fn unreachable_prioritizer(name: &str) -> Result<BTreeMap<String, i64>, Misconfigured> {
-    misconfigured("", format!("incorrect builtin prioritizer: {name}"))
+    misconfigured(
+        "Prioritizer",
+        format!("incorrect builtin prioritizer: {name}"),
+    )
 }
 
 /// The predicates, compiled.
@@ -512,7 +515,7 @@ fn weights(spec: &PlacementSpec) -> Result<BTreeMap<String, i32>, Misconfigured>
         "Exact" => BTreeMap::new(),
         other => {
             return misconfigured(
-                "",
+                "Prioritizer",
                 format!(
                     "incorrect prioritizer policy mode: {other} (spec.prioritizerPolicy.mode must be Additive or Exact)"
                 ),
@@ -528,7 +531,7 @@ fn weights(spec: &PlacementSpec) -> Result<BTreeMap<String, i32>, Misconfigured>
                     .contains(&name.as_str())
                 {
                     return misconfigured(
-                        "",
+                        "Prioritizer",
                         format!(
                             "incorrect builtin prioritizer: {name:?} (spec.prioritizerPolicy.configurations[{i}].scoreCoordinate.builtIn must be Balance, Steady, ResourceAllocatableCPU, ResourceAllocatableMemory or Spread)"
                         ),
@@ -536,7 +539,7 @@ fn weights(spec: &PlacementSpec) -> Result<BTreeMap<String, i32>, Misconfigured>
                 }
                 if !(-10..=10).contains(&c.weight) {
                     return misconfigured(
-                        "",
+                        "Prioritizer",
                         format!(
                             "spec.prioritizerPolicy.configurations[{i}].weight {} is outside [-10, 10]",
                             c.weight
@@ -547,7 +550,7 @@ fn weights(spec: &PlacementSpec) -> Result<BTreeMap<String, i32>, Misconfigured>
             }
             "AddOn" => {
                 return misconfigured(
-                    "",
+                    "Prioritizer",
                     format!(
                         "spec.prioritizerPolicy.configurations[{i}]: AddOn scores are not served by this hub (no AddOnPlacementScore API); use a BuiltIn prioritizer"
                     ),
@@ -555,7 +558,7 @@ fn weights(spec: &PlacementSpec) -> Result<BTreeMap<String, i32>, Misconfigured>
             }
             other => {
                 return misconfigured(
-                    "",
+                    "Prioritizer",
                     format!(
                         "spec.prioritizerPolicy.configurations[{i}].scoreCoordinate.type {other:?} must be BuiltIn or AddOn"
                     ),
@@ -871,7 +874,7 @@ fn group_length(spec: &PlacementSpec) -> Result<GroupLength, Misconfigured> {
         Some(IntOrString::Int(n)) => Ok(GroupLength::Count(i64::from(*n))),
         Some(IntOrString::String(s)) => {
             let bad = || Misconfigured {
-                plugin: "",
+                plugin: "DecisionStrategy",
                 message: format!(
                     "spec.decisionStrategy.groupStrategy.clustersPerDecisionGroup {s:?} invalid type: string is not a percentage"
                 ),
@@ -929,7 +932,7 @@ fn check_group_selectors(spec: &PlacementSpec) -> Result<(), Misconfigured> {
                     .try_for_each(atoll_api::selector::check_requirement)
             })
             .map_err(|e| Misconfigured {
-                plugin: "",
+                plugin: "DecisionStrategy",
                 message: format!(
                     "spec.decisionStrategy.groupStrategy.decisionGroups[{i}].groupClusterSelector: {e}"
                 ),

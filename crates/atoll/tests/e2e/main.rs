@@ -7,5 +7,6 @@ mod cluster;
 mod durability;
 mod harness;
 mod kubectl;
+mod placement;
 mod rbac;
 mod registration;

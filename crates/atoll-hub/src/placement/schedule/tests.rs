@@ -473,7 +473,7 @@ fn bad_configurations_are_misconfigured_with_the_field_named() {
                 prioritizer_policy: exact(&[("Fastest", 1)]),
                 ..Default::default()
             },
-            "",
+            "Prioritizer",
             "incorrect builtin prioritizer: \"Fastest\"",
         ),
         (
@@ -484,7 +484,7 @@ fn bad_configurations_are_misconfigured_with_the_field_named() {
                 },
                 ..Default::default()
             },
-            "",
+            "Prioritizer",
             "incorrect prioritizer policy mode: Random",
         ),
         (
@@ -497,7 +497,7 @@ fn bad_configurations_are_misconfigured_with_the_field_named() {
                 },
                 ..Default::default()
             },
-            "",
+            "DecisionStrategy",
             "string is not a percentage",
         ),
         (
