@@ -114,7 +114,7 @@ pub const AGENT_NAMESPACE: &str = "atoll-agent";
 pub const HUB_KUBECONFIG_SECRET: &str = "hub-kubeconfig";
 
 /// A member cluster registered with the hub.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "cluster.atoll.io",
     version = "v1alpha1",
@@ -168,6 +168,20 @@ pub struct ManagedClusterSpec {
 
 fn default_lease_seconds() -> i32 {
     60
+}
+
+/// As a spec decoded from `{}` is: the defaults the schema gives (a derived `Default` would
+/// give a lease of 0 s, which the schema refuses).
+impl Default for ManagedClusterSpec {
+    fn default() -> Self {
+        ManagedClusterSpec {
+            hub_accepts_client: false,
+            managed_cluster_client_configs: Vec::new(),
+            lease_duration_seconds: default_lease_seconds(),
+            sync_mode: SyncMode::default(),
+            taints: Vec::new(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -321,6 +335,12 @@ pub struct ClusterPropertySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_default_spec_is_what_an_empty_one_decodes_to() {
+        let decoded: ManagedClusterSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(decoded, ManagedClusterSpec::default());
+    }
 
     #[test]
     fn cluster_names_are_dns_labels_that_leave_room_for_the_namespace_prefix() {

@@ -163,13 +163,32 @@ fn cluster_changed(hub: &Hub, name: Option<String>, obj: Option<ManagedCluster>)
     for c in old.iter().chain(new.iter()) {
         sets.extend(ix.sets_of(&c.labels));
     }
-    let mut placements = Vec::new();
+    // The placements this change may move: those that may pick from the sets involved (when a
+    // fact scheduling reads changed) and those whose CEL predicates read anything; of those,
+    // the ones it can touch (`touched_by`), the ones holding the cluster first.
+    let mut maybe: Vec<crate::index::Key> = Vec::new();
     if facts_changed {
         for s in &sets {
-            placements.extend(ix.placements_using(s));
+            maybe.extend(ix.placements_using(s));
         }
     }
-    placements.extend(ix.placements_with_cel());
+    maybe.extend(ix.placements_with_cel());
+    maybe.sort();
+    maybe.dedup();
+    let mut bound: std::collections::HashMap<String, BTreeSet<String>> = Default::default();
+    let mut placements: Vec<(bool, crate::index::Key)> = Vec::new();
+    for key in maybe {
+        let b = bound
+            .entry(key.0.clone())
+            .or_insert_with(|| ix.bound_sets(&key.0))
+            .clone();
+        if crate::placement::touched_by(&ix, &key, &b, old.as_deref(), new.as_deref(), &hub.cel) {
+            let holds = ix.decided.get(&key).is_some_and(|d| d.contains(&name));
+            placements.push((!holds, key));
+        }
+    }
+    placements.sort_by_key(|(later, _)| *later);
+    let placements: Vec<crate::index::Key> = placements.into_iter().map(|(_, k)| k).collect();
     let mut profiles = Vec::new();
     for s in &sets {
         for ns in ix.binding_namespaces.get(s).into_iter().flatten() {

@@ -139,12 +139,7 @@ pub async fn handle(hub: &Arc<Hub>, caller: Option<Caller>, body: &[u8]) -> (u16
         .as_ref()
         .and_then(|k| ix.decided.get(k).cloned())
         .unwrap_or_default();
-    let others = match &key {
-        Some(k) => ix.others(k),
-        None => ix.counts.clone(),
-    };
-    let mut out =
-        crate::placement::explain(&spec, &ix, &req.namespace, &current, &others, &hub.cel);
+    let mut out = crate::placement::explain(&spec, &ix, &req.namespace, &current, &hub.cel);
     out["dryRun"] = json!(dry_run);
     out["namespace"] = json!(req.namespace);
     out["name"] = json!(req.name);

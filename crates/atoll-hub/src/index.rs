@@ -49,6 +49,8 @@ pub struct Index {
     /// Cluster -> how many placements decided it (for `Balance`).
     pub counts: HashMap<String, u32>,
     pub profiles: HashMap<Key, Arc<ClusterProfile>>,
+    /// Per placement, where its feasible clusters' resources lay when it was last scheduled.
+    pub bounds: HashMap<Key, crate::placement::schedule::ResourceBounds>,
 }
 
 impl Index {
@@ -149,19 +151,6 @@ impl Index {
         }
     }
 
-    /// How many placements other than `key` decided each cluster.
-    pub fn others(&self, key: &Key) -> HashMap<String, u32> {
-        let own = self.decided.get(key);
-        let mut out = HashMap::with_capacity(self.counts.len());
-        for (c, n) in &self.counts {
-            let n = n - u32::from(own.is_some_and(|o| o.contains(c)));
-            if n > 0 {
-                out.insert(c.clone(), n);
-            }
-        }
-        out
-    }
-
     pub fn upsert_binding(&mut self, b: Arc<ManagedClusterSetBinding>) {
         let key = key_of(b.as_ref());
         self.binding_namespaces
@@ -193,6 +182,7 @@ impl Index {
             names.remove(&key.1);
         }
         self.set_decided(key, BTreeSet::new());
+        self.bounds.remove(key);
     }
 
     /// The placement a PlacementDecision belongs to (by its label).
@@ -365,10 +355,6 @@ mod tests {
         ix.set_decided(&p1, set(&["a", "b"]));
         ix.set_decided(&p2, set(&["b", "c"]));
         assert_eq!(ix.counts["b"], 2);
-        let others = ix.others(&p1);
-        assert_eq!(others.get("a"), None);
-        assert_eq!(others["b"], 1);
-        assert_eq!(others["c"], 1);
         ix.set_decided(&p1, set(&["c"]));
         assert_eq!(ix.counts.get("a"), None);
         assert_eq!(ix.counts["c"], 2);

@@ -113,7 +113,8 @@ pub async fn reconcile(hub: Arc<Hub>, key: Key) -> Result<Option<Duration>, Erro
         let eligible = schedule::eligible_sets(&p.spec, &bound);
         let candidates = ix.members(&eligible);
         let current = ix.decided.get(&key).cloned().unwrap_or_default();
-        let others = ix.others(&key);
+        let refs: Vec<&schedule::Cluster> = candidates.iter().map(|c| c.as_ref()).collect();
+        let (others, max_others) = schedule::others_of(&refs, &ix.counts, &current);
         let existing = ix.decisions_of(&key);
         Snapshot {
             placement: p,
@@ -122,6 +123,7 @@ pub async fn reconcile(hub: Arc<Hub>, key: Key) -> Result<Option<Duration>, Erro
             candidates,
             current,
             others,
+            max_others,
             existing,
         }
     };
@@ -132,8 +134,10 @@ pub async fn reconcile(hub: Arc<Hub>, key: Key) -> Result<Option<Duration>, Erro
         &schedule::Context {
             current: &snapshot.current,
             others: &snapshot.others,
+            max_others: snapshot.max_others,
             now: k8s_openapi::jiff::Timestamp::now(),
             cel: &hub.cel,
+            explain: false,
         },
     );
     let p = &snapshot.placement;
@@ -144,6 +148,7 @@ pub async fn reconcile(hub: Arc<Hub>, key: Key) -> Result<Option<Duration>, Erro
         .unwrap_or_default();
     let (desired, selected, requeue) = match &outcome {
         Ok(o) => {
+            hub.index.lock().bounds.insert(key.clone(), o.bounds);
             set_condition(
                 &mut conditions,
                 cond(
@@ -294,7 +299,8 @@ struct Snapshot {
     eligible: Vec<String>,
     candidates: Vec<Arc<schedule::Cluster>>,
     current: BTreeSet<String>,
-    others: std::collections::HashMap<String, u32>,
+    others: Vec<u32>,
+    max_others: u32,
     existing: Vec<Arc<PlacementDecision>>,
 }
 
@@ -377,27 +383,72 @@ async fn write_decisions(
     Ok(())
 }
 
-/// A placement as the CLI shows why it picked what it picked (`atoll placement explain`).
+/// Whether a change of cluster `old` -> `new` (either may be absent: added, deleted) can change
+/// what placement `key` decides: it holds the cluster; or the cluster is feasible for it now
+/// (it might be picked); or it was feasible before and the placement ranks by something it
+/// took part in unpicked (the least or most allocatable resources, spread topologies).
+/// Anything else cannot move its decisions, so a change to one cluster reschedules a few
+/// placements, not every placement of its sets.
+pub fn touched_by(
+    ix: &crate::index::Index,
+    key: &Key,
+    bound: &BTreeSet<String>,
+    old: Option<&schedule::Cluster>,
+    new: Option<&schedule::Cluster>,
+    cel: &cel::Cache,
+) -> bool {
+    let Some(p) = ix.placements.get(key) else {
+        return false;
+    };
+    let Some(name) = new.or(old).map(|c| c.name.as_str()) else {
+        return false;
+    };
+    if ix.decided.get(key).is_some_and(|d| d.contains(name)) {
+        return true;
+    }
+    let eligible = schedule::eligible_sets(&p.spec, bound);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let feasible = |c: Option<&schedule::Cluster>| {
+        c.is_some_and(|c| {
+            eligible
+                .iter()
+                .any(|s| ix.sets.get(s).is_some_and(|set| set.selects(&c.labels)))
+                && schedule::feasible(&p.spec, c, now, cel)
+        })
+    };
+    if feasible(new) {
+        return true;
+    }
+    match old {
+        Some(o) if feasible(old) => schedule::depends_on_unpicked(&p.spec, o, ix.bounds.get(key)),
+        _ => false,
+    }
+}
+
+/// A placement as the CLI shows why it picked what it picked (`atoll placement explain`):
+/// `current` are its decisions (none for a dry run).
 pub fn explain(
     spec: &atoll_api::placement::PlacementSpec,
     ix: &crate::index::Index,
     namespace: &str,
     current: &BTreeSet<String>,
-    others: &std::collections::HashMap<String, u32>,
     cel: &cel::Cache,
 ) -> serde_json::Value {
     let bound = ix.bound_sets(namespace);
     let eligible = schedule::eligible_sets(spec, &bound);
     let candidates = ix.members(&eligible);
     let refs: Vec<&schedule::Cluster> = candidates.iter().map(|c| c.as_ref()).collect();
+    let (others, max_others) = schedule::others_of(&refs, &ix.counts, current);
     let outcome = schedule::schedule(
         spec,
         &refs,
         &schedule::Context {
             current,
-            others,
+            others: &others,
+            max_others,
             now: k8s_openapi::jiff::Timestamp::now(),
             cel,
+            explain: true,
         },
     );
     let clusters: Vec<serde_json::Value> = candidates

@@ -100,10 +100,36 @@ impl Cluster {
 pub struct Context<'a> {
     /// The clusters this placement decided last time (for `Steady` and `NoSelectIfNew`).
     pub current: &'a BTreeSet<String>,
-    /// How many *other* placements decided each cluster (for `Balance`).
-    pub others: &'a HashMap<String, u32>,
+    /// For each candidate, in the same order, how many *other* placements decided it (for
+    /// `Balance`); see [`others_of`].
+    pub others: &'a [u32],
+    /// The most any cluster is decided by other placements (`Balance`'s `maxCount`).
+    pub max_others: u32,
     pub now: Timestamp,
     pub cel: &'a cel::Cache,
+    /// Also report why each candidate was filtered and every score (for `explain`); the
+    /// controller needs only the decisions.
+    pub explain: bool,
+}
+
+/// `Context::others` and `max_others` from the number of placements deciding each cluster
+/// (`counts`) and this placement's own decisions.
+pub fn others_of(
+    candidates: &[&Cluster],
+    counts: &HashMap<String, u32>,
+    own: &BTreeSet<String>,
+) -> (Vec<u32>, u32) {
+    let other = |name: &str, n: u32| n - u32::from(own.contains(name));
+    let per = candidates
+        .iter()
+        .map(|c| counts.get(&c.name).map_or(0, |n| other(&c.name, *n)))
+        .collect();
+    let max = counts
+        .iter()
+        .map(|(name, n)| other(name, *n))
+        .max()
+        .unwrap_or(0);
+    (per, max)
 }
 
 /// The scores of one prioritizer.
@@ -147,6 +173,46 @@ pub struct Outcome {
     pub groups: Vec<Group>,
     /// When a toleration of a picked cluster expires: schedule again then.
     pub requeue_after: Option<Duration>,
+    /// The least and most allocatable CPU and memory among the feasible clusters, which the
+    /// resource prioritizers score against.
+    pub bounds: ResourceBounds,
+}
+
+/// Where the feasible clusters' allocatable CPU and memory lie.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ResourceBounds {
+    pub cpu: Option<Bounds>,
+    pub memory: Option<Bounds>,
+}
+
+/// The least and most of a figure, and how many clusters have each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    pub min: f64,
+    pub at_min: usize,
+    pub max: f64,
+    pub at_max: usize,
+}
+
+impl Bounds {
+    fn of(values: impl Iterator<Item = f64> + Clone) -> Option<Bounds> {
+        let min = values.clone().reduce(f64::min)?;
+        let max = values.clone().reduce(f64::max)?;
+        Some(Bounds {
+            min,
+            at_min: values.clone().filter(|v| *v == min).count(),
+            max,
+            at_max: values.filter(|v| *v == max).count(),
+        })
+    }
+
+    /// Whether taking away a cluster with figure `v` changes the least or the most.
+    pub fn moved_without(&self, v: f64) -> bool {
+        v < self.min
+            || v > self.max
+            || (v == self.min && self.at_min <= 1)
+            || (v == self.max && self.at_max <= 1)
+    }
 }
 
 /// A misconfiguration: the plugin and why (OCM's `<plugin>:<message>`).
@@ -199,106 +265,186 @@ pub fn schedule(
     check_group_selectors(spec)?;
 
     let mut out = Outcome::default();
-    let mut feasible: Vec<&Cluster> = Vec::with_capacity(candidates.len());
-    for c in candidates.iter().copied().filter(|c| !c.terminating) {
-        if let Err(reason) = predicates.admit(c) {
-            out.filtered.push(Filtered {
-                cluster: c.name.clone(),
-                filter: "Predicate",
-                reason,
-            });
+    // Indices into `candidates` of those that pass the filters.
+    let mut feasible: Vec<usize> = Vec::with_capacity(candidates.len());
+    for (i, c) in candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.terminating)
+    {
+        if let Err(reason) = predicates.admit(c, ctx.explain) {
+            if ctx.explain {
+                out.filtered.push(Filtered {
+                    cluster: c.name.clone(),
+                    filter: "Predicate",
+                    reason,
+                });
+            }
             continue;
         }
         match tolerated(c, &spec.tolerations, ctx.current.contains(&c.name), ctx.now) {
-            Tolerated::Yes(_) => feasible.push(c),
-            Tolerated::No(reason) => out.filtered.push(Filtered {
-                cluster: c.name.clone(),
-                filter: "TaintToleration",
-                reason,
-            }),
+            Tolerated::Yes(_) => feasible.push(i),
+            Tolerated::No(reason) => {
+                if ctx.explain {
+                    out.filtered.push(Filtered {
+                        cluster: c.name.clone(),
+                        filter: "TaintToleration",
+                        reason,
+                    });
+                }
+            }
         }
     }
+    let clusters: Vec<&Cluster> = feasible.iter().map(|i| candidates[*i]).collect();
+    out.bounds = ResourceBounds {
+        cpu: Bounds::of(clusters.iter().filter_map(|c| c.cpu)),
+        memory: Bounds::of(clusters.iter().filter_map(|c| c.memory)),
+    };
 
-    // Static scores.
-    let mut total: BTreeMap<String, i64> = feasible.iter().map(|c| (c.name.clone(), 0)).collect();
+    // Static scores, by position in `clusters`.
+    let mut total: Vec<i64> = vec![0; clusters.len()];
     for (name, weight) in &weights {
         if *weight == 0 || name == SPREAD {
             continue;
         }
-        let scores = match name.as_str() {
-            BALANCE => balance(&feasible, ctx.others),
-            STEADY => steady(&feasible, ctx.current),
-            ALLOCATABLE_CPU => allocatable(&feasible, |c| c.cpu),
-            ALLOCATABLE_MEMORY => allocatable(&feasible, |c| c.memory),
-            _ => unreachable_prioritizer(name)?,
+        let scores: Vec<Option<i64>> = match name.as_str() {
+            BALANCE => {
+                let others: Vec<u32> = feasible
+                    .iter()
+                    .map(|i| ctx.others.get(*i).copied().unwrap_or(0))
+                    .collect();
+                balance(&others, ctx.max_others)
+            }
+            STEADY => steady(&clusters, ctx.current),
+            ALLOCATABLE_CPU => allocatable(&clusters, |c| c.cpu),
+            ALLOCATABLE_MEMORY => allocatable(&clusters, |c| c.memory),
+            _ => return unreachable_prioritizer(name),
         };
-        for (c, s) in &scores {
-            *total.entry(c.clone()).or_default() += s * i64::from(*weight);
+        for (t, s) in total.iter_mut().zip(&scores) {
+            *t += s.unwrap_or(0) * i64::from(*weight);
         }
-        out.prioritizers.push(PrioritizerScores {
-            name: name.clone(),
-            weight: *weight,
-            scores,
-        });
+        if ctx.explain {
+            out.prioritizers.push(PrioritizerScores {
+                name: name.clone(),
+                weight: *weight,
+                scores: named(&clusters, &scores),
+            });
+        }
     }
-    feasible.sort_by(|a, b| {
-        total[&b.name]
-            .cmp(&total[&a.name])
-            .then(a.name.cmp(&b.name))
+    // Best first: by total score, then by name.
+    let mut order: Vec<usize> = (0..clusters.len()).collect();
+    order.sort_by(|a, b| {
+        total[*b]
+            .cmp(&total[*a])
+            .then(clusters[*a].name.cmp(&clusters[*b].name))
     });
-    out.feasible = feasible.iter().map(|c| c.name.clone()).collect();
-
     let wanted = spec
         .number_of_clusters
-        .map_or(feasible.len(), |n| usize::try_from(n.max(0)).unwrap_or(0));
+        .map_or(clusters.len(), |n| usize::try_from(n.max(0)).unwrap_or(0));
     let spread_weight = weights.get(SPREAD).copied().unwrap_or(0);
-    if spread.is_empty() {
-        out.decisions = feasible
-            .iter()
-            .take(wanted)
-            .map(|c| c.name.clone())
-            .collect();
+    let picked: Vec<usize> = if spread.is_empty() {
+        order.iter().copied().take(wanted).collect()
     } else {
-        let picked = spread_select(&feasible, spread, &total, spread_weight, wanted);
+        let p = spread_select(&clusters, &order, spread, &total, spread_weight, wanted);
         if spread_weight != 0 {
-            out.prioritizers.push(PrioritizerScores {
-                name: SPREAD.into(),
-                weight: spread_weight,
-                scores: picked.spread_scores.clone(),
-            });
-            for (c, s) in &picked.spread_scores {
-                *total.entry(c.clone()).or_default() += s * i64::from(spread_weight);
+            let mut scores = vec![None; clusters.len()];
+            for (i, s) in &p.spread_scores {
+                scores[*i] = Some(*s);
+                total[*i] += s * i64::from(spread_weight);
+            }
+            if ctx.explain {
+                out.prioritizers.push(PrioritizerScores {
+                    name: SPREAD.into(),
+                    weight: spread_weight,
+                    scores: named(&clusters, &scores),
+                });
             }
         }
-        out.decisions = picked.decisions;
-        out.spread_refused = picked.refused;
+        out.spread_refused = p
+            .refused
+            .iter()
+            .map(|i| clusters[*i].name.clone())
+            .collect();
+        p.decisions
+    };
+    out.decisions = picked.iter().map(|i| clusters[*i].name.clone()).collect();
+    if ctx.explain {
+        out.feasible = order.iter().map(|i| clusters[*i].name.clone()).collect();
+        out.total = clusters
+            .iter()
+            .zip(&total)
+            .map(|(c, t)| (c.name.clone(), *t))
+            .collect();
     }
-    out.total = total;
     if let Some(n) = spec.number_of_clusters {
         out.unscheduled = i64::from(n) - out.decisions.len() as i64;
     }
 
     // Re-schedule when a picked cluster's toleration runs out.
-    let decided: BTreeSet<&String> = out.decisions.iter().collect();
-    out.requeue_after = feasible
+    out.requeue_after = picked
         .iter()
-        .filter(|c| decided.contains(&c.name))
-        .filter_map(|c| match tolerated(c, &spec.tolerations, true, ctx.now) {
-            Tolerated::Yes(expiry) => expiry,
-            Tolerated::No(_) => None,
-        })
+        .filter_map(
+            |i| match tolerated(clusters[*i], &spec.tolerations, true, ctx.now) {
+                Tolerated::Yes(expiry) => expiry,
+                Tolerated::No(_) => None,
+            },
+        )
         .min();
-
-    let picked: Vec<&Cluster> = feasible
-        .iter()
-        .copied()
-        .filter(|c| decided.contains(&c.name))
-        .collect();
+    let picked: Vec<&Cluster> = picked.iter().map(|i| clusters[*i]).collect();
     out.groups = decision_groups(spec, &picked, per_group);
     Ok(out)
 }
 
-fn unreachable_prioritizer(name: &str) -> Result<BTreeMap<String, i64>, Misconfigured> {
+/// Whether cluster `c`, not decided by the placement, passes its filters (a misconfigured
+/// placement counts every cluster as feasible: rescheduling it reports what is wrong).
+pub fn feasible(spec: &PlacementSpec, c: &Cluster, now: Timestamp, cel: &cel::Cache) -> bool {
+    if c.terminating {
+        return false;
+    }
+    let Ok(predicates) = Predicates::new(spec, cel) else {
+        return true;
+    };
+    predicates.admit(c, false).is_ok()
+        && matches!(
+            tolerated(c, &spec.tolerations, false, now),
+            Tolerated::Yes(_)
+        )
+}
+
+/// Whether taking cluster `c` (feasible, not picked) out of the placement's feasible clusters
+/// can change its picks: spread constraints count every topology the feasible clusters are
+/// in; allocatable resources are scored against the feasible clusters' least and most
+/// (`bounds`, from the last schedule; unknown: assume it can).
+pub fn depends_on_unpicked(spec: &PlacementSpec, c: &Cluster, bounds: Option<&ResourceBounds>) -> bool {
+    if !spec.spread_policy.is_empty() {
+        return true;
+    }
+    let Ok(weights) = weights(spec) else {
+        return true;
+    };
+    let weighs = |n: &str| weights.get(n).is_some_and(|w| *w != 0);
+    let moves = |b: Option<Bounds>, v: Option<f64>| match (b, v) {
+        (_, None) => false,
+        (Some(b), Some(v)) => b.moved_without(v),
+        (None, Some(_)) => true,
+    };
+    let Some(bounds) = bounds else {
+        return weighs(ALLOCATABLE_CPU) || weighs(ALLOCATABLE_MEMORY);
+    };
+    (weighs(ALLOCATABLE_CPU) && moves(bounds.cpu, c.cpu))
+        || (weighs(ALLOCATABLE_MEMORY) && moves(bounds.memory, c.memory))
+}
+
+/// Scores by position as a map by cluster name (clusters without a score left out).
+fn named(clusters: &[&Cluster], scores: &[Option<i64>]) -> BTreeMap<String, i64> {
+    clusters
+        .iter()
+        .zip(scores)
+        .filter_map(|(c, s)| s.map(|s| (c.name.clone(), s)))
+        .collect()
+}
+
+fn unreachable_prioritizer<T>(name: &str) -> Result<T, Misconfigured> {
     misconfigured(
         "Prioritizer",
         format!("incorrect builtin prioritizer: {name}"),
@@ -359,8 +505,9 @@ impl Predicates {
         Ok(Predicates { terms })
     }
 
-    /// `Ok` if some predicate selects the cluster (or there are none), else why not.
-    fn admit(&self, c: &Cluster) -> Result<(), String> {
+    /// `Ok` if some predicate selects the cluster (or there are none), else why not (spelled
+    /// out only when `explain`: the controller does not need the words).
+    fn admit(&self, c: &Cluster, explain: bool) -> Result<(), String> {
         if self.terms.is_empty() {
             return Ok(());
         }
@@ -368,7 +515,8 @@ impl Predicates {
         for (i, t) in self.terms.iter().enumerate() {
             match t.failure(c) {
                 None => return Ok(()),
-                Some(w) => why.push(format!("predicates[{i}]: {w}")),
+                Some(w) if explain => why.push(format!("predicates[{i}]: {w}")),
+                Some(_) => {}
             }
         }
         Err(why.join("; "))
@@ -625,61 +773,52 @@ fn check_spread(
 
 /// `Balance`: 100 for a cluster no other placement decided, else
 /// `2 * trunc(100 * (0.5 - count / maxCount))`.
-fn balance(feasible: &[&Cluster], others: &HashMap<String, u32>) -> BTreeMap<String, i64> {
-    let max = others.values().copied().max().unwrap_or(0);
-    feasible
+fn balance(others: &[u32], max: u32) -> Vec<Option<i64>> {
+    others
         .iter()
-        .map(|c| {
-            let score = match others.get(&c.name).copied().filter(|n| *n > 0) {
-                None => MAX_SCORE,
-                Some(count) => {
-                    let usage = f64::from(count) / f64::from(max.max(1));
-                    2 * ((MAX_SCORE as f64) * (0.5 - usage)) as i64
-                }
-            };
-            (c.name.clone(), score)
+        .map(|count| {
+            Some(if *count == 0 {
+                MAX_SCORE
+            } else {
+                let usage = f64::from(*count) / f64::from(max.max(1));
+                2 * ((MAX_SCORE as f64) * (0.5 - usage)) as i64
+            })
         })
         .collect()
 }
 
 /// `Steady`: 100 for a cluster already decided, 0 for the others.
-fn steady(feasible: &[&Cluster], current: &BTreeSet<String>) -> BTreeMap<String, i64> {
-    feasible
+fn steady(clusters: &[&Cluster], current: &BTreeSet<String>) -> Vec<Option<i64>> {
+    clusters
         .iter()
         .map(|c| {
-            let s = if current.contains(&c.name) {
+            Some(if current.contains(&c.name) {
                 MAX_SCORE
             } else {
                 0
-            };
-            (c.name.clone(), s)
+            })
         })
         .collect()
 }
 
 /// `ResourceAllocatable*`: `trunc(((a - min) / (max - min) - 0.5) * 200)`, 100 for all when
 /// every cluster has the same; clusters without the figure get no score.
-fn allocatable(
-    feasible: &[&Cluster],
-    of: impl Fn(&Cluster) -> Option<f64>,
-) -> BTreeMap<String, i64> {
-    let values: Vec<f64> = feasible.iter().filter_map(|c| of(c)).collect();
-    let (Some(min), Some(max)) = (
-        values.iter().copied().reduce(f64::min),
-        values.iter().copied().reduce(f64::max),
-    ) else {
-        return BTreeMap::new();
+fn allocatable(clusters: &[&Cluster], of: impl Fn(&Cluster) -> Option<f64>) -> Vec<Option<i64>> {
+    let values: Vec<Option<f64>> = clusters.iter().map(|c| of(c)).collect();
+    let known = || values.iter().flatten().copied();
+    let (Some(min), Some(max)) = (known().reduce(f64::min), known().reduce(f64::max)) else {
+        return vec![None; clusters.len()];
     };
-    feasible
+    values
         .iter()
-        .filter_map(|c| {
-            let a = of(c)?;
-            let score = if max - min != 0.0 {
-                (((a - min) / (max - min) - 0.5) * 2.0 * MAX_SCORE as f64) as i64
-            } else {
-                MAX_SCORE
-            };
-            Some((c.name.clone(), score))
+        .map(|a| {
+            a.map(|a| {
+                if max - min != 0.0 {
+                    (((a - min) / (max - min) - 0.5) * 2.0 * MAX_SCORE as f64) as i64
+                } else {
+                    MAX_SCORE
+                }
+            })
         })
         .collect()
 }
@@ -693,9 +832,9 @@ struct Spread<'a> {
 }
 
 impl<'a> Spread<'a> {
-    fn new(term: &'a SpreadConstraintsTerm, feasible: &[&Cluster]) -> Spread<'a> {
+    fn new(term: &'a SpreadConstraintsTerm, clusters: &[&Cluster]) -> Spread<'a> {
         let mut counts = HashMap::new();
-        for c in feasible {
+        for c in clusters {
             if let Some(v) = topology(term, c) {
                 counts.insert(v.to_string(), 0);
             }
@@ -780,32 +919,37 @@ fn topology<'c>(term: &SpreadConstraintsTerm, c: &'c Cluster) -> Option<&'c str>
 }
 
 struct SpreadPick {
-    decisions: Vec<String>,
-    refused: Vec<String>,
-    spread_scores: BTreeMap<String, i64>,
+    /// Indices of the clusters picked, in order.
+    decisions: Vec<usize>,
+    refused: Vec<usize>,
+    /// The `Spread` prioritizer's score of each picked cluster when it was picked.
+    spread_scores: Vec<(usize, i64)>,
 }
 
 /// Pick up to `wanted` clusters one at a time: never one that breaks a `DoNotSchedule` term;
 /// among the rest, those that break fewer (and less important) `ScheduleAnyway` terms first,
 /// then by total score (with the `Spread` prioritizer's current score), then by name.
+/// `order` is the clusters best first by static score.
 fn spread_select(
-    feasible: &[&Cluster],
+    clusters: &[&Cluster],
+    order: &[usize],
     terms: &[SpreadConstraintsTerm],
-    total: &BTreeMap<String, i64>,
+    total: &[i64],
     spread_weight: i32,
     wanted: usize,
 ) -> SpreadPick {
-    let mut spreads: Vec<Spread> = terms.iter().map(|t| Spread::new(t, feasible)).collect();
-    let mut left: Vec<&Cluster> = feasible.to_vec();
+    let mut spreads: Vec<Spread> = terms.iter().map(|t| Spread::new(t, clusters)).collect();
+    let mut left: Vec<usize> = order.to_vec();
     let mut out = SpreadPick {
         decisions: Vec::new(),
         refused: Vec::new(),
-        spread_scores: BTreeMap::new(),
+        spread_scores: Vec::new(),
     };
     while out.decisions.len() < wanted && !left.is_empty() {
-        // (index in left, violations, score)
+        // (position in left, violations, score, spread score)
         let mut best: Option<(usize, Vec<bool>, i64, i64)> = None;
-        for (i, c) in left.iter().enumerate() {
+        for (pos, i) in left.iter().enumerate() {
+            let c = clusters[*i];
             let mut violations = Vec::with_capacity(spreads.len());
             let mut forbidden = false;
             for s in &spreads {
@@ -832,31 +976,30 @@ fn spread_select(
             } else {
                 spreads.iter().map(|s| s.score(c)).sum::<i64>() / spreads.len() as i64
             };
-            let score =
-                total.get(&c.name).copied().unwrap_or(0) + spread_score * i64::from(spread_weight);
+            let score = total[*i] + spread_score * i64::from(spread_weight);
             let better = match &best {
                 None => true,
-                Some((bi, bv, bs, _)) => {
-                    (&violations, -score, &c.name) < (bv, -*bs, &left[*bi].name)
+                Some((bp, bv, bs, _)) => {
+                    (&violations, -score, &c.name) < (bv, -*bs, &clusters[left[*bp]].name)
                 }
             };
             if better {
-                best = Some((i, violations, score, spread_score));
+                best = Some((pos, violations, score, spread_score));
             }
         }
-        let Some((i, _, _, spread_score)) = best else {
+        let Some((pos, _, _, spread_score)) = best else {
             break;
         };
-        let c = left.remove(i);
+        let i = left.remove(pos);
         for s in &mut spreads {
-            s.pick(c);
+            s.pick(clusters[i]);
         }
-        out.spread_scores.insert(c.name.clone(), spread_score);
-        out.decisions.push(c.name.clone());
+        out.spread_scores.push((i, spread_score));
+        out.decisions.push(i);
     }
     // What a hard term kept out while more were wanted.
     if out.decisions.len() < wanted {
-        out.refused = left.iter().map(|c| c.name.clone()).collect();
+        out.refused = left;
     }
     out
 }

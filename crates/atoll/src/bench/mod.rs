@@ -16,11 +16,12 @@ use kube::core::WatchEvent;
 use serde_json::{Value, json};
 
 mod cluster;
+mod placement;
 mod registration;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apiserver`, `cluster` or `registration`.
+    /// What to measure: `apiserver`, `cluster`, `registration` or `placement`.
     area: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -49,9 +50,16 @@ pub struct BenchArgs {
     /// cluster: skip timing `atoll dev up --clusters 3`.
     #[arg(long)]
     no_dev_up: bool,
-    /// registration: clusters (agents) joining the hub.
-    #[arg(long, default_value_t = 5_000)]
-    clusters: usize,
+    /// registration: clusters (agents) joining the hub (default 5,000); placement: simulated
+    /// clusters (default 1,000).
+    #[arg(long)]
+    clusters: Option<usize>,
+    /// placement: placements of 10 clusters each.
+    #[arg(long, default_value_t = 1_000)]
+    placements: usize,
+    /// placement: changes to one cluster each, timed until every decision reflects them.
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
     /// registration: seconds of steady state after all are Available.
     #[arg(long, default_value_t = 60)]
     steady_seconds: u64,
@@ -72,8 +80,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "apiserver" => apiserver(args).await,
         "cluster" => cluster::run(args).await,
         "registration" => registration::run(args).await,
+        "placement" => placement::run(args).await,
         other => anyhow::bail!(
-            "unknown benchmark area {other:?}; available: apiserver, cluster, registration"
+            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement"
         ),
     }
 }

@@ -29,7 +29,7 @@ use serde_json::json;
 use super::{BenchArgs, Phase};
 
 /// A child process of the hub, killed when dropped.
-struct Child(std::process::Child);
+pub(super) struct Child(pub(super) std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
@@ -39,7 +39,7 @@ impl Drop for Child {
 }
 
 /// CPU seconds (user + system) and RSS bytes of a process.
-fn usage(pid: u32) -> (f64, u64) {
+pub(super) fn usage(pid: u32) -> (f64, u64) {
     let ticks = 100.0; // USER_HZ on Linux
     let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -59,7 +59,7 @@ fn usage(pid: u32) -> (f64, u64) {
 
 /// Start `atoll server` named `name` on a free port in `dir`; returns the child once it is
 /// ready.
-fn start_server(dir: &Path, name: &str) -> anyhow::Result<Child> {
+pub(super) fn start_server(dir: &Path, name: &str) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
         .args([
@@ -90,7 +90,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             eprintln!("{s}");
         }
     };
-    let n = args.clusters.max(1);
+    let n = args.clusters.unwrap_or(5_000).max(1);
     let lease = 10;
     say(&format!(
         "atoll bench registration: {n} clusters join one hub (auto-accepted), then {} s of {lease} s leases",

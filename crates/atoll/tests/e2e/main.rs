@@ -10,3 +10,4 @@ mod kubectl;
 mod placement;
 mod rbac;
 mod registration;
+mod tour;

@@ -74,14 +74,23 @@ impl World {
 
     fn run(&self, spec: &PlacementSpec, clusters: &[Cluster]) -> Result<Outcome, Misconfigured> {
         let refs: Vec<&Cluster> = clusters.iter().collect();
+        // `others` holds other placements' counts; `others_of` subtracts this placement's own
+        // decisions from totals, so add them in first.
+        let mut counts = self.others.clone();
+        for c in &self.current {
+            *counts.entry(c.clone()).or_default() += 1;
+        }
+        let (others, max_others) = others_of(&refs, &counts, &self.current);
         schedule(
             spec,
             &refs,
             &Context {
                 current: &self.current,
-                others: &self.others,
+                others: &others,
+                max_others,
                 now: self.now,
                 cel: &self.cel,
+                explain: true,
             },
         )
     }
@@ -717,4 +726,56 @@ fn satisfied_follows_ocm_precedence() {
         satisfied(&spec, &sets, 1, 3, 2, 1).2,
         "1 cluster decisions unscheduled"
     );
+}
+
+#[test]
+fn which_unpicked_clusters_matter() {
+    let w = World::new();
+    // Bounds over CPU 1, 4, 4, 10: taking away a 4 changes nothing, the 1 or the 10 does.
+    let clusters = [
+        with_cpu(cluster("a", &[]), 1.0),
+        with_cpu(cluster("b", &[]), 4.0),
+        with_cpu(cluster("c", &[]), 4.0),
+        with_cpu(cluster("d", &[]), 10.0),
+    ];
+    let cpu = PlacementSpec {
+        number_of_clusters: Some(1),
+        prioritizer_policy: exact(&[(ALLOCATABLE_CPU, 1)]),
+        ..Default::default()
+    };
+    let o = w.run(&cpu, &clusters).unwrap();
+    let b = o.bounds.cpu.unwrap();
+    assert_eq!((b.min, b.at_min, b.max, b.at_max), (1.0, 1, 10.0, 1));
+    assert!(!b.moved_without(4.0));
+    assert!(b.moved_without(1.0) && b.moved_without(10.0));
+    assert!(!depends_on_unpicked(&cpu, &clusters[1], Some(&o.bounds)));
+    assert!(depends_on_unpicked(&cpu, &clusters[0], Some(&o.bounds)));
+    assert!(depends_on_unpicked(&cpu, &clusters[1], None), "unknown bounds: assume so");
+    // Balance and Steady do not rank by unpicked clusters; spread constraints do.
+    let plain = PlacementSpec::default();
+    assert!(!depends_on_unpicked(&plain, &clusters[0], None));
+    let spread_spec = PlacementSpec {
+        spread_policy: spread("ScheduleAnyway", 1),
+        ..Default::default()
+    };
+    assert!(depends_on_unpicked(&spread_spec, &clusters[0], Some(&o.bounds)));
+    // Feasibility of one cluster, as the filters see it.
+    let mut tainted = cluster("t", &[("tier", "gold")]);
+    tainted.taints = vec![taint("x", None, "NoSelect", None)];
+    let gold = PlacementSpec {
+        predicates: vec![ClusterPredicate {
+            required_cluster_selector: ClusterSelector {
+                label_selector: LabelSelector {
+                    match_labels: Some([("tier".to_string(), "gold".to_string())].into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        }],
+        ..Default::default()
+    };
+    assert!(!feasible(&gold, &tainted, w.now, &w.cel));
+    tainted.taints.clear();
+    assert!(feasible(&gold, &tainted, w.now, &w.cel));
+    assert!(!feasible(&gold, &cluster("plain", &[]), w.now, &w.cel));
 }
