@@ -415,7 +415,11 @@ pub fn feasible(spec: &PlacementSpec, c: &Cluster, now: Timestamp, cel: &cel::Ca
 /// can change its picks: spread constraints count every topology the feasible clusters are
 /// in; allocatable resources are scored against the feasible clusters' least and most
 /// (`bounds`, from the last schedule; unknown: assume it can).
-pub fn depends_on_unpicked(spec: &PlacementSpec, c: &Cluster, bounds: Option<&ResourceBounds>) -> bool {
+pub fn depends_on_unpicked(
+    spec: &PlacementSpec,
+    c: &Cluster,
+    bounds: Option<&ResourceBounds>,
+) -> bool {
     if !spec.spread_policy.is_empty() {
         return true;
     }

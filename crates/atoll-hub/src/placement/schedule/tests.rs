@@ -750,7 +750,10 @@ fn which_unpicked_clusters_matter() {
     assert!(b.moved_without(1.0) && b.moved_without(10.0));
     assert!(!depends_on_unpicked(&cpu, &clusters[1], Some(&o.bounds)));
     assert!(depends_on_unpicked(&cpu, &clusters[0], Some(&o.bounds)));
-    assert!(depends_on_unpicked(&cpu, &clusters[1], None), "unknown bounds: assume so");
+    assert!(
+        depends_on_unpicked(&cpu, &clusters[1], None),
+        "unknown bounds: assume so"
+    );
     // Balance and Steady do not rank by unpicked clusters; spread constraints do.
     let plain = PlacementSpec::default();
     assert!(!depends_on_unpicked(&plain, &clusters[0], None));
@@ -758,7 +761,11 @@ fn which_unpicked_clusters_matter() {
         spread_policy: spread("ScheduleAnyway", 1),
         ..Default::default()
     };
-    assert!(depends_on_unpicked(&spread_spec, &clusters[0], Some(&o.bounds)));
+    assert!(depends_on_unpicked(
+        &spread_spec,
+        &clusters[0],
+        Some(&o.bounds)
+    ));
     // Feasibility of one cluster, as the filters see it.
     let mut tainted = cluster("t", &[("tier", "gold")]);
     tainted.taints = vec![taint("x", None, "NoSelect", None)];
