@@ -429,6 +429,33 @@ subjects: [{kind: User, apiGroup: rbac.authorization.k8s.io, name: bob}]
     let err = refused(&out, "must equal spec.clusterSet");
     assert!(err.contains("BadRequest"), "{err}");
 
+    // A binding to a set not there yet says so, and is bound once the set exists.
+    let (ok, out) = atoll_as(&admin, &["clusterset", "bind", "later", "-n", "team-b"]);
+    assert!(ok, "{out}");
+    let bound = |want: &str| {
+        k.eventually(
+            &[
+                "--context",
+                "hub",
+                "-n",
+                "team-b",
+                "get",
+                "mclsetbinding",
+                "later",
+                "-o",
+                "json",
+            ],
+            |t| serde_json::from_str::<Value>(t).is_ok_and(|b| condition(&b, "Bound").1 == want),
+        )
+    };
+    bound("ClusterSetNotFound");
+    let (ok, out) = atoll_as(
+        &admin,
+        &["clusterset", "create", "later", "--selector", "tier=gold"],
+    );
+    assert!(ok, "{out}");
+    bound("ClusterSetBound");
+
     // Bootstrap tokens: one minted for prod joins there; bob may not mint one; a plain
     // token's identity may create its cluster only in `default`.
     let (ok, out) = atoll_as(
