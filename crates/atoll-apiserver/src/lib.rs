@@ -17,6 +17,7 @@ pub mod crd;
 pub mod csr;
 pub mod discovery;
 pub mod error;
+pub mod impersonation;
 pub mod jsonpath;
 pub mod kinds;
 mod managed;

@@ -47,12 +47,23 @@ pub async fn handle(server: Arc<ApiServer>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
+    let impersonated = match &identity {
+        Some(id) if !bad_token => impersonate(&server, id, req.headers()),
+        _ => Ok(None),
+    };
+    let (identity, impersonated) = match impersonated {
+        Ok(Some(as_whom)) => (Some(as_whom), Ok(())),
+        Ok(None) => (identity, Ok(())),
+        Err(e) => (identity, Err(e)),
+    };
     let user = identity.as_ref().map(|i| i.user.clone());
     let result = if bad_token {
         // A token that does not authenticate is refused, never treated as anonymous.
         Err(ApiError::Unauthorized {
             message: "Unauthorized: the bearer token is not valid".into(),
         })
+    } else if let Err(e) = impersonated {
+        Err(e)
     } else {
         route(&server, req, &path, &query, identity).await
     };
@@ -73,6 +84,43 @@ pub async fn handle(server: Arc<ApiServer>, req: Request) -> Response {
         );
     }
     resp
+}
+
+/// The identity a request impersonates, if it asks to and its requester may.
+fn impersonate(
+    server: &ApiServer,
+    requester: &Identity,
+    headers: &http::HeaderMap,
+) -> ApiResult<Option<Identity>> {
+    let Some(req) = crate::impersonation::parse(headers).map_err(ApiError::bad_request)? else {
+        return Ok(None);
+    };
+    for attrs in crate::impersonation::checks(&req) {
+        if !server.authorizer.allowed(requester, &attrs) {
+            let what = if attrs.subresource.is_empty() {
+                attrs.resource.clone()
+            } else {
+                format!("{}/{}", attrs.resource, attrs.subresource)
+            };
+            let scope = if attrs.namespace.is_empty() {
+                "at the cluster scope".to_string()
+            } else {
+                format!("in the namespace \"{}\"", attrs.namespace)
+            };
+            return Err(ApiError::Forbidden {
+                subject: Box::new(crate::error::Subject {
+                    group: String::new(),
+                    kind: attrs.resource.clone(),
+                    name: attrs.name.clone(),
+                }),
+                message: format!(
+                    "{} \"{}\" is forbidden: User \"{}\" cannot impersonate resource \"{what}\" in API group \"\" {scope}",
+                    attrs.resource, attrs.name, requester.user
+                ),
+            });
+        }
+    }
+    Ok(Some(crate::impersonation::identity(&req)))
 }
 
 async fn route(

@@ -710,3 +710,110 @@ fn foreign_ca() -> (String, String) {
     let cert = params.self_signed(&key).unwrap();
     (cert.pem(), key.serialize_pem())
 }
+
+#[test]
+fn impersonation_needs_the_impersonate_verb_and_then_runs_as_the_impersonated() {
+    let server = Server::start();
+    let admin = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: server.kubeconfig(),
+    };
+    admin.ok_stdin(&["apply", "-f", "-"], SETUP);
+    admin.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: deployer, namespace: team}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: deployer-view, namespace: team}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+subjects: [{kind: ServiceAccount, name: deployer, namespace: team}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: impersonate-deployer}
+rules:
+- {apiGroups: [""], resources: [serviceaccounts], resourceNames: [deployer], verbs: [impersonate]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: ivan-impersonates, namespace: team}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: impersonate-deployer}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: ivan}]
+"#,
+    );
+    let ivan = Kubectl {
+        bin: std::path::Path::new("kubectl"),
+        kubeconfig: user_kubeconfig(&server, "ivan", &[]),
+    };
+    let sa = "system:serviceaccount:team:deployer";
+    // As the service account: what it may (view in team), not more, and who it is.
+    ivan.ok(&["--as", sa, "-n", "team", "get", "configmaps"]);
+    let out = ivan.run(&[
+        "--as",
+        sa,
+        "-n",
+        "team",
+        "delete",
+        "configmap",
+        "cfg",
+        "--dry-run=server",
+    ]);
+    assert!(!out.status.success(), "the service account may only view");
+    let who = ivan.ok(&[
+        "--as",
+        sa,
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+    ]);
+    assert!(
+        who.starts_with(sa) && who.contains("system:serviceaccounts:team"),
+        "{who}"
+    );
+    // Anyone else, or another account: refused, saying what is missing.
+    let out = ivan.run(&["--as", "viewer", "-n", "team", "get", "configmaps"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot impersonate resource \"users\""),
+        "{err}"
+    );
+    let out = ivan.run(&[
+        "--as",
+        "system:serviceaccount:team:default",
+        "-n",
+        "team",
+        "get",
+        "configmaps",
+    ]);
+    assert!(!out.status.success());
+    // A group without a user is a bad request.
+    let out = admin.run(&["--as-group", "writers", "-n", "team", "get", "configmaps"]);
+    assert!(!out.status.success());
+    // The admin may impersonate anyone: as wanda of writers, she writes config maps.
+    admin.ok(&[
+        "--as",
+        "wanda",
+        "--as-group",
+        "writers",
+        "-n",
+        "team",
+        "create",
+        "configmap",
+        "by-wanda",
+    ]);
+    let out = admin.run(&[
+        "--as",
+        "wanda",
+        "-n",
+        "team",
+        "create",
+        "configmap",
+        "by-wanda-alone",
+    ]);
+    assert!(!out.status.success(), "without the group, wanda may not");
+}
