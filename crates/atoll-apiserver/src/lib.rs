@@ -18,7 +18,7 @@ pub mod csr;
 pub mod discovery;
 pub mod error;
 pub mod impersonation;
-pub mod jsonpath;
+pub use atoll_runtime::jsonpath;
 pub mod kinds;
 mod managed;
 pub mod noderestriction;

@@ -3,6 +3,7 @@
 
 pub mod cron;
 pub mod https;
+pub mod jsonpath;
 pub mod quantity;
 pub mod queue;
 

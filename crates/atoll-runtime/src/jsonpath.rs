@@ -1,5 +1,6 @@
 //! The JSONPath subset CRD printer columns use: `.a.b`, `['a.b']`, `[0]`, `[*]`, and filters
-//! `[?(@.type=="Ready")]` (with `==` or `!=` against a string or number).
+//! `[?(@.type=="Ready")]` (with `==` or `!=` against a string or number). Shared by the API
+//! server's printer columns and the work applier's status feedback.
 
 use serde_json::Value;
 
