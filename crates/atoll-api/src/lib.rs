@@ -27,6 +27,7 @@ pub mod clusterset;
 pub mod placement;
 pub mod profile;
 pub mod selector;
+pub mod work;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube_core::CustomResourceExt;
@@ -41,6 +42,9 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         placement::Placement::crd(),
         placement::PlacementDecision::crd(),
         profile::ClusterProfile::crd(),
+        work::ManifestWork::crd(),
+        work::ManifestWorkReplicaSet::crd(),
+        work::AppliedManifestWork::crd(),
     ]
 }
 

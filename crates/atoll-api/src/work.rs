@@ -375,7 +375,9 @@ pub struct AppliedManifestWorkStatus {
     pub applied_resources: Vec<AppliedResource>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedResource {
     #[serde(default)]
@@ -412,7 +414,11 @@ pub struct AppliedResource {
         json_path = ".status.conditions[?(@.type==\"PlacementRolledOut\")].reason"
     ),
     printcolumn(name = "Total", type_ = "integer", json_path = ".status.summary.total"),
-    printcolumn(name = "Available", type_ = "integer", json_path = ".status.summary.available"),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.summary.available"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",

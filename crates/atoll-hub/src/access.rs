@@ -6,7 +6,8 @@
 //! - ClusterRole + ClusterRoleBinding `atoll:cluster:<name>`: get its own ManagedCluster, get and
 //!   update its status, create CSRs (renewals);
 //! - namespace `atoll-cluster-<name>` with Role + RoleBinding `atoll:cluster`: its own lease,
-//!   events, and the work objects of that namespace;
+//!   events, and the works of that namespace (read; their finalizer and status written; deleted
+//!   when their time to live after completion is up);
 //! - ClusterRole + ClusterRoleBinding `atoll:csr:<name>`: the requesters of the cluster's CSRs
 //!   (its bootstrap identity, then its agent) may read those CSRs by name, and no others.
 //!
@@ -147,7 +148,7 @@ pub async fn grant_cluster(client: &Client, name: &str, lease_seconds: i32) -> R
         "rules": [
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [CLUSTER_LEASE], "verbs": ["get", "update", "patch"]},
             {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
-            {"apiGroups": ["work.atoll.io"], "resources": ["manifestworks"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["work.atoll.io"], "resources": ["manifestworks"], "verbs": ["get", "list", "watch", "patch", "update", "delete"]},
             {"apiGroups": ["work.atoll.io"], "resources": ["manifestworks/status"], "verbs": ["get", "update", "patch"]},
         ]});
         roles

@@ -121,8 +121,14 @@ where
     }
 
     /// Start `workers` tasks reconciling keys with `f`; an error retries with back-off, an
-    /// `Ok(Some(d))` asks to be run again after `d`.
-    pub fn run<F, Fut, E>(&self, workers: usize, name: &'static str, f: F)
+    /// `Ok(Some(d))` asks to be run again after `d`. The tasks run until aborted (their
+    /// handles) or the runtime ends.
+    pub fn run<F, Fut, E>(
+        &self,
+        workers: usize,
+        name: &'static str,
+        f: F,
+    ) -> Vec<tokio::task::JoinHandle<()>>
     where
         F: Fn(K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Option<Duration>, E>> + Send + 'static,
@@ -130,11 +136,12 @@ where
     {
         let f = Arc::new(f);
         let failures: Arc<Mutex<HashMap<K, u32>>> = Default::default();
+        let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
             let q = self.clone();
             let f = f.clone();
             let failures = failures.clone();
-            tokio::spawn(async move {
+            handles.push(tokio::spawn(async move {
                 loop {
                     let key = q.next().await;
                     let result = f(key.clone()).await;
@@ -162,8 +169,9 @@ where
                         }
                     }
                 }
-            });
+            }));
         }
+        handles
     }
 }
 

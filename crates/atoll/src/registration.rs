@@ -257,7 +257,7 @@ pub async fn token(
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let member = client(&args.kubeconfig).await?;
+    let (member, member_config) = crate::clients::from_path(&args.kubeconfig).await?;
     let bootstrap_kubeconfig = match &args.bootstrap_kubeconfig {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -277,6 +277,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         lease_seconds: i32::try_from(parse_duration(&args.lease_duration)?.as_secs())
             .context("--lease-duration is too long")?,
         sync_mode,
+        pull_work: Some(member_config),
         certificate_seconds: match &args.certificate_lifetime {
             Some(d) => Some(
                 i32::try_from(parse_duration(d)?.as_secs())

@@ -1,0 +1,29 @@
+//! Pull mode: the agent applies its cluster's ManifestWorks from the hub into its own cluster
+//! (the one applier, `atoll-work`), with whichever hub identity it holds now.
+
+use atoll_api::cluster::{agent_user, cluster_namespace};
+use kube::Client;
+
+use crate::Error;
+
+/// Start applying the works of cluster `name`; `hub` follows the agent's identity.
+pub(crate) fn start(
+    name: &str,
+    hub_url: &str,
+    hub: tokio::sync::watch::Receiver<Client>,
+    member: atoll_work::Member,
+) -> tokio::task::JoinHandle<()> {
+    let cfg = atoll_work::WorkConfig {
+        namespace: cluster_namespace(name),
+        hub_hash: atoll_work::hub_hash(hub_url),
+        agent_id: agent_user(name),
+        workers: 4,
+    };
+    let name = name.to_string();
+    tokio::spawn(async move {
+        // The applier stops only on bad configuration; say so, the lease goes on.
+        if let Err(e) = atoll_work::run(hub, member, cfg).await {
+            tracing::error!(cluster = %name, error = %Error::Config(e.to_string()), "the work applier stopped");
+        }
+    })
+}
