@@ -7,13 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use atoll_api::cluster::{
-    AGENT_NAMESPACE, CLUSTER_ID_PROPERTY, CLUSTERS_GROUP, CSR_CLUSTER_LABEL, ClusterProperty,
-    ManagedCluster, agent_user, cluster_group,
+    AGENT_NAMESPACE, CLUSTERS_GROUP, CSR_CLUSTER_LABEL, ManagedCluster, agent_user, cluster_group,
 };
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
@@ -39,7 +37,7 @@ pub(crate) async fn acquire(member: &Client, cfg: &AgentConfig) -> Result<Identi
     loop {
         let attempt = async {
             ensure_namespace(member).await?;
-            ensure_cluster_id(member, &cfg.cluster_name).await;
+            atoll_work::member::ensure_cluster_id(member, &cfg.cluster_name).await;
             obtain_identity(member, cfg).await
         };
         match attempt.await {
@@ -65,39 +63,6 @@ pub(crate) async fn ensure_namespace(member: &Client) -> Result<(), Error> {
     )
     .await?;
     Ok(())
-}
-
-/// The ClusterProperty CRD and the cluster's id property, unless the admin set one.
-pub(crate) async fn ensure_cluster_id(member: &Client, name: &str) {
-    let crds: Api<CustomResourceDefinition> = Api::all(member.clone());
-    let crd = <ClusterProperty as kube::CustomResourceExt>::crd();
-    if let Err(e) = crds
-        .patch(
-            &crd.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-    {
-        tracing::warn!(error = %e, "cannot install the ClusterProperty CRD; no cluster claims");
-        return;
-    }
-    let props: Api<ClusterProperty> = Api::all(member.clone());
-    for _ in 0..100 {
-        match props.get_opt(CLUSTER_ID_PROPERTY).await {
-            Ok(Some(_)) => return,
-            Ok(None) => {
-                let p = ClusterProperty::new(
-                    CLUSTER_ID_PROPERTY,
-                    atoll_api::cluster::ClusterPropertySpec { value: name.into() },
-                );
-                let _ = props.create(&PostParams::default(), &p).await;
-                return;
-            }
-            // Not served yet.
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 pub(crate) async fn client_from(kubeconfig: &str) -> Result<Client, Error> {

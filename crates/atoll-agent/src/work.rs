@@ -13,15 +13,20 @@ pub(crate) fn start(
     hub: tokio::sync::watch::Receiver<Client>,
     member: atoll_work::Member,
 ) -> tokio::task::JoinHandle<()> {
-    let cfg = atoll_work::WorkConfig {
-        namespace: cluster_namespace(name),
-        hub_hash: atoll_work::hub_hash(hub_url),
-        agent_id: agent_user(name),
-        workers: 4,
-    };
+    let cfg = atoll_work::WorkConfig::new(
+        cluster_namespace(name),
+        atoll_work::hub_hash(hub_url),
+        agent_user(name),
+    );
     let name = name.to_string();
     tokio::spawn(async move {
         // The applier stops only on bad configuration; say so, the lease goes on.
+        let mut backoff = std::time::Duration::from_millis(200);
+        while let Err(e) = atoll_work::install(&member.client).await {
+            tracing::warn!(cluster = %name, error = %e, "cannot install the AppliedManifestWork CRD; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+        }
         if let Err(e) = atoll_work::run(hub, member, cfg).await {
             tracing::error!(cluster = %name, error = %Error::Config(e.to_string()), "the work applier stopped");
         }

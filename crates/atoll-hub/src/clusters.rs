@@ -222,7 +222,12 @@ async fn reconcile_cluster(mc: Arc<ManagedCluster>, ctx: &Ctx) -> Result<Action,
                 (spec.holder_identity, spec.renew_time.map(|t| t.0))
             }
         };
-        let renewed = renew_time.filter(|_| holder.as_deref() == Some(agent_user(&name).as_str()));
+        // The agent renews its lease; for a Push cluster, the hub does when the cluster answers.
+        let expected = match mc.spec.sync_mode {
+            atoll_api::cluster::SyncMode::Pull => agent_user(&name),
+            atoll_api::cluster::SyncMode::Push => crate::push::PUSH_HOLDER.to_string(),
+        };
+        let renewed = renew_time.filter(|_| holder.as_deref() == Some(expected.as_str()));
         match renewed {
             Some(at) => {
                 set_condition(

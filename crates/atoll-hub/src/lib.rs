@@ -27,6 +27,7 @@ pub mod explain;
 pub mod index;
 pub mod placement;
 pub mod profiles;
+pub mod push;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct HubConfig {
     /// Bootstrap users (`system:bootstrap:<token-id>`) whose clusters are accepted without
     /// `atoll accept`.
     pub auto_accept: Vec<String>,
+    /// The hub's API server address (for Push clusters' AppliedManifestWorks, which name it).
+    pub hub_url: String,
 }
 
 /// What the set, placement and profile controllers share: the client, the index the watches
@@ -128,9 +131,11 @@ pub async fn start_sets_and_placements(client: Client) -> Arc<Hub> {
 pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
     let granted = Arc::new(access::Granted::default());
     let csrs = tokio::spawn(csr::run(client.clone(), cfg.clone(), granted.clone()));
+    let pushes = tokio::spawn(push::run(client.clone(), cfg.hub_url.clone()));
     let clusters = clusters::run(client, granted);
     tokio::select! {
         r = csrs => r.map_err(|e| Error::Invalid(format!("the CSR controller stopped: {e}")))?,
+        r = pushes => r.map_err(|e| Error::Invalid(format!("the push controller stopped: {e}")))?,
         r = clusters => r,
     }
 }

@@ -88,6 +88,10 @@ impl Kinds {
                     format!("{}/{}", id.group, id.version)
                 };
                 match e {
+                    kube::Error::Api(ref s) if s.code == 401 => format!(
+                        "the cluster refused the applier's credential ({}); for a Push cluster, `atoll join --sync-mode Push` again renews it",
+                        s.message
+                    ),
                     kube::Error::Api(ref s) if s.code == 404 => format!(
                         "the cluster does not serve kind {} in {api_version}",
                         id.kind
@@ -173,6 +177,10 @@ pub async fn apply(
 ) -> Result<Option<Value>, String> {
     let kind = obj["kind"].as_str().unwrap_or("object");
     let why = |e: kube::Error| match e {
+        kube::Error::Api(s) if s.code == 401 => format!(
+            "the cluster refused the applier's credential ({}); for a Push cluster, `atoll join --sync-mode Push` again renews it",
+            s.message
+        ),
         kube::Error::Api(s) => s.message,
         other => other.to_string(),
     };

@@ -79,6 +79,25 @@ pub struct WorkConfig {
     pub agent_id: String,
     /// Workers applying works at once.
     pub workers: usize,
+    /// Every this often, every work is applied again in full (drift is corrected from watches
+    /// at once; this catches what a watch may have missed, as OCM's resync does).
+    pub resync_every: Duration,
+    /// Notified, every work is applied again in full now (the hub does so for a Push cluster
+    /// whose credential stops working, so its works say why).
+    pub resync: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl WorkConfig {
+    pub fn new(namespace: String, hub_hash: String, agent_id: String) -> WorkConfig {
+        WorkConfig {
+            namespace,
+            hub_hash,
+            agent_id,
+            workers: 4,
+            resync_every: Duration::from_secs(300),
+            resync: None,
+        }
+    }
 }
 
 /// A short, stable name for a hub: the first 8 bytes of the SHA-256 of its address, as hex.
@@ -193,7 +212,17 @@ pub async fn run(
     member: Member,
     cfg: WorkConfig,
 ) -> Result<(), Error> {
-    install(&member.client).await?;
+    // The CRD is installed by whoever may ([`install`]: the agent; `atoll join --sync-mode
+    // Push` for a Push cluster, whose credential may not); wait until it is served.
+    let applied_api: Api<AppliedManifestWork> = Api::all(member.client.clone());
+    let mut waited = 0;
+    while let Err(e) = applied_api.list(&ListParams::default().limit(1)).await {
+        if waited % 60 == 0 {
+            tracing::warn!(error = %e, "the cluster does not serve AppliedManifestWorks (yet); waiting");
+        }
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let agent = Arc::new(Agent {
         hub,
         member,
@@ -235,8 +264,32 @@ pub async fn run(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .extend(handles);
-    std::future::pending::<()>().await;
-    Ok(())
+    let every = agent.cfg.resync_every.max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        match &agent.cfg.resync {
+            Some(n) => tokio::select! {
+                _ = tick.tick() => {}
+                () = n.notified() => {}
+            },
+            None => {
+                tick.tick().await;
+            }
+        }
+        resync(&agent);
+    }
+}
+
+/// Apply every work again in full.
+fn resync(agent: &Agent) {
+    let names: Vec<String> = {
+        let mut s = agent.state();
+        s.generations.clear();
+        s.works.keys().chain(s.applied.keys()).cloned().collect()
+    };
+    for n in names {
+        agent.queue.add(n);
+    }
 }
 
 /// The hub's works of the namespace, watched with whatever client the caller holds now.

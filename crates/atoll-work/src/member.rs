@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use atoll_api::cluster::{ClusterClaim, ClusterProperty, ClusterVersion};
+use std::time::Duration;
+
+use atoll_api::cluster::{CLUSTER_ID_PROPERTY, ClusterClaim, ClusterProperty, ClusterVersion};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -76,4 +79,37 @@ pub async fn cluster_status(member: &Client) -> serde_json::Value {
         "version": ClusterVersion { kubernetes: version },
         "clusterClaims": claims,
     })
+}
+
+/// The ClusterProperty CRD and the cluster's id property, unless the admin set one.
+pub async fn ensure_cluster_id(member: &Client, name: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(member.clone());
+    let crd = <ClusterProperty as kube::CustomResourceExt>::crd();
+    if let Err(e) = crds
+        .patch(
+            &crd.name_any(),
+            &PatchParams::apply(atoll_api::work::APPLIER_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "cannot install the ClusterProperty CRD; no cluster claims");
+        return;
+    }
+    let props: Api<ClusterProperty> = Api::all(member.clone());
+    for _ in 0..100 {
+        match props.get_opt(CLUSTER_ID_PROPERTY).await {
+            Ok(Some(_)) => return,
+            Ok(None) => {
+                let p = ClusterProperty::new(
+                    CLUSTER_ID_PROPERTY,
+                    atoll_api::cluster::ClusterPropertySpec { value: name.into() },
+                );
+                let _ = props.create(&PostParams::default(), &p).await;
+                return;
+            }
+            // Not served yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }

@@ -44,6 +44,10 @@ struct UpArgs {
     /// Member clusters besides the hub, 1 to 7 (default 2). An existing environment keeps its shape.
     #[arg(long)]
     clusters: Option<u32>,
+    /// Of the members, the last K join in Push mode: no agent, the hub applies their works
+    /// with a credential of theirs (default 0).
+    #[arg(long)]
+    push_clusters: Option<u32>,
     /// Nodes per cluster, 1 to 50 (default 1).
     #[arg(long)]
     nodes: Option<u32>,
@@ -308,7 +312,9 @@ fn plan(dir: &Path, args: &UpArgs, shape: (u32, u32, &str), base_port: u16) -> V
         dir: None,
         pid: None,
     });
-    for c in clusters.iter().skip(1) {
+    let push = args.push_clusters.unwrap_or(0) as usize;
+    let pull_members = clusters.len().saturating_sub(1).saturating_sub(push);
+    for c in clusters.iter().skip(1).take(pull_members) {
         procs.push(Proc {
             name: format!("{c}-agent"),
             role: "agent",
@@ -347,6 +353,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         anyhow::ensure!(
             (1..=50).contains(&n),
             "--nodes {n}: must be between 1 and 50"
+        );
+    }
+    if let (Some(k), n) = (args.push_clusters, args.clusters.unwrap_or(2)) {
+        anyhow::ensure!(
+            k <= n,
+            "--push-clusters {k}: at most the {n} member cluster(s)"
         );
     }
     if let Some(r) = &args.runtime {
@@ -427,14 +439,25 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "process".into());
     let members = clusters.len() as u32 - 1;
+    // Members without an agent join in Push mode.
+    let push_members: Vec<String> = clusters
+        .iter()
+        .skip(1)
+        .filter(|c| !procs.iter().any(|p| p.role == "agent" && p.cluster == **c))
+        .cloned()
+        .collect();
     if args.clusters.is_some_and(|n| n != members)
         || args.nodes.is_some_and(|n| n as usize != nodes_per_cluster)
         || args.runtime.as_ref().is_some_and(|r| *r != runtime)
+        || args
+            .push_clusters
+            .is_some_and(|k| k as usize != push_members.len())
     {
         bail!(
-            "the environment in {} has {members} member cluster(s) with {nodes_per_cluster} node(s) each ({runtime} runtime), and keeps that shape; \
+            "the environment in {} has {members} member cluster(s) ({} in Push mode) with {nodes_per_cluster} node(s) each ({runtime} runtime), and keeps that shape; \
              use another --data-dir, or `atoll dev down` and remove {} to start over",
             dir.display(),
+            push_members.len(),
             dir.display()
         );
     }
@@ -616,7 +639,26 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    if procs.iter().any(|p| p.role == "agent") {
+    // Push members: joined once by the admin holding both kubeconfigs, as a user would with
+    // `atoll join --sync-mode Push`; the hub then applies their works and probes them.
+    if !push_members.is_empty() {
+        let (hub, _) = crate::clients::from_path(&hub_kubeconfig).await?;
+        let mcs: kube::Api<atoll_api::cluster::ManagedCluster> = kube::Api::all(hub.clone());
+        for m in &push_members {
+            if mcs.get_opt(m).await?.is_none() {
+                let member_kubeconfig = dir.join(m).join("admin.kubeconfig");
+                crate::registration::push_join(
+                    &hub,
+                    &member_kubeconfig,
+                    m,
+                    args.cluster_lease_seconds,
+                )
+                .await
+                .with_context(|| format!("{m} cannot join in Push mode"))?;
+            }
+        }
+    }
+    if clusters.len() > 1 {
         accept_members(&dir, &hub_kubeconfig, &clusters[1..]).await?;
     }
     let took = started.elapsed().as_secs_f64();

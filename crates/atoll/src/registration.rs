@@ -140,8 +140,11 @@ pub async fn hub(args: HubArgs) -> anyhow::Result<()> {
         .kubeconfig
         .context("--kubeconfig (the hub cluster's) is required")?;
     let client = client(&kubeconfig).await?;
+    let (hub_url, _) = atoll_runtime::kubeconfig_cluster(&std::fs::read_to_string(&kubeconfig)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", kubeconfig.display()))?;
     let cfg = atoll_hub::HubConfig {
         auto_accept: args.auto_accept,
+        hub_url,
     };
     atoll_hub::install(&client).await?;
     let sets = atoll_hub::start_sets_and_placements(client.clone()).await;
@@ -257,6 +260,15 @@ pub async fn token(
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    if args.sync_mode == "Push" {
+        let hub = args.bootstrap_kubeconfig.as_ref().context(
+            "--hub-kubeconfig is required with --sync-mode Push: a kubeconfig of the hub that may write Secrets and ManagedClusters",
+        )?;
+        let (hub, _) = crate::clients::from_path(hub).await?;
+        let lease = i32::try_from(parse_duration(&args.lease_duration)?.as_secs())
+            .context("--lease-duration is too long")?;
+        return push_join(&hub, &args.kubeconfig, &args.cluster_name, lease).await;
+    }
     let (member, member_config) = crate::clients::from_path(&args.kubeconfig).await?;
     let bootstrap_kubeconfig = match &args.bootstrap_kubeconfig {
         Some(p) => Some(
@@ -290,6 +302,81 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         r = atoll_agent::run(member, cfg) => Ok(r?),
         _ = crate::clients::terminated() => Ok(()),
     }
+}
+
+/// `atoll join --sync-mode Push`: as an admin holding both kubeconfigs, prepare the member
+/// (ServiceAccount `atoll-push` bound to `atoll:work-applier`, the AppliedManifestWork CRD, the
+/// cluster's id property), store its credential in Secret `push-credential` of
+/// `atoll-cluster-NAME` on the hub, and create the ManagedCluster in Push mode, accepted if
+/// the caller may accept. No agent runs: the hub applies the works and watches its health.
+pub async fn push_join(
+    hub: &Client,
+    member_kubeconfig: &std::path::Path,
+    name: &str,
+    lease_seconds: i32,
+) -> anyhow::Result<()> {
+    atoll_api::cluster::check_cluster_name(name).map_err(|e| anyhow::anyhow!(e))?;
+    let (member, _) = crate::clients::from_path(member_kubeconfig).await?;
+    let (server, ca_data) =
+        atoll_runtime::kubeconfig_cluster(&std::fs::read_to_string(member_kubeconfig)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", member_kubeconfig.display()))?;
+    let ca_pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &ca_data)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default();
+    let token = atoll_hub::push::prepare_member(&member)
+        .await
+        .context("cannot prepare the member for push (it needs an admin kubeconfig)")?;
+    atoll_work::member::ensure_cluster_id(&member, name).await;
+    println!(
+        "serviceaccount/{} in {} of the member, bound to clusterrole {}",
+        atoll_hub::push::PUSH_SERVICE_ACCOUNT,
+        atoll_hub::push::PUSH_NAMESPACE,
+        atoll_hub::push::WORK_APPLIER_ROLE
+    );
+    let credential = atoll_hub::push::Credential {
+        server: server.clone(),
+        ca_pem,
+        token,
+    };
+    atoll_hub::push::store_credential(hub, name, &credential)
+        .await
+        .context("cannot store the push credential on the hub")?;
+    println!(
+        "secret/{} in {} on the hub",
+        atoll_hub::push::PUSH_SECRET,
+        atoll_api::cluster::cluster_namespace(name)
+    );
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"resourceAttributes": {"group": "cluster.atoll.io", "resource": "managedclusters",
+                 "subresource": "accept", "verb": "update", "name": name}},
+    }))?;
+    let may_accept = Api::<SelfSubjectAccessReview>::all(hub.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .ok()
+        .and_then(|r| r.status)
+        .is_some_and(|s| s.allowed);
+    let mc = json!({"apiVersion": "cluster.atoll.io/v1alpha1", "kind": "ManagedCluster",
+        "metadata": {"name": name},
+        "spec": {"syncMode": "Push", "hubAcceptsClient": may_accept, "leaseDurationSeconds": lease_seconds,
+                 "managedClusterClientConfigs": [{"url": server, "caBundle": ca_data}]}});
+    Api::<ManagedCluster>::all(hub.clone())
+        .patch(
+            name,
+            &PatchParams::apply("atoll-join").force(),
+            &Patch::Apply(&mc),
+        )
+        .await
+        .context("cannot create the ManagedCluster")?;
+    if may_accept {
+        println!("managedcluster.cluster.atoll.io/{name} joined in Push mode and accepted");
+    } else {
+        println!(
+            "managedcluster.cluster.atoll.io/{name} joined in Push mode; it waits for `atoll accept {name}`"
+        );
+    }
+    Ok(())
 }
 
 /// `atoll accept`: approve each cluster's pending, valid CSRs and set `hubAcceptsClient`.
