@@ -582,4 +582,13 @@ pub struct ClusterRolloutStatus {
     /// When it entered its status (RFC 3339).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_transition_time: String,
+    /// Its work's `Applied` and `Available` (`True`, `False`, or empty before any status), so
+    /// a workspace's users, who may not read cluster namespaces, see them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub applied: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub available: String,
+    /// Its work's status feedback, `name=value` pairs (ready replicas and the like).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub feedback: String,
 }

@@ -20,6 +20,7 @@ use atoll_api::cluster::ManagedCluster;
 use atoll_api::clusterset::{DEFAULT_SET, GLOBAL_SET, ManagedClusterSet, ManagedClusterSetBinding};
 use atoll_api::placement::{Placement, PlacementDecision};
 use atoll_api::profile::{CLUSTER_MANAGER, CLUSTER_MANAGER_LABEL, ClusterProfile};
+use atoll_api::work::{ManifestWork, ManifestWorkReplicaSet, REPLICASET_LABEL};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::runtime::watcher;
@@ -48,7 +49,7 @@ pub fn not_older(old: &ObjectMeta, new: &ObjectMeta) -> bool {
 
 /// Start the watches; the gate opens once each has listed.
 pub fn start(hub: &Arc<Hub>) -> SyncGate {
-    let gate = SyncGate::new(6);
+    let gate = SyncGate::new(8);
     let client = hub.client.clone();
 
     let (h, g) = (hub.clone(), gate.clone());
@@ -104,10 +105,83 @@ pub fn start(hub: &Arc<Hub>) -> SyncGate {
                 let owner = Index::owner_of(&obj);
                 h.index.lock().remove_decision(&key_of(&obj));
                 if let Some(owner) = owner {
+                    h.decisions_moved(&owner);
                     h.placements.add(owner);
                 }
             }
             Change::Synced => g.synced_one(),
+        },
+    );
+    let (h, g) = (hub.clone(), gate.clone());
+    watch(
+        Api::<ManifestWorkReplicaSet>::all(client.clone()),
+        watcher::Config::default(),
+        move |c| match c {
+            Change::Upserted { obj, .. } => {
+                let key = key_of(&obj);
+                let mut ix = h.index.lock();
+                let act = ix.replicasets.get(&key).is_none_or(|old| {
+                    not_older(&old.metadata, &obj.metadata)
+                        && (old.metadata.generation != obj.metadata.generation
+                            || old.spec != obj.spec
+                            || old.metadata.deletion_timestamp != obj.metadata.deletion_timestamp
+                            || old.finalizers() != obj.finalizers())
+                });
+                let stale = ix
+                    .replicasets
+                    .get(&key)
+                    .is_some_and(|old| !not_older(&old.metadata, &obj.metadata));
+                if !stale {
+                    ix.replicasets.insert(key.clone(), Arc::new(obj));
+                }
+                drop(ix);
+                if act {
+                    h.replicasets.add(key);
+                }
+            }
+            Change::Removed(obj) => {
+                let key = key_of(&obj);
+                h.index.lock().replicasets.remove(&key);
+            }
+            Change::Synced => g.synced_one(),
+        },
+    );
+    let (h, g) = (hub.clone(), gate.clone());
+    watch(
+        Api::<ManifestWork>::all(client.clone()),
+        watcher::Config::default().labels(REPLICASET_LABEL),
+        move |c| {
+            let (obj, gone) = match c {
+                Change::Upserted { obj, .. } => (obj, false),
+                Change::Removed(obj) => (obj, true),
+                Change::Synced => return g.synced_one(),
+            };
+            // `<namespace>.<name>` of the replica set, and the cluster of the namespace.
+            let name = obj.name_any();
+            let Some((rs_ns, rs_name)) = name.split_once('.') else {
+                return;
+            };
+            let Some(cluster) = obj
+                .namespace()
+                .and_then(|n| n.strip_prefix("atoll-cluster-").map(String::from))
+            else {
+                return;
+            };
+            let key = (rs_ns.to_string(), rs_name.to_string());
+            let mut ix = h.index.lock();
+            let works = ix.replicaset_works.entry(key.clone()).or_default();
+            if gone {
+                works.remove(&cluster);
+            } else {
+                let stale = works
+                    .get(&cluster)
+                    .is_some_and(|old| !not_older(&old.metadata, &obj.metadata));
+                if !stale {
+                    works.insert(cluster, Arc::new(obj));
+                }
+            }
+            drop(ix);
+            h.replicasets.add(key);
         },
     );
     let (h, g) = (hub.clone(), gate.clone());
@@ -330,6 +404,7 @@ fn decision_changed(hub: &Hub, pd: PlacementDecision, initial: bool) {
     ix.upsert_decision(Arc::new(pd));
     drop(ix);
     if let Some(owner) = owner {
+        hub.decisions_moved(&owner);
         hub.placements.add(owner);
     }
 }

@@ -51,6 +51,10 @@ pub struct Index {
     pub profiles: HashMap<Key, Arc<ClusterProfile>>,
     /// Per placement, where its feasible clusters' resources lay when it was last scheduled.
     pub bounds: HashMap<Key, crate::placement::schedule::ResourceBounds>,
+    pub replicasets: HashMap<Key, Arc<atoll_api::work::ManifestWorkReplicaSet>>,
+    /// Per replica set, its works by cluster.
+    pub replicaset_works:
+        HashMap<Key, std::collections::BTreeMap<String, Arc<atoll_api::work::ManifestWork>>>,
 }
 
 impl Index {
@@ -106,6 +110,17 @@ impl Index {
             }
         }
         out
+    }
+
+    /// The replica sets that use placement `key`.
+    pub fn replicasets_using(&self, key: &Key) -> Vec<Key> {
+        self.replicasets
+            .iter()
+            .filter(|((ns, _), rs)| {
+                *ns == key.0 && rs.spec.placement_refs.iter().any(|r| r.name == key.1)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// The placements of `namespace`.

@@ -28,6 +28,8 @@ pub mod index;
 pub mod placement;
 pub mod profiles;
 pub mod push;
+pub mod replicaset;
+pub mod rollout;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -73,6 +75,7 @@ pub struct Hub {
     pub bindings: WorkQueue<index::Key>,
     /// `(namespace, cluster)`, or `(namespace, "")` for every cluster of the namespace.
     pub profiles: WorkQueue<index::Key>,
+    pub replicasets: WorkQueue<index::Key>,
     pub cel: placement::cel::Cache,
 }
 
@@ -86,8 +89,19 @@ impl Hub {
             builtins: WorkQueue::new(),
             bindings: WorkQueue::new(),
             profiles: WorkQueue::new(),
+            replicasets: WorkQueue::new(),
             cel: Default::default(),
         })
+    }
+}
+
+impl Hub {
+    /// Placement `key`'s decisions changed: the replica sets using it follow.
+    pub fn decisions_moved(&self, key: &index::Key) {
+        let sets = self.index.lock().replicasets_using(key);
+        for s in sets {
+            self.replicasets.add(s);
+        }
     }
 }
 
@@ -121,6 +135,10 @@ pub async fn start_sets_and_placements(client: Client) -> Arc<Hub> {
     let h = hub.clone();
     hub.profiles.run(4, "clusterprofile", move |k| {
         profiles::reconcile(h.clone(), k)
+    });
+    let h = hub.clone();
+    hub.replicasets.run(4, "manifestworkreplicaset", move |k| {
+        replicaset::reconcile(h.clone(), k)
     });
     tokio::spawn(clustersets::resync_builtins(hub.clone()));
     hub

@@ -13,6 +13,9 @@
 //!   needs `create` on `managedclustersets/bind` for that set.
 //! - **Bootstrap token Secrets in kube-system**: a token whose extra groups name a set
 //!   (`atoll hub token --clusterset SET`) may be minted only by someone who may join SET.
+//! - **ManifestWorks and ManifestWorkReplicaSets**: a work has manifests (400 otherwise); one
+//!   naming an executor needs `execute-as` on `manifestworks` for that service account
+//!   (a replica set's template too: the hub makes its works, not the requester).
 //!
 //! Checks are SubjectAccessReviews for the requesting user, `failurePolicy: Fail`: with the hub
 //! down these writes are refused rather than unchecked. Served over HTTPS with a self-signed
@@ -41,6 +44,7 @@ const VALIDATE_CLUSTER: &str = "/validate-managedcluster";
 const MUTATE_CLUSTER: &str = "/mutate-managedcluster";
 const VALIDATE_BINDING: &str = "/validate-managedclustersetbinding";
 const VALIDATE_TOKEN: &str = "/validate-bootstrap-token";
+const VALIDATE_WORK: &str = "/validate-manifestwork";
 /// The most a request body may be (a ManagedCluster review is a few kilobytes).
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
@@ -151,6 +155,7 @@ pub async fn start(
                         MUTATE_CLUSTER => mutate_cluster(&request),
                         VALIDATE_BINDING => validate_binding(&client, &request).await,
                         VALIDATE_TOKEN => validate_token(&client, &request).await,
+                        VALIDATE_WORK => validate_work(&client, &request).await,
                         _ => Answer::deny(404, "NotFound", format!("no webhook at {path}")),
                     };
                     let mut resp = hyper::Response::new(Full::new(Bytes::from(
@@ -195,6 +200,8 @@ async fn register(client: Client, base: &str, ca_bundle: &str) -> Result<(), Err
                            "apiVersions": ["*"], "resources": ["managedclustersetbindings"], "scope": "Namespaced"}]);
     let secrets = json!([{"operations": ["CREATE", "UPDATE"], "apiGroups": [""],
                           "apiVersions": ["v1"], "resources": ["secrets"], "scope": "Namespaced"}]);
+    let works = json!([{"operations": ["CREATE", "UPDATE"], "apiGroups": ["work.atoll.io"],
+                        "apiVersions": ["*"], "resources": ["manifestworks", "manifestworkreplicasets"], "scope": "Namespaced"}]);
     let mut token_hook = hook("bootstrap-tokens.cluster.atoll.io", VALIDATE_TOKEN, secrets);
     // Only kube-system, where bootstrap tokens live: the hub is not in the way of other Secrets.
     token_hook["namespaceSelector"] =
@@ -206,6 +213,7 @@ async fn register(client: Client, base: &str, ca_bundle: &str) -> Result<(), Err
             hook("managedclusters.cluster.atoll.io", VALIDATE_CLUSTER, clusters.clone()),
             hook("managedclustersetbindings.cluster.atoll.io", VALIDATE_BINDING, bindings),
             token_hook,
+            hook("manifestworks.work.atoll.io", VALIDATE_WORK, works),
         ],
     });
     let mut mutating_hook = hook("managedclusters.cluster.atoll.io", MUTATE_CLUSTER, clusters);
@@ -541,6 +549,61 @@ async fn validate_token(client: &Client, request: &Value) -> Answer {
     Answer::allow()
 }
 
+/// What a ManifestWork (or a replica set's template) asks for that needs checking: the
+/// executor it runs as, if it names one anew, and whether it has manifests. Pure.
+pub fn work_checks(req: &Value) -> Result<Option<String>, String> {
+    let replica_set = req["kind"]["kind"] == "ManifestWorkReplicaSet";
+    let spec = |o: &Value| {
+        if replica_set {
+            o["spec"]["manifestWorkTemplate"].clone()
+        } else {
+            o["spec"].clone()
+        }
+    };
+    let new = spec(&req["object"]);
+    let old = spec(&req["oldObject"]);
+    let manifests = new["workload"]["manifests"].as_array().map_or(0, Vec::len);
+    if manifests == 0 && !replica_set {
+        return Err(
+            "spec.workload.manifests is empty: a ManifestWork needs at least one manifest".into(),
+        );
+    }
+    let executor = |s: &Value| {
+        let sa = &s["executor"]["subject"]["serviceAccount"];
+        match (sa["namespace"].as_str(), sa["name"].as_str()) {
+            (Some(ns), Some(n)) => Some(format!("system:serviceaccount:{ns}:{n}")),
+            _ => None,
+        }
+    };
+    let wanted = executor(&new);
+    Ok(wanted.filter(|w| Some(w) != executor(&old).as_ref() || req["operation"] == "CREATE"))
+}
+
+async fn validate_work(client: &Client, request: &Value) -> Answer {
+    let req = &request["request"];
+    if !req.is_object() {
+        return Answer::deny(400, "BadRequest", "not an AdmissionReview request".into());
+    }
+    let executor = match work_checks(req) {
+        Ok(e) => e,
+        Err(why) => return Answer::deny(400, "BadRequest", why),
+    };
+    let Some(executor) = executor else {
+        return Answer::allow();
+    };
+    let ns = req["namespace"].as_str().unwrap_or_default();
+    let attrs = json!({"group": "work.atoll.io", "resource": "manifestworks", "verb": "execute-as",
+                       "namespace": ns, "name": executor});
+    if may(client, req, attrs).await {
+        Answer::allow()
+    } else {
+        Answer::forbidden(format!(
+            "{} may not have works run as {executor}: that needs `execute-as` on `manifestworks` (work.atoll.io) named {executor} in namespace {ns}",
+            username(req)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,6 +704,42 @@ mod tests {
         let p = cluster_patch(&req, now).unwrap();
         assert_eq!(p[0]["value"][0]["timeAdded"], "2026-11-30T00:00:00Z");
         assert_eq!(p[0]["value"][1]["timeAdded"], now);
+    }
+
+    #[test]
+    fn works_need_manifests_and_new_executors_are_checked() {
+        let work = |exec: Option<&str>, manifests: usize| {
+            let mut spec =
+                json!({"workload": {"manifests": vec![json!({"kind": "ConfigMap"}); manifests]}});
+            if let Some(e) = exec {
+                spec["executor"] = json!({"subject": {"type": "ServiceAccount", "serviceAccount": {"namespace": "apps", "name": e}}});
+            }
+            json!({"spec": spec})
+        };
+        let create = |o: Value| json!({"operation": "CREATE", "kind": {"kind": "ManifestWork"}, "object": o});
+        assert!(
+            work_checks(&create(work(None, 0)))
+                .unwrap_err()
+                .contains("at least one manifest")
+        );
+        assert_eq!(work_checks(&create(work(None, 1))), Ok(None));
+        assert_eq!(
+            work_checks(&create(work(Some("deployer"), 1))),
+            Ok(Some("system:serviceaccount:apps:deployer".into()))
+        );
+        let update = json!({"operation": "UPDATE", "kind": {"kind": "ManifestWork"},
+            "object": work(Some("deployer"), 2), "oldObject": work(Some("deployer"), 1)});
+        assert_eq!(
+            work_checks(&update),
+            Ok(None),
+            "the same executor is not checked again"
+        );
+        let mwrs = json!({"operation": "CREATE", "kind": {"kind": "ManifestWorkReplicaSet"},
+            "object": {"spec": {"manifestWorkTemplate": work(Some("x"), 1)["spec"]}}});
+        assert_eq!(
+            work_checks(&mwrs),
+            Ok(Some("system:serviceaccount:apps:x".into()))
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ enum Command {
     Accept(crate::registration::AcceptArgs),
     /// Turn clusters away: deny their pending CSRs and clear hubAcceptsClient.
     Deny(crate::registration::AcceptArgs),
-    /// Show state at a glance: `atoll get clusters`.
+    /// Show state at a glance: `atoll get clusters`, `atoll get works`.
     Get(crate::registration::GetArgs),
     /// Cluster sets: `create`, `set` (move a cluster), `bind` (to a namespace), `list`.
     Clusterset(crate::clustersets::ClusterSetArgs),
@@ -46,6 +46,10 @@ enum Command {
     Workspace(crate::clustersets::WorkspaceArgs),
     /// Placements: `explain` why one picks the clusters it picks.
     Placement(crate::clustersets::PlacementArgs),
+    /// Deploy Kubernetes YAML to a workspace's clusters (a ManifestWorkReplicaSet).
+    Deploy(crate::deploy::DeployArgs),
+    /// Remove what `atoll deploy` deployed, from every cluster.
+    Undeploy(crate::deploy::UndeployArgs),
 }
 
 impl Args {
@@ -83,6 +87,8 @@ impl Args {
                 Command::Clusterset(a) => crate::clustersets::clusterset(a).await,
                 Command::Workspace(a) => crate::clustersets::workspace(a).await,
                 Command::Placement(a) => crate::clustersets::placement(a).await,
+                Command::Deploy(a) => crate::deploy::deploy(a).await,
+                Command::Undeploy(a) => crate::deploy::undeploy(a).await,
             }
         });
         match result {

@@ -32,7 +32,7 @@ pub struct Target {
 }
 
 impl Target {
-    async fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) async fn client(&self) -> anyhow::Result<Client> {
         Ok(
             crate::clients::from_flags(self.kubeconfig.as_deref(), self.context.as_deref())
                 .await?

@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod clients;
 mod clustersets;
+mod deploy;
 mod dev;
 mod kubeconfig;
 mod node;

@@ -91,11 +91,13 @@ pub struct AcceptArgs {
 
 #[derive(clap::Args)]
 pub struct GetArgs {
-    /// What to list: `clusters`.
+    /// What to list: `clusters` or `works`.
     what: String,
-    /// Kubeconfig of the hub cluster.
-    #[arg(long)]
-    kubeconfig: PathBuf,
+    /// works: the namespace (a workspace, or a cluster's `atoll-cluster-NAME`); default all.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    #[command(flatten)]
+    target: crate::clustersets::Target,
 }
 
 /// "90s", "10m", "1h", "2d" or plain seconds.
@@ -479,20 +481,18 @@ pub async fn decide(client: &Client, name: &str, accept: bool) -> anyhow::Result
 }
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        matches!(
-            args.what.as_str(),
-            "clusters" | "cluster" | "managedclusters" | "mcl"
-        ),
-        "atoll get {}: only `clusters` is known",
-        args.what
-    );
-    let client = client(&args.kubeconfig).await?;
+    let client = args.target.client().await?;
+    match args.what.as_str() {
+        "clusters" | "cluster" | "managedclusters" | "mcl" => {}
+        "works" | "work" | "manifestworks" | "mw" => {
+            return crate::deploy::get_works(&client, args.namespace.as_deref()).await;
+        }
+        other => bail!("atoll get {other}: `clusters` or `works`"),
+    }
     let mcs: Api<ManagedCluster> = Api::all(client);
     let list = match mcs.list(&ListParams::default()).await {
         Err(kube::Error::Api(e)) if e.code == 404 => bail!(
-            "the cluster of {} serves no ManagedClusters (cluster.atoll.io/v1alpha1): is it a hub? `atoll hub` installs them",
-            args.kubeconfig.display()
+            "this cluster serves no ManagedClusters (cluster.atoll.io/v1alpha1): is it a hub? `atoll hub` installs them"
         ),
         other => other?,
     };

@@ -247,7 +247,11 @@ pub async fn reconcile(hub: Arc<Hub>, key: Key) -> Result<Option<Duration>, Erro
         )
         .await;
     }
+    let moved = decided != snapshot.current;
     hub.index.lock().set_decided(&key, decided);
+    if moved {
+        hub.decisions_moved(&key);
+    }
 
     // Status: how many, the groups, the conditions.
     let mut groups: Vec<DecisionGroupStatus> = Vec::new();
