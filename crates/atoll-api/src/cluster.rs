@@ -130,6 +130,7 @@ pub const HUB_KUBECONFIG_SECRET: &str = "hub-kubeconfig";
         type_ = "boolean",
         json_path = ".spec.hubAcceptsClient"
     ),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.syncMode"),
     printcolumn(
         name = "Joined",
         type_ = "string",

@@ -217,6 +217,14 @@ async fn push(
             return;
         }
     };
+    // Health is probed without the credential (`/readyz` is open to anyone, and a refused
+    // token would be refused there too): whether the cluster answers and whether it takes the
+    // credential are two questions.
+    let mut anonymous = config.clone();
+    anonymous.auth_info = Default::default();
+    let Ok(prober) = Client::try_from(anonymous) else {
+        return;
+    };
     tracing::info!(cluster = %name, server = %credential.server, "push: applying the cluster's works from the hub");
     let (_keep, rx) = tokio::sync::watch::channel(hub.clone());
     let resync = Arc::new(tokio::sync::Notify::new());
@@ -244,7 +252,7 @@ async fn push(
         loop {
             // The lease is the hub's to make on acceptance: until it is there, try again soon.
             let mut again = Duration::from_secs(lease_seconds.max(1) as u64);
-            let ready = member
+            let ready = prober
                 .request_text(
                     http::Request::get("/readyz")
                         .body(Vec::new())

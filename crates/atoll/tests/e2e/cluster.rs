@@ -131,7 +131,7 @@ fn ready_endpoints(k: &Kubectl, ctx: &str, svc: &str) -> Vec<String> {
         .collect()
 }
 
-fn http_status(url: &str) -> String {
+pub(crate) fn http_status(url: &str) -> String {
     let out = Command::new("curl")
         .args([
             "-s",

@@ -11,3 +11,4 @@ mod placement;
 mod rbac;
 mod registration;
 mod tour;
+mod work;

@@ -11,7 +11,7 @@ use crate::cluster::{DevEnv, json, wait_for};
 use crate::harness::Kubectl;
 
 /// A kubeconfig for `user` on the hub of `env`.
-fn hub_user(env: &DevEnv, user: &str) -> Kubectl<'static> {
+pub(crate) fn hub_user(env: &DevEnv, user: &str) -> Kubectl<'static> {
     let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
         .args(["kubeconfig", "--user", user, "--data-dir"])
         .arg(env.dir.join("hub"))
@@ -31,7 +31,7 @@ fn hub_user(env: &DevEnv, user: &str) -> Kubectl<'static> {
 }
 
 /// Run `atoll ARGS` with `kubeconfig`; (success, stdout + stderr).
-fn atoll_as(kubeconfig: &PathBuf, args: &[&str]) -> (bool, String) {
+pub(crate) fn atoll_as(kubeconfig: &PathBuf, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
         .args(args)
         .env("KUBECONFIG", kubeconfig)
@@ -47,7 +47,7 @@ fn atoll_as(kubeconfig: &PathBuf, args: &[&str]) -> (bool, String) {
     )
 }
 
-fn hub_admin(env: &DevEnv) -> PathBuf {
+pub(crate) fn hub_admin(env: &DevEnv) -> PathBuf {
     env.dir.join("hub").join("admin.kubeconfig")
 }
 

@@ -19,7 +19,7 @@ fn kubectl_with(kubeconfig: PathBuf) -> Kubectl<'static> {
 }
 
 /// The hub kubeconfig member `m`'s agent holds, from its Secret, written beside the env.
-fn agent_kubeconfig(env: &DevEnv, m: &str) -> PathBuf {
+pub(crate) fn agent_kubeconfig(env: &DevEnv, m: &str) -> PathBuf {
     let k = env.kubectl();
     let data = k.ok(&[
         "--context",
