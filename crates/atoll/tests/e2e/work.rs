@@ -108,6 +108,14 @@ fn works_apply_in_pull_and_push_mode_keep_their_state_and_report_what_fails() {
         mode.contains("member1=Pull") && mode.contains("member3=Push"),
         "{mode}"
     );
+    let table = k.ok(&["--context", "hub", "get", "mcl"]);
+    assert!(
+        table.contains("MODE")
+            && table
+                .lines()
+                .any(|l| l.starts_with("member3") && l.contains("Push")),
+        "{table}"
+    );
     let state: Value =
         serde_json::from_slice(&std::fs::read(env.dir.join("dev.json")).unwrap()).unwrap();
     let names: Vec<&str> = state["processes"]
