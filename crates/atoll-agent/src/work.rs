@@ -13,9 +13,10 @@ pub(crate) fn start(
     hub: tokio::sync::watch::Receiver<Client>,
     member: atoll_work::Member,
 ) -> tokio::task::JoinHandle<()> {
+    let namespace = cluster_namespace(name);
     let cfg = atoll_work::WorkConfig::new(
-        cluster_namespace(name),
-        atoll_work::hub_hash(hub_url),
+        namespace.clone(),
+        atoll_work::applier_hash(hub_url, &namespace),
         agent_user(name),
     );
     let name = name.to_string();

@@ -230,7 +230,7 @@ async fn push(
     let resync = Arc::new(tokio::sync::Notify::new());
     let mut cfg = atoll_work::WorkConfig::new(
         cluster_namespace(&name),
-        atoll_work::hub_hash(&hub_url),
+        atoll_work::applier_hash(&hub_url, &cluster_namespace(&name)),
         PUSH_HOLDER.into(),
     );
     cfg.workers = 2;

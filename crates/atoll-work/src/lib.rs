@@ -73,7 +73,7 @@ pub struct Member {
 pub struct WorkConfig {
     /// The hub namespace of the cluster's works (`atoll-cluster-<name>`).
     pub namespace: String,
-    /// A short hash of the hub's address ([`hub_hash`]).
+    /// What marks this applier's objects ([`applier_hash`]).
     pub hub_hash: String,
     /// Who applies: the agent's user, or the hub for Push clusters.
     pub agent_id: String,
@@ -107,6 +107,13 @@ pub fn hub_hash(hub_url: &str) -> String {
         hub_url.trim_end_matches('/').as_bytes(),
     );
     d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What marks this applier's objects in a cluster: the hub and the cluster's namespace
+/// there (so a member registered twice, or several clusters sharing one API server as the
+/// benchmarks do, keep apart).
+pub fn applier_hash(hub_url: &str, namespace: &str) -> String {
+    hub_hash(&format!("{}/{namespace}", hub_url.trim_end_matches('/')))
 }
 
 /// The AppliedManifestWork of work `work` of hub `hash`: `<hash>-<work>`.
@@ -338,8 +345,9 @@ async fn watch_works(agent: Arc<Agent>, synced: Arc<tokio::sync::Notify>) {
     }
 }
 
-fn work_changed(agent: &Agent, w: ManifestWork) {
+fn work_changed(agent: &Agent, mut w: ManifestWork) {
     let name = w.name_any();
+    w.metadata.managed_fields = None;
     let mut s = agent.state();
     // Only what the applier acts on: a new work, its spec (generation), its deletion, its
     // finalizers; not the status it wrote itself.
@@ -373,6 +381,8 @@ async fn watch_applied(agent: Arc<Agent>, synced: Arc<tokio::sync::Notify>) {
                     continue;
                 }
                 let work = a.spec.manifest_work_name.clone();
+                let mut a = a;
+                a.metadata.managed_fields = None;
                 agent.state().applied.insert(work, Arc::new(a));
             }
             Ok(watcher::Event::Delete(a)) => {
@@ -430,7 +440,7 @@ fn watch_kind(agent: &Arc<Agent>, served: &Served) {
                 let mut s = a.state();
                 if gone {
                     s.live.remove(&key);
-                } else if let Ok(v) = serde_json::to_value(&obj) {
+                } else if let Ok(v) = serde_json::to_value(&obj).map(kept) {
                     let newer = s
                         .live
                         .get(&key)
@@ -446,6 +456,15 @@ fn watch_kind(agent: &Arc<Agent>, served: &Served) {
             }
         }
     });
+}
+
+/// An object as the applier keeps it: without its managed fields, which neither drift nor
+/// feedback reads and which are most of a small object (the agent holds two copies of each).
+fn kept(mut v: Value) -> Value {
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+    }
+    v
 }
 
 fn rv(v: &Value) -> Option<u64> {
@@ -765,7 +784,7 @@ async fn apply_work(
             Ok(live_now)
         };
         let live = match outcome {
-            Ok(Some(obj)) => obj,
+            Ok(Some(obj)) => kept(obj),
             Ok(None) => {
                 results[i] = Some(ManifestResult {
                     meta,
