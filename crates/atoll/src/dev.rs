@@ -652,6 +652,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                     &member_kubeconfig,
                     m,
                     args.cluster_lease_seconds,
+                    true,
                 )
                 .await
                 .with_context(|| format!("{m} cannot join in Push mode"))?;

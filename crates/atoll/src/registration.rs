@@ -269,7 +269,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         let (hub, _) = crate::clients::from_path(hub).await?;
         let lease = i32::try_from(parse_duration(&args.lease_duration)?.as_secs())
             .context("--lease-duration is too long")?;
-        return push_join(&hub, &args.kubeconfig, &args.cluster_name, lease).await;
+        return push_join(&hub, &args.kubeconfig, &args.cluster_name, lease, false).await;
     }
     let (member, member_config) = crate::clients::from_path(&args.kubeconfig).await?;
     let bootstrap_kubeconfig = match &args.bootstrap_kubeconfig {
@@ -316,7 +316,13 @@ pub async fn push_join(
     member_kubeconfig: &std::path::Path,
     name: &str,
     lease_seconds: i32,
+    quiet: bool,
 ) -> anyhow::Result<()> {
+    let say = |s: String| {
+        if !quiet {
+            println!("{s}");
+        }
+    };
     atoll_api::cluster::check_cluster_name(name).map_err(|e| anyhow::anyhow!(e))?;
     let (member, _) = crate::clients::from_path(member_kubeconfig).await?;
     let (server, ca_data) =
@@ -330,12 +336,12 @@ pub async fn push_join(
         .await
         .context("cannot prepare the member for push (it needs an admin kubeconfig)")?;
     atoll_work::member::ensure_cluster_id(&member, name).await;
-    println!(
+    say(format!(
         "serviceaccount/{} in {} of the member, bound to clusterrole {}",
         atoll_hub::push::PUSH_SERVICE_ACCOUNT,
         atoll_hub::push::PUSH_NAMESPACE,
         atoll_hub::push::WORK_APPLIER_ROLE
-    );
+    ));
     let credential = atoll_hub::push::Credential {
         server: server.clone(),
         ca_pem,
@@ -344,11 +350,11 @@ pub async fn push_join(
     atoll_hub::push::store_credential(hub, name, &credential)
         .await
         .context("cannot store the push credential on the hub")?;
-    println!(
+    say(format!(
         "secret/{} in {} on the hub",
         atoll_hub::push::PUSH_SECRET,
         atoll_api::cluster::cluster_namespace(name)
-    );
+    ));
     let review: SelfSubjectAccessReview = serde_json::from_value(json!({
         "spec": {"resourceAttributes": {"group": "cluster.atoll.io", "resource": "managedclusters",
                  "subresource": "accept", "verb": "update", "name": name}},
@@ -372,11 +378,13 @@ pub async fn push_join(
         .await
         .context("cannot create the ManagedCluster")?;
     if may_accept {
-        println!("managedcluster.cluster.atoll.io/{name} joined in Push mode and accepted");
+        say(format!(
+            "managedcluster.cluster.atoll.io/{name} joined in Push mode and accepted"
+        ));
     } else {
-        println!(
+        say(format!(
             "managedcluster.cluster.atoll.io/{name} joined in Push mode; it waits for `atoll accept {name}`"
-        );
+        ));
     }
     Ok(())
 }

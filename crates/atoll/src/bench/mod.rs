@@ -18,10 +18,11 @@ use serde_json::{Value, json};
 mod cluster;
 mod placement;
 mod registration;
+mod work;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apiserver`, `cluster`, `registration` or `placement`.
+    /// What to measure: `apiserver`, `cluster`, `registration`, `placement` or `work`.
     area: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -51,12 +52,15 @@ pub struct BenchArgs {
     #[arg(long)]
     no_dev_up: bool,
     /// registration: clusters (agents) joining the hub (default 5,000); placement: simulated
-    /// clusters (default 1,000).
+    /// clusters (default 1,000); work: Pull clusters and as many Push clusters (default 100).
     #[arg(long)]
     clusters: Option<usize>,
     /// placement: placements of 10 clusters each.
     #[arg(long, default_value_t = 1_000)]
     placements: usize,
+    /// work: works per Pull cluster in the steady-state phase.
+    #[arg(long, default_value_t = 100)]
+    works_per_cluster: usize,
     /// placement: changes to one cluster each, timed until every decision reflects them.
     #[arg(long, default_value_t = 20)]
     changes: usize,
@@ -81,8 +85,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "cluster" => cluster::run(args).await,
         "registration" => registration::run(args).await,
         "placement" => placement::run(args).await,
+        "work" => work::run(args).await,
         other => anyhow::bail!(
-            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement"
+            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement, work"
         ),
     }
 }
