@@ -79,6 +79,10 @@ fn the_readme_tour_runs_as_written() {
         "clusterprofile.multicluster.x-k8s.io/member1",
         "clusterprofile.multicluster.x-k8s.io/member3",
         "PlacementSatisfied: True",
+        "manifestworkreplicaset.work.atoll.io/hello deployed",
+        "2/2",
+        "ReadyReplicas=2",
+        "manifestworkreplicaset.work.atoll.io/hello deleted",
     ] {
         assert!(
             stdout.contains(want),
