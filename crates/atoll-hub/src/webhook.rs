@@ -45,8 +45,10 @@ const MUTATE_CLUSTER: &str = "/mutate-managedcluster";
 const VALIDATE_BINDING: &str = "/validate-managedclustersetbinding";
 const VALIDATE_TOKEN: &str = "/validate-bootstrap-token";
 const VALIDATE_WORK: &str = "/validate-manifestwork";
-/// The most a request body may be (a ManagedCluster review is a few kilobytes).
-const MAX_BODY: usize = 3 * 1024 * 1024;
+/// The most a review may be. A review of an update carries the object twice (and, for a
+/// dry run or a patch, in JSON the API server may have grown), so a ManifestWork as large as
+/// the API server accepts (3 MiB on kube-apiserver and ours) must fit twice with room over.
+const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// Serve the webhooks on `listen` and register them with the API server; returns the base URL.
 /// With `hub`, `explain` is served too, to callers with a client certificate of `client_ca`
@@ -126,11 +128,23 @@ pub async fn start(
                         .get(http::header::AUTHORIZATION)
                         .and_then(|v| v.to_str().ok())
                         .map(String::from);
-                    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+                    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
                         .collect()
                         .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
+                    {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => {
+                            // Refused in words, not as an unreadable review.
+                            let answer = Answer::deny(
+                                413,
+                                "RequestEntityTooLarge",
+                                format!(
+                                    "the admission review is larger than the hub webhook's limit of {MAX_BODY} bytes"
+                                ),
+                            );
+                            return review_response(&Value::Null, answer);
+                        }
+                    };
                     if path == crate::explain::PATH
                         && let Some(hub) = explaining
                     {
@@ -158,14 +172,7 @@ pub async fn start(
                         VALIDATE_WORK => validate_work(&client, &request).await,
                         _ => Answer::deny(404, "NotFound", format!("no webhook at {path}")),
                     };
-                    let mut resp = hyper::Response::new(Full::new(Bytes::from(
-                        answer.review(&request).to_string(),
-                    )));
-                    resp.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    resp
+                    review_response(&request, answer)
                 }
             }
         },
@@ -181,6 +188,15 @@ pub async fn start(
         .await?;
     }
     Ok(base)
+}
+
+fn review_response(request: &Value, answer: Answer) -> hyper::Response<Full<Bytes>> {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(answer.review(request).to_string())));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// The webhook configurations, pointing at `base`.

@@ -359,6 +359,57 @@ fn works_apply_in_pull_and_push_mode_keep_their_state_and_report_what_fails() {
     }
     agent.ok(&["-n", "atoll-cluster-member1", "get", "manifestworks"]);
 
+    // Size: a work as large as the API server takes is created, updated (its review carries it
+    // twice) and applied; a larger one is refused saying why.
+    let big = |name: &str, fill: char, configmaps: usize| {
+        let mut manifests = String::new();
+        for i in 0..configmaps {
+            let data: String = std::iter::repeat_n(fill, 900 * 1024).collect();
+            manifests.push_str(&format!(
+                "\n    - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: {name}-{i}, namespace: default}}, data: {{blob: {data}}}}}"
+            ));
+        }
+        work(name, "member1", &manifests, "\n")
+    };
+    k.ok_stdin(
+        &["--context", "hub", "create", "-f", "-"],
+        &big("big", 'a', 2),
+    );
+    k.ok_stdin(
+        &["--context", "hub", "replace", "-f", "-"],
+        &big("big", 'b', 2),
+    );
+    wait_for(60, "the updated large work applied in member1", || {
+        let out = k.run(&[
+            "--context",
+            "member1",
+            "get",
+            "configmap",
+            "big-1",
+            "-o",
+            "jsonpath={.data.blob}",
+        ]);
+        (out.status.success() && out.stdout.starts_with(b"bbbb")).then_some(())
+    });
+    let out = k.run_stdin(
+        &["--context", "hub", "create", "-f", "-"],
+        &big("huge", 'c', 4),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("larger than the server's limit"),
+        "{err}"
+    );
+    k.ok(&[
+        "--context",
+        "hub",
+        "-n",
+        "atoll-cluster-member1",
+        "delete",
+        "manifestwork",
+        "big",
+    ]);
+
     // A revoked push credential: every work of member3 says the member refuses it.
     k.ok(&[
         "--context",
