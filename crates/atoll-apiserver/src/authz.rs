@@ -1072,7 +1072,30 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         rule(&read, &["coordination.k8s.io"], &["leases"]),
     ];
     controller_rules.extend(events());
+    // The cluster DNS reads what it answers from, nothing more (kube-apiserver's
+    // system:kube-dns, with the EndpointSlices and Pods a DNS server of today watches).
+    let dns_rules = vec![
+        rule(
+            &["list", "watch"],
+            &[""],
+            &["services", "endpoints", "pods"],
+        ),
+        rule(
+            &["list", "watch"],
+            &["discovery.k8s.io"],
+            &["endpointslices"],
+        ),
+    ];
     vec![
+        ("clusterroles", cluster_role("system:kube-dns", dns_rules)),
+        (
+            "clusterrolebindings",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": "system:kube-dns", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                   "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": "system:kube-dns"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "kube-dns", "namespace": "kube-system"},
+                                {"apiGroup": RBAC_GROUP, "kind": "User", "name": "system:kube-dns"}]}),
+        ),
         ("clusterroles", cluster_role("system:node", node_rules)),
         (
             "clusterrolebindings",

@@ -56,19 +56,34 @@ impl ClusterIpAllocator {
         x > self.base && x < self.base + self.size - 1
     }
 
-    /// The next free address; the network address, the first address (reserved for the
-    /// `kubernetes` Service) and the broadcast address are never handed out.
+    /// A free address; the network address, the first address (reserved for the
+    /// `kubernetes` Service) and the broadcast address are never handed out. As
+    /// kube-apiserver (KEP-3070), addresses are taken from above the range's lower band
+    /// while any is free there, so addresses Services ask for by number (the tenth, the
+    /// cluster DNS's) stay free for them.
     pub fn allocate(&self) -> Option<Ipv4Addr> {
         let mut used = self.used();
         let seed = uuid::Uuid::new_v4().as_u128() as u32;
-        let span = self.size - 3;
-        for i in 0..span {
-            let ip = self.base + 2 + (seed.wrapping_add(i) % span);
-            if used.insert(ip) {
-                return Some(Ipv4Addr::from(ip));
+        let lower = self.static_band();
+        let bands = [
+            (self.base + lower, self.size - 1 - lower),
+            (self.base + 2, lower - 2),
+        ];
+        for (first, span) in bands {
+            for i in 0..span {
+                let ip = first + (seed.wrapping_add(i) % span);
+                if used.insert(ip) {
+                    return Some(Ipv4Addr::from(ip));
+                }
             }
         }
         None
+    }
+
+    /// The size of the lower band, from the range's start: a sixteenth of the range, at
+    /// least 16 and at most 256 addresses (kube-apiserver's rule), never more than half.
+    fn static_band(&self) -> u32 {
+        (self.size / 16).clamp(16, 256).min(self.size / 2)
     }
 
     pub fn allocate_specific(&self, ip: Ipv4Addr) -> bool {
@@ -544,5 +559,46 @@ pub fn release(server: &ApiServer, rt: &ResourceType, obj: &Value) {
         && let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str)
     {
         server.cluster_ips.release(ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_addresses_leave_the_lower_band_until_the_rest_is_taken() {
+        for (cidr, lower) in [
+            ("127.1.0.0/24", 16),
+            ("10.96.0.0/20", 256),
+            ("10.0.0.0/28", 8),
+        ] {
+            let a = ClusterIpAllocator::new(cidr).expect("a CIDR");
+            let base = a.base;
+            let total = a.size - 3;
+            let mut seen = HashSet::new();
+            for n in 0..total {
+                let ip = u32::from(a.allocate().expect("a free address"));
+                assert!(ip > base + 1 && ip < base + a.size - 1, "{cidr}: {ip}");
+                // The lower band is used only once the upper one is full.
+                if n < a.size - 1 - lower {
+                    assert!(
+                        ip >= base + lower,
+                        "{cidr}: {n}th address in the lower band"
+                    );
+                }
+                assert!(seen.insert(ip), "{cidr}: {ip} handed out twice");
+            }
+            assert_eq!(a.allocate(), None, "{cidr}");
+            // The tenth address (the cluster DNS's) is in the lower band of ranges of 256
+            // addresses and more.
+            if lower > 10 {
+                let b = ClusterIpAllocator::new(cidr).expect("a CIDR");
+                for _ in 0..100 {
+                    let _ = b.allocate();
+                }
+                assert!(b.allocate_specific(Ipv4Addr::from(base + 10)), "{cidr}");
+            }
+        }
     }
 }

@@ -50,6 +50,8 @@ enum Command {
     Deploy(crate::deploy::DeployArgs),
     /// Remove what `atoll deploy` deployed, from every cluster.
     Undeploy(crate::deploy::UndeployArgs),
+    /// Serve a cluster's DNS zone (cluster.local) from watches; forward other names.
+    Dns(crate::dns::DnsArgs),
 }
 
 impl Args {
@@ -75,6 +77,7 @@ impl Args {
         let result = runtime.block_on(async move {
             match args.command {
                 Command::Server(a) => crate::server::run(a).await,
+                Command::Dns(a) => crate::dns::run(a).await,
                 Command::Bench(a) => crate::bench::run(a).await,
                 Command::Kubeconfig(a) => crate::kubeconfig::run(a),
                 Command::Node(a) => crate::node::run(a).await,

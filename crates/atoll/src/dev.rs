@@ -131,6 +131,24 @@ fn service_cidr(base_port: u16, i: usize) -> String {
     format!("{}/24", std::net::Ipv4Addr::from(first))
 }
 
+/// Where cluster `i`'s DNS listens: kube-dns's ClusterIP (the tenth address of its Service
+/// range), port 53 when run as root (so pods' resolv.conf can name it), else port
+/// `base_port + 10 + i` of the environment's slot.
+fn dns_listen(base_port: u16, i: usize) -> String {
+    let cidr = service_cidr(base_port, i);
+    let network = cidr.split('/').next().unwrap_or("127.1.0.0");
+    let ip = network
+        .parse::<std::net::Ipv4Addr>()
+        .map(|n| std::net::Ipv4Addr::from(u32::from(n) + 10))
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+    let port = if rustix::process::geteuid().is_root() {
+        53
+    } else {
+        base_port + 10 + i as u16
+    };
+    format!("{ip}:{port}")
+}
+
 /// The hub API server port of a running environment whose slot shares the pod ranges of the
 /// slot at `base_port`, if there is one.
 fn range_in_use(base_port: u16) -> Option<u16> {
@@ -255,6 +273,8 @@ fn plan(dir: &Path, args: &UpArgs, shape: (u32, u32, &str), base_port: u16) -> V
                 cluster_cidr(base_port, i),
                 "--service-cidr".into(),
                 service_cidr(base_port, i),
+                "--dns-listen".into(),
+                dns_listen(base_port, i),
                 "--default-toleration-seconds".into(),
                 args.default_toleration_seconds.to_string(),
                 "--cluster-signing-duration".into(),
@@ -816,7 +836,10 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
     };
     let running: Vec<(String, i64)> = running_pids(&state, dir);
     let base = state["basePort"].as_u64().unwrap_or(0);
-    println!("{:<10} {:<26} {:<9} NODES", "CLUSTER", "API", "SERVER");
+    println!(
+        "{:<10} {:<26} {:<18} {:<9} NODES",
+        "CLUSTER", "API", "DNS", "SERVER"
+    );
     for (i, c) in state["clusters"]
         .as_array()
         .into_iter()
@@ -860,9 +883,12 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
             "-".into()
         };
         println!(
-            "{:<10} {:<26} {:<9} {nodes}",
+            "{:<10} {:<26} {:<18} {:<9} {nodes}",
             c,
             format!("https://127.0.0.1:{}", base + i as u64),
+            u16::try_from(base)
+                .map(|b| dns_listen(b, i))
+                .unwrap_or_default(),
             if up { "running" } else { "stopped" }
         );
     }

@@ -11,6 +11,7 @@ mod clients;
 mod clustersets;
 mod deploy;
 mod dev;
+mod dns;
 mod kubeconfig;
 mod node;
 mod output;

@@ -44,6 +44,14 @@ pub struct ServerArgs {
     /// kube-controller-manager's --cluster-signing-duration); default one year.
     #[arg(long, default_value_t = 365 * 86_400)]
     cluster_signing_duration: i64,
+    /// With --controllers: where the cluster DNS listens (UDP and TCP), or `off`. Default:
+    /// the tenth address of --service-cidr (kube-dns's ClusterIP, as kubeadm has it) when it
+    /// is a loopback address, else 127.0.0.1; port 53 when run as root, else a free port.
+    #[arg(long)]
+    dns_listen: Option<String>,
+    /// With --controllers: the cluster's DNS zone.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -151,6 +159,17 @@ async fn start_controllers(pki: &Pki, url: &str, args: &ServerArgs) -> anyhow::R
         default_toleration_seconds: args.default_toleration_seconds,
         ..Default::default()
     };
+    if args.dns_listen.as_deref() != Some("off") {
+        // In the background: the DNS lists from this very server, which serves once this
+        // function has returned.
+        let dns = dns_setup(pki, url, args)?;
+        tokio::spawn(async move {
+            if let Err(e) = start_dns(dns).await {
+                tracing::error!(error = %format!("{e:#}"), "the cluster DNS did not start");
+                eprintln!("error: the cluster DNS did not start: {e:#}");
+            }
+        });
+    }
     tokio::spawn(async move {
         if let Err(e) = atoll_cluster::scheduler::run(scheduler).await {
             tracing::error!(error = %e, "the scheduler stopped");
@@ -161,5 +180,130 @@ async fn start_controllers(pki: &Pki, url: &str, args: &ServerArgs) -> anyhow::R
             tracing::error!(error = %e, "the controllers stopped");
         }
     });
+    Ok(())
+}
+
+/// The tenth address of a range (`10.96.0.0/12` -> `10.96.0.10`).
+fn tenth_address(cidr: &str) -> Option<std::net::Ipv4Addr> {
+    let (ip, bits) = cidr.split_once('/')?;
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    let bits: u32 = bits.parse().ok().filter(|b| *b <= 28)?;
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    Some(std::net::Ipv4Addr::from((u32::from(ip) & mask) + 10))
+}
+
+struct DnsSetup {
+    listen: SocketAddr,
+    tenth: std::net::Ipv4Addr,
+    zone: String,
+    cluster: String,
+    dns_kubeconfig: String,
+    admin_kubeconfig: String,
+}
+
+fn dns_setup(pki: &Pki, url: &str, args: &ServerArgs) -> anyhow::Result<DnsSetup> {
+    let tenth = tenth_address(&args.service_cidr).with_context(|| {
+        format!(
+            "--service-cidr {}: not an IPv4 range of /28 or more",
+            args.service_cidr
+        )
+    })?;
+    let listen: SocketAddr = match args.dns_listen.as_deref() {
+        Some(a) => a
+            .parse()
+            .with_context(|| format!("--dns-listen {a}: not ADDRESS:PORT or `off`"))?,
+        None => {
+            let ip = if tenth.is_loopback() {
+                tenth
+            } else {
+                std::net::Ipv4Addr::LOCALHOST
+            };
+            let port = if rustix::process::geteuid().is_root() {
+                53
+            } else {
+                0
+            };
+            SocketAddr::from((ip, port))
+        }
+    };
+    Ok(DnsSetup {
+        listen,
+        tenth,
+        zone: args.cluster_domain.clone(),
+        cluster: args.name.clone(),
+        dns_kubeconfig: pki.kubeconfig(url, &args.name, "system:kube-dns", &[])?,
+        admin_kubeconfig: pki.kubeconfig(
+            url,
+            &args.name,
+            "atoll:admin",
+            &["system:masters".to_string()],
+        )?,
+    })
+}
+
+/// The cluster DNS, as identity `system:kube-dns` (list and watch of what it serves), and
+/// Service `kube-system/kube-dns` at the range's tenth address saying where it listens.
+async fn start_dns(setup: DnsSetup) -> anyhow::Result<()> {
+    let DnsSetup {
+        listen,
+        tenth,
+        zone,
+        cluster,
+        dns_kubeconfig,
+        admin_kubeconfig,
+    } = setup;
+    let (dns_client, _) = crate::clients::from_yaml(&dns_kubeconfig).await?;
+    let opts = atoll_dns::Options {
+        listen,
+        zone: zone.clone(),
+        ns_addresses: vec![std::net::IpAddr::V4(tenth)],
+        ..Default::default()
+    };
+    let running = atoll_dns::start(dns_client, opts, std::time::Duration::from_secs(60))
+        .await
+        .context("cannot start the cluster DNS")?;
+    let addr = running.addr;
+    // It serves for the life of the process.
+    std::mem::forget(running);
+    let (admin, _) = crate::clients::from_yaml(&admin_kubeconfig).await?;
+    let svc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {
+            "name": "kube-dns", "namespace": "kube-system",
+            "labels": {
+                "k8s-app": "kube-dns", "kubernetes.io/name": "atoll-dns",
+                // Our Service proxy leaves it alone: the DNS listens at the address itself.
+                "service.kubernetes.io/service-proxy-name": "atoll-dns",
+            },
+            "annotations": {"dns.atoll.io/listen": addr.to_string()},
+        },
+        "spec": {
+            "clusterIP": tenth.to_string(),
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": addr.port()},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": addr.port()},
+            ],
+        },
+    });
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(admin, "kube-system");
+    api.patch(
+        "kube-dns",
+        &kube::api::PatchParams::apply("atoll-dns").force(),
+        &kube::api::Patch::Apply(&svc),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot publish Service kube-system/kube-dns: {}",
+            crate::clients::api_message(&e)
+        )
+    })?;
+    // Whoever started the server may have stopped reading its output after "ready".
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
+        "atoll server {cluster}: cluster DNS ({zone}) on {addr}, Service kube-system/kube-dns {tenth}"
+    );
     Ok(())
 }

@@ -82,12 +82,24 @@ pub(crate) async fn reconcile(
         .map(|p| {
             let terminating = p.metadata.deletion_timestamp.is_some();
             let serving = pod_ready(p) || publish_not_ready;
-            json!({
+            // As Kubernetes' controller: a pod's hostname is its endpoint's when the pod's
+            // subdomain names this Service (StatefulSet pods), so DNS has a name per pod.
+            let hostname = p
+                .spec
+                .as_ref()
+                .filter(|s| s.subdomain.as_deref() == Some(name.as_str()))
+                .and_then(|s| s.hostname.clone())
+                .filter(|h| !h.is_empty());
+            let mut endpoint = json!({
                 "addresses": [p.status.as_ref().and_then(|s| s.pod_ip.clone())],
                 "conditions": {"ready": serving && !terminating, "serving": serving, "terminating": terminating},
                 "nodeName": p.spec.as_ref().and_then(|s| s.node_name.clone()),
                 "targetRef": {"kind": "Pod", "namespace": namespace, "name": p.name_any(), "uid": p.uid()},
-            })
+            });
+            if let Some(h) = hostname {
+                endpoint["hostname"] = json!(h);
+            }
+            endpoint
         })
         .collect();
     let ports: Vec<_> = spec

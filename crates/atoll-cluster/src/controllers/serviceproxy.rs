@@ -18,6 +18,8 @@ use kube::runtime::reflector::ObjectRef;
 use super::Ctx;
 use crate::util::{map_selector_matches, pod_ready};
 
+const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
 /// A listener: the Service's key and port name, and its accept loop.
 struct Listener {
     service: (String, String),
@@ -32,6 +34,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
     loop {
         let mut wanted: HashMap<(Ipv4Addr, u16), ((String, String), String)> = HashMap::new();
         for svc in ctx.caches.services.state() {
+            // As kube-proxy: a Service labelled for another proxy is that proxy's (the
+            // cluster DNS listens at its own ClusterIP).
+            if svc.labels().contains_key(PROXY_NAME_LABEL) {
+                continue;
+            }
             let Some(spec) = svc.spec.as_ref() else {
                 continue;
             };

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cluster;
+mod dns;
 mod durability;
 mod harness;
 mod kubectl;

@@ -1,0 +1,399 @@
+//! What the DNS server answers from: the cluster's Services, their endpoints and its pods'
+//! addresses, kept in memory from watches. Nothing here does I/O; the watches call in.
+//!
+//! Names are kept lowercased: the specification compares query names with Kubernetes names
+//! case-insensitively.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// (namespace, name), lowercased.
+pub type Key = (String, String);
+
+/// The annotation that, before `publishNotReadyAddresses`, made every endpoint ready to DNS.
+const TOLERATE_UNREADY: &str = "service.alpha.kubernetes.io/tolerate-unready-endpoints";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A Service with ClusterIPs (one per family).
+    ClusterIp(Vec<IpAddr>),
+    /// No ClusterIP: its names answer with its ready endpoints.
+    Headless,
+    /// `type: ExternalName`: a CNAME to this name.
+    ExternalName(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub name: String,
+    /// `tcp`, `udp` or `sctp`, lowercased as SRV names have them.
+    pub protocol: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub kind: Kind,
+    pub ports: Vec<Port>,
+    /// Every endpoint counts as ready (the tolerate-unready annotation).
+    pub all_ready: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addresses: Vec<IpAddr>,
+    /// Its own name under the Service: `hostname` when set, else its address with dashes.
+    pub hostname: String,
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Slice {
+    service: String,
+    endpoints: Vec<Endpoint>,
+    ports: Vec<Port>,
+}
+
+/// The index. `generation` moves on every change, so a cache of answers knows it is stale.
+#[derive(Debug, Default)]
+pub struct Index {
+    services: HashMap<Key, ServiceEntry>,
+    /// Services per namespace: `<ns>.svc.<zone>` exists while there is one.
+    namespaces: HashMap<String, usize>,
+    slices: HashMap<Key, Slice>,
+    /// A Service's slices, by slice name.
+    by_service: HashMap<Key, BTreeSet<String>>,
+    cluster_ips: HashMap<IpAddr, BTreeSet<Key>>,
+    /// Which slices hold an address: (namespace, slice name).
+    endpoint_ips: HashMap<IpAddr, BTreeSet<Key>>,
+    /// Pods by address: (namespace, name).
+    pod_ips: HashMap<IpAddr, BTreeSet<Key>>,
+    /// Where each pod was, to take it out when it moves or goes.
+    pods: HashMap<Key, IpAddr>,
+    generation: u64,
+}
+
+/// What a query found under `<svc>.<ns>.svc`.
+pub struct ServiceView<'a> {
+    pub entry: &'a ServiceEntry,
+    /// Its ready endpoints, with the ports of their slices.
+    pub endpoints: Vec<(&'a Endpoint, &'a [Port])>,
+}
+
+fn lower(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+/// An address as a DNS label: dots (or colons) as dashes, as CoreDNS names endpoints and
+/// pods (`10-1-2-3`).
+pub fn dashed(ip: &IpAddr) -> String {
+    ip.to_string().replace(['.', ':'], "-")
+}
+
+impl Index {
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn has_namespace(&self, ns: &str) -> bool {
+        self.namespaces.contains_key(ns)
+    }
+
+    pub fn has_services(&self) -> bool {
+        !self.services.is_empty()
+    }
+
+    /// A Service and its ready endpoints; `ns` and `name` lowercased.
+    pub fn service(&self, ns: &str, name: &str) -> Option<ServiceView<'_>> {
+        let key = (ns.to_string(), name.to_string());
+        let entry = self.services.get(&key)?;
+        let mut endpoints = Vec::new();
+        for slice_name in self.by_service.get(&key).into_iter().flatten() {
+            let Some(slice) = self.slices.get(&(ns.to_string(), slice_name.clone())) else {
+                continue;
+            };
+            for e in &slice.endpoints {
+                if e.ready || entry.all_ready {
+                    endpoints.push((e, slice.ports.as_slice()));
+                }
+            }
+        }
+        Some(ServiceView { entry, endpoints })
+    }
+
+    /// The names an address answers to in reverse: the Services it is the ClusterIP of, the
+    /// endpoints it is the address of (`<hostname>.<svc>.<ns>`), else a pod's
+    /// (`<dashed>.<ns>.pod`); relative to the zone, sorted.
+    pub fn reverse(&self, ip: &IpAddr) -> Vec<String> {
+        let mut names = BTreeSet::new();
+        for (ns, name) in self.cluster_ips.get(ip).into_iter().flatten() {
+            names.insert(format!("{name}.{ns}.svc"));
+        }
+        for (ns, slice_name) in self.endpoint_ips.get(ip).into_iter().flatten() {
+            let Some(slice) = self.slices.get(&(ns.clone(), slice_name.clone())) else {
+                continue;
+            };
+            let key = (ns.clone(), slice.service.clone());
+            let Some(svc) = self.services.get(&key) else {
+                continue;
+            };
+            for e in &slice.endpoints {
+                if (e.ready || svc.all_ready) && e.addresses.contains(ip) {
+                    names.insert(format!("{}.{}.{ns}.svc", e.hostname, slice.service));
+                }
+            }
+        }
+        if names.is_empty() {
+            for (ns, _) in self.pod_ips.get(ip).into_iter().flatten() {
+                names.insert(format!("{}.{ns}.pod", dashed(ip)));
+            }
+        }
+        names.into_iter().collect()
+    }
+
+    pub fn service_keys(&self) -> Vec<Key> {
+        self.services.keys().cloned().collect()
+    }
+
+    pub fn slice_keys(&self) -> Vec<Key> {
+        self.slices.keys().cloned().collect()
+    }
+
+    pub fn pod_keys(&self) -> Vec<Key> {
+        self.pods.keys().cloned().collect()
+    }
+
+    pub fn set_service(&mut self, svc: &Service) {
+        let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
+            return;
+        };
+        let key = (lower(ns), lower(name));
+        let entry = service_entry(svc);
+        if self.services.get(&key) == Some(&entry) {
+            return;
+        }
+        self.remove_service(&key.0, &key.1);
+        if let Kind::ClusterIp(ips) = &entry.kind {
+            for ip in ips {
+                self.cluster_ips.entry(*ip).or_default().insert(key.clone());
+            }
+        }
+        *self.namespaces.entry(key.0.clone()).or_default() += 1;
+        self.services.insert(key, entry);
+        self.generation += 1;
+    }
+
+    pub fn remove_service(&mut self, ns: &str, name: &str) {
+        let key = (lower(ns), lower(name));
+        let Some(old) = self.services.remove(&key) else {
+            return;
+        };
+        if let Kind::ClusterIp(ips) = &old.kind {
+            for ip in ips {
+                remove_from(&mut self.cluster_ips, ip, &key);
+            }
+        }
+        if let Some(n) = self.namespaces.get_mut(&key.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.namespaces.remove(&key.0);
+            }
+        }
+        self.generation += 1;
+    }
+
+    pub fn set_slice(&mut self, slice: &EndpointSlice) {
+        let (Some(ns), Some(name)) = (&slice.metadata.namespace, &slice.metadata.name) else {
+            return;
+        };
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+        else {
+            // A slice of no Service answers no name.
+            self.remove_slice(ns, name);
+            return;
+        };
+        let key = (lower(ns), lower(name));
+        let entry = slice_entry(slice, lower(service));
+        if self.slices.get(&key) == Some(&entry) {
+            return;
+        }
+        self.remove_slice(&key.0, &key.1);
+        for e in &entry.endpoints {
+            for ip in &e.addresses {
+                self.endpoint_ips
+                    .entry(*ip)
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        self.by_service
+            .entry((key.0.clone(), entry.service.clone()))
+            .or_default()
+            .insert(key.1.clone());
+        self.slices.insert(key, entry);
+        self.generation += 1;
+    }
+
+    pub fn remove_slice(&mut self, ns: &str, name: &str) {
+        let key = (lower(ns), lower(name));
+        let Some(old) = self.slices.remove(&key) else {
+            return;
+        };
+        for e in &old.endpoints {
+            for ip in &e.addresses {
+                remove_from(&mut self.endpoint_ips, ip, &key);
+            }
+        }
+        let svc = (key.0.clone(), old.service.clone());
+        if let Some(set) = self.by_service.get_mut(&svc) {
+            set.remove(&key.1);
+            if set.is_empty() {
+                self.by_service.remove(&svc);
+            }
+        }
+        self.generation += 1;
+    }
+
+    pub fn set_pod(&mut self, pod: &Pod) {
+        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+            return;
+        };
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .filter(|_| !host_network);
+        let key = (lower(ns), lower(name));
+        if self.pods.get(&key) == ip.as_ref() {
+            return;
+        }
+        self.remove_pod(ns, name);
+        if let Some(ip) = ip {
+            self.pod_ips.entry(ip).or_default().insert(key.clone());
+            self.pods.insert(key, ip);
+            self.generation += 1;
+        }
+    }
+
+    pub fn remove_pod(&mut self, ns: &str, name: &str) {
+        let key = (lower(ns), lower(name));
+        if let Some(ip) = self.pods.remove(&key) {
+            remove_from(&mut self.pod_ips, &ip, &key);
+            self.generation += 1;
+        }
+    }
+}
+
+fn remove_from(map: &mut HashMap<IpAddr, BTreeSet<Key>>, ip: &IpAddr, key: &Key) {
+    if let Some(set) = map.get_mut(ip) {
+        set.remove(key);
+        if set.is_empty() {
+            map.remove(ip);
+        }
+    }
+}
+
+fn port(name: Option<&String>, protocol: Option<&String>, number: Option<i32>) -> Option<Port> {
+    Some(Port {
+        name: lower(name.map(String::as_str).unwrap_or_default()),
+        protocol: lower(protocol.map(String::as_str).unwrap_or("TCP")),
+        port: u16::try_from(number?).ok()?,
+    })
+}
+
+fn service_entry(svc: &Service) -> ServiceEntry {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let kind = if spec.type_.as_deref() == Some("ExternalName") {
+        Kind::ExternalName(
+            spec.external_name
+                .unwrap_or_default()
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+        )
+    } else {
+        let mut ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        if ips.is_empty() {
+            Kind::Headless
+        } else {
+            Kind::ClusterIp(ips)
+        }
+    };
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| port(p.name.as_ref(), p.protocol.as_ref(), Some(p.port)))
+        .collect();
+    let all_ready = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TOLERATE_UNREADY))
+        .is_some_and(|v| v == "true");
+    ServiceEntry {
+        kind,
+        ports,
+        all_ready,
+    }
+}
+
+fn slice_entry(slice: &EndpointSlice, service: String) -> Slice {
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let addresses: Vec<IpAddr> =
+                e.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+            let first = addresses.first()?;
+            let hostname = e
+                .hostname
+                .as_deref()
+                .filter(|h| !h.is_empty())
+                .map(lower)
+                .unwrap_or_else(|| dashed(first));
+            // Absent means ready, as the API says.
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            Some(Endpoint {
+                addresses,
+                hostname,
+                ready,
+            })
+        })
+        .collect();
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| port(p.name.as_ref(), p.protocol.as_ref(), p.port))
+        .collect();
+    Slice {
+        service,
+        endpoints,
+        ports,
+    }
+}

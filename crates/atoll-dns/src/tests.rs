@@ -1,0 +1,367 @@
+//! Table-driven tests of the answers and of the packet rules, on an index built from
+//! Kubernetes objects as the watches deliver them.
+
+use std::net::IpAddr;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::json;
+
+use crate::answer::{Resolution, Zone, resolve};
+use crate::index::Index;
+use crate::wire::{Handled, Transport, handle};
+
+fn service(v: serde_json::Value) -> Service {
+    serde_json::from_value(v).expect("a Service")
+}
+
+fn slice(v: serde_json::Value) -> EndpointSlice {
+    serde_json::from_value(v).expect("an EndpointSlice")
+}
+
+fn fixture() -> (Zone, Index) {
+    let zone =
+        Zone::new("cluster.local", vec!["127.1.0.10".parse().expect("an IP")]).expect("a zone");
+    let mut index = Index::default();
+    index.set_service(&service(
+        json!({"metadata": {"name": "web", "namespace": "demo"},
+        "spec": {"clusterIP": "127.1.0.20", "clusterIPs": ["127.1.0.20"],
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"port": 9090}]}}),
+    ));
+    index.set_service(&service(
+        json!({"metadata": {"name": "db", "namespace": "demo"},
+        "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}),
+    ));
+    index.set_slice(&slice(
+        json!({"metadata": {"name": "db-abc", "namespace": "demo",
+            "labels": {"kubernetes.io/service-name": "db"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["127.16.0.5"], "hostname": "db-0", "conditions": {"ready": true}},
+            {"addresses": ["127.16.0.6"], "conditions": {"ready": true}},
+            {"addresses": ["127.16.0.7"], "hostname": "db-2", "conditions": {"ready": false}}],
+        "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}),
+    ));
+    index.set_service(&service(
+        json!({"metadata": {"name": "empty", "namespace": "demo"},
+        "spec": {"clusterIP": "None"}}),
+    ));
+    index.set_service(&service(
+        json!({"metadata": {"name": "ext", "namespace": "demo"},
+        "spec": {"type": "ExternalName", "externalName": "www.example.org"}}),
+    ));
+    index.set_service(&service(
+        json!({"metadata": {"name": "alias", "namespace": "demo"},
+        "spec": {"type": "ExternalName", "externalName": "web.demo.svc.cluster.local"}}),
+    ));
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "demo"},
+        "status": {"podIP": "127.16.0.9"}}))
+    .expect("a Pod");
+    index.set_pod(&pod);
+    (zone, index)
+}
+
+/// What an answer comes to, as text: rcode, then the answers' data.
+fn ask(zone: &Zone, index: &Index, name: &str, qtype: RecordType) -> String {
+    let name = Name::from_ascii(name).expect("a name");
+    match resolve(zone, index, &name, qtype) {
+        Resolution::Elsewhere => "elsewhere".into(),
+        Resolution::Answer(a) => {
+            let mut data: Vec<String> = a
+                .answers
+                .iter()
+                .map(|r| match &r.data {
+                    RData::A(x) => x.0.to_string(),
+                    RData::AAAA(x) => x.0.to_string(),
+                    RData::SRV(s) => format!("{} {}", s.port, s.target),
+                    RData::PTR(p) => p.0.to_string(),
+                    RData::CNAME(c) => format!("cname {}", c.0),
+                    RData::TXT(t) => t.to_string(),
+                    RData::NS(n) => format!("ns {}", n.0),
+                    RData::SOA(s) => format!("soa {}", s.mname),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            data.sort();
+            let soa = if a
+                .authority
+                .iter()
+                .any(|r| r.record_type() == RecordType::SOA)
+            {
+                " +soa"
+            } else {
+                ""
+            };
+            let chase = a.chase.map(|c| format!(" chase {c}")).unwrap_or_default();
+            format!("{}{soa} [{}]{chase}", a.rcode, data.join(", "))
+        }
+    }
+}
+
+#[test]
+fn the_specification_s_records() {
+    let (zone, index) = fixture();
+    use RecordType::*;
+    let cases: &[(&str, RecordType, &str)] = &[
+        // 2.2 the schema version.
+        ("dns-version.cluster.local.", TXT, "No Error [1.0.1]"),
+        // 2.3 a Service with a ClusterIP: A, SRV per named port, case-insensitive.
+        ("web.demo.svc.cluster.local.", A, "No Error [127.1.0.20]"),
+        ("WEB.Demo.SVC.cluster.LOCAL.", A, "No Error [127.1.0.20]"),
+        ("web.demo.svc.cluster.local.", AAAA, "No Error +soa []"),
+        (
+            "_http._tcp.web.demo.svc.cluster.local.",
+            SRV,
+            "No Error [80 web.demo.svc.cluster.local.]",
+        ),
+        (
+            "_http._udp.web.demo.svc.cluster.local.",
+            SRV,
+            "Non-Existent Domain +soa []",
+        ),
+        ("_tcp.web.demo.svc.cluster.local.", A, "No Error +soa []"),
+        (
+            "20.0.1.127.in-addr.arpa.",
+            PTR,
+            "No Error [web.demo.svc.cluster.local.]",
+        ),
+        // 2.4 a headless Service: every ready endpoint, by hostname too; SRV per endpoint.
+        (
+            "db.demo.svc.cluster.local.",
+            A,
+            "No Error [127.16.0.5, 127.16.0.6]",
+        ),
+        (
+            "db-0.db.demo.svc.cluster.local.",
+            A,
+            "No Error [127.16.0.5]",
+        ),
+        (
+            "127-16-0-6.db.demo.svc.cluster.local.",
+            A,
+            "No Error [127.16.0.6]",
+        ),
+        (
+            "db-2.db.demo.svc.cluster.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        (
+            "_pg._tcp.db.demo.svc.cluster.local.",
+            SRV,
+            "No Error [5432 127-16-0-6.db.demo.svc.cluster.local., 5432 db-0.db.demo.svc.cluster.local.]",
+        ),
+        (
+            "5.0.16.127.in-addr.arpa.",
+            PTR,
+            "No Error [db-0.db.demo.svc.cluster.local.]",
+        ),
+        // No ready endpoint: NXDOMAIN (2.4.1).
+        (
+            "empty.demo.svc.cluster.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        // 2.5 ExternalName: a CNAME, chased upstream outside the zone, here inside it.
+        (
+            "ext.demo.svc.cluster.local.",
+            A,
+            "No Error [cname www.example.org.] chase www.example.org.",
+        ),
+        (
+            "ext.demo.svc.cluster.local.",
+            CNAME,
+            "No Error [cname www.example.org.]",
+        ),
+        (
+            "alias.demo.svc.cluster.local.",
+            A,
+            "No Error [127.1.0.20, cname web.demo.svc.cluster.local.]",
+        ),
+        // 2.6 pods by dashed address, and a pod's reverse name.
+        ("1-2-3-4.demo.pod.cluster.local.", A, "No Error [1.2.3.4]"),
+        (
+            "1-2-3.demo.pod.cluster.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        (
+            "9.0.16.127.in-addr.arpa.",
+            PTR,
+            "No Error [127-16-0-9.demo.pod.cluster.local.]",
+        ),
+        // The apex and the names between: NODATA, not NXDOMAIN; unknown names NXDOMAIN.
+        (
+            "cluster.local.",
+            SOA,
+            "No Error [soa ns.dns.cluster.local.]",
+        ),
+        ("cluster.local.", NS, "No Error [ns ns.dns.cluster.local.]"),
+        ("ns.dns.cluster.local.", A, "No Error [127.1.0.10]"),
+        ("cluster.local.", A, "No Error +soa []"),
+        ("svc.cluster.local.", A, "No Error +soa []"),
+        ("demo.svc.cluster.local.", A, "No Error +soa []"),
+        ("nope.svc.cluster.local.", A, "Non-Existent Domain +soa []"),
+        (
+            "nope.demo.svc.cluster.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        (
+            "a.b.c.d.e.f.cluster.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        // Not ours: forwarded (and an unknown address's reverse name falls through).
+        ("www.example.org.", A, "elsewhere"),
+        ("1.0.0.10.in-addr.arpa.", PTR, "elsewhere"),
+    ];
+    for (name, qtype, want) in cases {
+        assert_eq!(ask(&zone, &index, name, *qtype), *want, "{name} {qtype}");
+    }
+}
+
+#[test]
+fn changes_show_at_once() {
+    let (zone, mut index) = fixture();
+    let before = index.generation();
+    index.set_slice(&slice(
+        json!({"metadata": {"name": "db-abc", "namespace": "demo",
+            "labels": {"kubernetes.io/service-name": "db"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.16.0.8"], "conditions": {}}],
+        "ports": [{"name": "pg", "port": 5432}]}),
+    ));
+    assert!(index.generation() > before);
+    assert_eq!(
+        ask(&zone, &index, "db.demo.svc.cluster.local.", RecordType::A),
+        "No Error [127.16.0.8]"
+    );
+    assert_eq!(
+        ask(&zone, &index, "5.0.16.127.in-addr.arpa.", RecordType::PTR),
+        "elsewhere"
+    );
+    index.remove_service("demo", "web");
+    assert_eq!(
+        ask(&zone, &index, "web.demo.svc.cluster.local.", RecordType::A),
+        "Non-Existent Domain +soa []"
+    );
+    assert_eq!(
+        ask(&zone, &index, "20.0.1.127.in-addr.arpa.", RecordType::PTR),
+        "elsewhere"
+    );
+    // The same object again changes nothing.
+    let g = index.generation();
+    index.set_service(&service(
+        json!({"metadata": {"name": "db", "namespace": "demo"},
+        "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}),
+    ));
+    assert_eq!(index.generation(), g);
+}
+
+fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = 4242;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).expect("a name"), qtype));
+    if let Some(p) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(p);
+        m.set_edns(e);
+    }
+    m.to_vec().expect("encodes")
+}
+
+fn reply(h: Handled) -> Message {
+    match h {
+        Handled::Reply(r) => Message::from_vec(&r.bytes).expect("a reply that parses"),
+        other => panic!("not a reply: {other:?}"),
+    }
+}
+
+#[test]
+fn packets_hostile_or_large() {
+    let (zone, mut index) = fixture();
+    // Garbage and truncated packets: dropped below a header, FORMERR with one.
+    assert!(matches!(
+        handle(b"", Transport::Udp, &zone, &index),
+        Handled::Drop
+    ));
+    assert!(matches!(
+        handle(b"\x01\x02\x03", Transport::Udp, &zone, &index),
+        Handled::Drop
+    ));
+    let q = query("web.demo.svc.cluster.local.", RecordType::A, None);
+    let r = reply(handle(&q[..q.len() - 3], Transport::Udp, &zone, &index));
+    assert_eq!(
+        (r.metadata.id, r.metadata.response_code),
+        (4242, ResponseCode::FormErr)
+    );
+    let mut garbage = vec![0xab, 0xcd, 0x01, 0x00, 0x00, 0x01];
+    garbage.extend(std::iter::repeat_n(0xff, 40));
+    let r = reply(handle(&garbage, Transport::Udp, &zone, &index));
+    assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+    // A response is never answered (no loops between servers).
+    let mut resp = q.clone();
+    resp[2] |= 0x80;
+    assert!(matches!(
+        handle(&resp, Transport::Udp, &zone, &index),
+        Handled::Drop
+    ));
+    // Other opcodes, classes and zone transfers.
+    let mut notify = q.clone();
+    notify[2] = (notify[2] & !0x78) | (4 << 3);
+    assert_eq!(
+        reply(handle(&notify, Transport::Udp, &zone, &index))
+            .metadata
+            .response_code,
+        ResponseCode::NotImp
+    );
+    let axfr = query("cluster.local.", RecordType::AXFR, None);
+    assert_eq!(
+        reply(handle(&axfr, Transport::Tcp, &zone, &index))
+            .metadata
+            .response_code,
+        ResponseCode::Refused
+    );
+    // A valid query after all that: answered, authoritative, the question echoed.
+    let r = reply(handle(&q, Transport::Udp, &zone, &index));
+    assert_eq!(r.metadata.message_type, MessageType::Response);
+    assert_eq!(r.metadata.op_code, OpCode::Query);
+    assert!(r.metadata.authoritative && r.metadata.recursion_desired);
+    assert_eq!(r.answers.len(), 1);
+    assert_eq!(r.queries, Message::from_vec(&q).expect("parses").queries);
+
+    // 60 ready endpoints (about 1 KB): too large for 512 bytes of UDP, so TC and no
+    // records; whole over TCP; EDNS raises the limit to what the client offers, within 1232.
+    let endpoints: Vec<_> = (0..60)
+        .map(|i| json!({"addresses": [format!("127.17.0.{}", i + 1)], "conditions": {"ready": true}}))
+        .collect();
+    index.set_service(&service(
+        json!({"metadata": {"name": "big", "namespace": "demo"}, "spec": {"clusterIP": "None"}}),
+    ));
+    index.set_slice(&slice(json!({"metadata": {"name": "big-1", "namespace": "demo",
+        "labels": {"kubernetes.io/service-name": "big"}}, "addressType": "IPv4", "endpoints": endpoints})));
+    let big = query("big.demo.svc.cluster.local.", RecordType::A, None);
+    let r = reply(handle(&big, Transport::Udp, &zone, &index));
+    assert!(r.metadata.truncation && r.answers.is_empty());
+    let r = reply(handle(&big, Transport::Tcp, &zone, &index));
+    assert!(!r.metadata.truncation);
+    assert_eq!(r.answers.len(), 60);
+    let big_edns = query("big.demo.svc.cluster.local.", RecordType::A, Some(4096));
+    let r = reply(handle(&big_edns, Transport::Udp, &zone, &index));
+    assert!(!r.metadata.truncation && r.answers.len() == 60 && r.edns.is_some());
+    // Every TTL is short.
+    assert!(r.answers.iter().all(|a| a.ttl <= 30));
+    let ips: Vec<IpAddr> = r
+        .answers
+        .iter()
+        .filter_map(|a| match &a.data {
+            RData::A(x) => Some(IpAddr::V4(x.0)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ips.len(), 60);
+}

@@ -1,0 +1,142 @@
+//! Watches of Services, EndpointSlices and Pods into the index. A relist (after a watch
+//! expired or the API server restarted) replaces everything of its kind, so objects deleted
+//! meanwhile leave the index too.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::Dns;
+use crate::index::{Index, Key};
+
+/// What the index does with one kind.
+struct Kind<K> {
+    name: &'static str,
+    set: fn(&mut Index, &K),
+    remove: fn(&mut Index, &str, &str),
+    keys: fn(&Index) -> Vec<Key>,
+}
+
+/// Start the three watches; the future resolves once each has listed what exists.
+pub(crate) fn start(
+    client: kube::Client,
+    dns: Arc<Dns>,
+) -> impl Future<Output = Result<(), String>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(3);
+    spawn(
+        Api::<Service>::all(client.clone()),
+        dns.clone(),
+        tx.clone(),
+        Kind {
+            name: "services",
+            set: Index::set_service,
+            remove: Index::remove_service,
+            keys: Index::service_keys,
+        },
+    );
+    spawn(
+        Api::<EndpointSlice>::all(client.clone()),
+        dns.clone(),
+        tx.clone(),
+        Kind {
+            name: "endpointslices",
+            set: Index::set_slice,
+            remove: Index::remove_slice,
+            keys: Index::slice_keys,
+        },
+    );
+    spawn(
+        Api::<Pod>::all(client),
+        dns,
+        tx,
+        Kind {
+            name: "pods",
+            set: Index::set_pod,
+            remove: Index::remove_pod,
+            keys: Index::pod_keys,
+        },
+    );
+    async move {
+        let mut synced = HashSet::new();
+        while synced.len() < 3 {
+            match rx.recv().await {
+                Some(kind) => {
+                    synced.insert(kind);
+                }
+                None => return Err("a watch ended".to_string()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn spawn<K>(
+    api: Api<K>,
+    dns: Arc<Dns>,
+    synced: tokio::sync::mpsc::Sender<&'static str>,
+    kind: Kind<K>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut listing: Option<Vec<K>> = None;
+        let mut told = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Init) => listing = Some(Vec::new()),
+                Ok(watcher::Event::InitApply(o)) => {
+                    if let Some(l) = listing.as_mut() {
+                        l.push(o);
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let objects = listing.take().unwrap_or_default();
+                    let present: HashSet<Key> = objects
+                        .iter()
+                        .map(|o| {
+                            (
+                                o.namespace().unwrap_or_default().to_ascii_lowercase(),
+                                o.name_any().to_ascii_lowercase(),
+                            )
+                        })
+                        .collect();
+                    {
+                        let mut index = dns.index_mut();
+                        for (ns, name) in (kind.keys)(&index) {
+                            if !present.contains(&(ns.clone(), name.clone())) {
+                                (kind.remove)(&mut index, &ns, &name);
+                            }
+                        }
+                        for o in &objects {
+                            (kind.set)(&mut index, o);
+                        }
+                    }
+                    if !told {
+                        told = true;
+                        let _ = synced.send(kind.name).await;
+                    }
+                }
+                Ok(watcher::Event::Apply(o)) => (kind.set)(&mut dns.index_mut(), &o),
+                Ok(watcher::Event::Delete(o)) => (kind.remove)(
+                    &mut dns.index_mut(),
+                    &o.namespace().unwrap_or_default(),
+                    &o.name_any(),
+                ),
+                Err(e) => {
+                    tracing::warn!(kind = kind.name, error = %e, "DNS watch failed; retrying")
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,56 @@
+//! `atoll dns`: the cluster DNS on its own, for any cluster (a real one too), read-only: it
+//! needs only list and watch on Services, EndpointSlices and Pods (the `system:kube-dns`
+//! ClusterRole).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct DnsArgs {
+    /// Kubeconfig of the cluster to serve.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Address for UDP and TCP (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:53")]
+    listen: SocketAddr,
+    /// The cluster's zone.
+    #[arg(long, default_value = "cluster.local")]
+    zone: String,
+    /// Resolvers for other names (repeatable); default: the nameservers of /etc/resolv.conf.
+    #[arg(long = "upstream")]
+    upstreams: Vec<SocketAddr>,
+    /// Serve /metrics and /healthz over HTTP here.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Threads answering UDP queries.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
+    let (client, _) = crate::clients::from_path(&args.kubeconfig).await?;
+    let opts = atoll_dns::Options {
+        listen: args.listen,
+        zone: args.zone.clone(),
+        upstreams: (!args.upstreams.is_empty()).then(|| args.upstreams.clone()),
+        ns_addresses: vec![],
+        metrics_listen: args.metrics_listen,
+        udp_threads: args.threads,
+    };
+    let running = atoll_dns::start(client, opts, Duration::from_secs(60))
+        .await
+        .context("cannot start the DNS server")?;
+    let metrics = running
+        .metrics_addr
+        .map(|a| format!(", metrics on http://{a}/metrics"))
+        .unwrap_or_default();
+    println!(
+        "atoll dns ready on {} (zone {}{metrics})",
+        running.addr, args.zone
+    );
+    crate::clients::terminated().await;
+    Ok(())
+}
