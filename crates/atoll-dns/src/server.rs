@@ -16,6 +16,7 @@ use crate::{Dns, Error};
 /// How long a TCP connection may sit idle between queries (RFC 7766 suggests seconds).
 const TCP_IDLE: Duration = Duration::from_secs(10);
 const MAX_TCP_CONNECTIONS: usize = 512;
+const UDP_BUFFER: usize = 4 << 20;
 
 pub(crate) struct Sockets {
     pub udp: UdpSocket,
@@ -53,6 +54,10 @@ pub(crate) fn serve(dns: Arc<Dns>, sockets: Sockets, threads: usize) {
     let _ = sockets
         .udp
         .set_read_timeout(Some(Duration::from_millis(500)));
+    // Room for bursts: the default buffer drops queries a busy thread has not read yet.
+    // The kernel caps these at net.core.[rw]mem_max; what it grants is fine.
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sockets.udp, UDP_BUFFER);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&sockets.udp, UDP_BUFFER);
     let udp = Arc::new(sockets.udp);
     for i in 0..threads {
         let (dns, udp, runtime) = (dns.clone(), udp.clone(), runtime.clone());
@@ -73,6 +78,7 @@ pub(crate) fn serve(dns: Arc<Dns>, sockets: Sockets, threads: usize) {
 
 fn udp_loop(dns: &Arc<Dns>, udp: &Arc<UdpSocket>, runtime: &tokio::runtime::Handle) {
     let mut buf = vec![0u8; 65_535];
+    let mut cache = wire::AnswerCache::default();
     while !dns.stopping.load(Ordering::Relaxed) {
         let (n, peer) = match udp.recv_from(&mut buf) {
             Ok(x) => x,
@@ -90,9 +96,20 @@ fn udp_loop(dns: &Arc<Dns>, udp: &Arc<UdpSocket>, runtime: &tokio::runtime::Hand
             Err(_) => continue,
         };
         let started = Instant::now();
+        let packet = &buf[..n];
         let handled = {
             let index = dns.index();
-            wire::handle(&buf[..n], Transport::Udp, &dns.zone, &index)
+            let generation = index.generation();
+            match cache.get(packet, Transport::Udp, generation) {
+                Some(r) => Handled::Reply(r),
+                None => {
+                    let h = wire::handle(packet, Transport::Udp, &dns.zone, &index);
+                    if let Handled::Reply(r) = &h {
+                        cache.put(packet, Transport::Udp, generation, &r.bytes);
+                    }
+                    h
+                }
+            }
         };
         match handled {
             Handled::Reply(r) => {

@@ -365,3 +365,58 @@ fn packets_hostile_or_large() {
         .collect();
     assert_eq!(ips.len(), 60);
 }
+
+#[test]
+fn cached_answers_are_the_full_path_s_with_the_query_s_id_and_case() {
+    let (zone, index) = fixture();
+    let mut cache = crate::wire::AnswerCache::default();
+    let g = index.generation();
+    for (name, qtype, edns) in [
+        ("web.demo.svc.cluster.local.", RecordType::A, None),
+        (
+            "_pg._tcp.db.demo.svc.cluster.local.",
+            RecordType::SRV,
+            Some(1232),
+        ),
+        ("nope.demo.svc.cluster.local.", RecordType::A, Some(4096)),
+    ] {
+        let first = query(name, qtype, edns);
+        let Handled::Reply(r) = handle(&first, Transport::Udp, &zone, &index) else {
+            panic!("a reply");
+        };
+        assert!(cache.get(&first, Transport::Udp, g).is_none());
+        cache.put(&first, Transport::Udp, g, &r.bytes);
+        // Another id, the name in other case.
+        let mut again = query(&name.to_ascii_uppercase(), qtype, edns);
+        again[..2].copy_from_slice(&[0x77, 0x01]);
+        let hit = cache
+            .get(&again, Transport::Udp, g)
+            .expect("a cached answer");
+        let Handled::Reply(full) = handle(&again, Transport::Udp, &zone, &index) else {
+            panic!("a reply");
+        };
+        let (a, b) = (
+            Message::from_vec(&hit.bytes).expect("parses"),
+            Message::from_vec(&full.bytes).expect("parses"),
+        );
+        assert_eq!(a.metadata, b.metadata, "{name}");
+        assert_eq!(a.queries, b.queries, "{name}");
+        assert_eq!(a.queries[0].name().to_string(), name.to_ascii_uppercase());
+        assert_eq!(a.answers.len(), b.answers.len(), "{name}");
+        assert_eq!((hit.qtype, hit.rcode), (Some(qtype), full.rcode));
+        // A changed index, another transport or another EDNS size: not this answer.
+        assert!(cache.get(&again, Transport::Udp, g + 1).is_none());
+        assert!(cache.get(&again, Transport::Tcp, g).is_none());
+        let other = query(name, qtype, if edns.is_some() { None } else { Some(1232) });
+        assert!(cache.get(&other, Transport::Udp, g).is_none());
+    }
+    // Not simple: two questions, a response, garbage.
+    let mut two = query("web.demo.svc.cluster.local.", RecordType::A, None);
+    two[5] = 2;
+    assert!(cache.get(&two, Transport::Udp, g).is_none());
+    assert!(
+        cache
+            .get(b"\x00\x01garbage garbage garbage", Transport::Udp, g)
+            .is_none()
+    );
+}

@@ -212,3 +212,131 @@ fn format_error(packet: &[u8]) -> Handled {
         rcode: ResponseCode::FormErr,
     })
 }
+
+/// Answers already encoded, by question, for as long as the index has not changed: most
+/// queries then cost a hash lookup and a copy, not a parse, a lookup and an encoding. One per
+/// thread (no lock); the key is everything of a query the answer depends on.
+pub struct AnswerCache {
+    entries: std::collections::HashMap<Vec<u8>, (u64, Vec<u8>)>,
+    key: Vec<u8>,
+}
+
+/// Answers kept at most; past that the cache starts again (it only saves work).
+const CACHE_ENTRIES: usize = 50_000;
+
+impl Default for AnswerCache {
+    fn default() -> Self {
+        AnswerCache {
+            entries: std::collections::HashMap::new(),
+            key: Vec::with_capacity(300),
+        }
+    }
+}
+
+/// Where a simple query's name ends (exclusive) and its cache key, if it is one: a standard
+/// query, one question of class IN, no records but an optional OPT of EDNS version 0. Every
+/// other packet takes the full path.
+fn simple_query(packet: &[u8], transport: Transport, key: &mut Vec<u8>) -> Option<usize> {
+    if packet.len() < 17 {
+        return None;
+    }
+    let flags = packet[2];
+    // QR clear, opcode QUERY; the counts: 1 question, no answers or authority, 0-1 extra.
+    if flags & 0xf8 != 0 || packet[4..10] != [0, 1, 0, 0, 0, 0] || packet[10] != 0 || packet[11] > 1
+    {
+        return None;
+    }
+    key.clear();
+    let mut i = 12;
+    loop {
+        let len = usize::from(*packet.get(i)?);
+        if len == 0 {
+            i += 1;
+            break;
+        }
+        // A compression pointer, or a label longer than 63: not simple.
+        if len > 63 || i + 1 + len > packet.len() || i + 1 + len > 12 + 255 {
+            return None;
+        }
+        key.push(len as u8);
+        key.extend(
+            packet[i + 1..i + 1 + len]
+                .iter()
+                .map(u8::to_ascii_lowercase),
+        );
+        i += 1 + len;
+    }
+    let name_end = i;
+    let qtype_class = packet.get(i..i + 4)?;
+    // Class IN only; zone transfers and OPT as a question take the full path.
+    if qtype_class[2..] != [0, 1] || matches!(qtype_class[..2], [0, 252] | [0, 251] | [0, 41]) {
+        return None;
+    }
+    key.push(0);
+    key.extend_from_slice(&qtype_class[..2]);
+    i += 4;
+    // RD and CD are echoed; the transport and the client's EDNS size bound the answer.
+    key.push(flags & 0x01);
+    key.push(packet[3] & 0x10);
+    key.push(u8::from(transport == Transport::Tcp));
+    if packet[11] == 1 {
+        // OPT: root name, type 41, class = payload size, TTL = ext rcode, version, flags.
+        let opt = packet.get(i..i + 11)?;
+        if opt[0] != 0 || opt[1..3] != [0, 41] || opt[6] != 0 {
+            return None;
+        }
+        let payload = u16::from_be_bytes([opt[3], opt[4]]).clamp(512, EDNS_PAYLOAD);
+        let rdlen = usize::from(u16::from_be_bytes([opt[9], opt[10]]));
+        if i + 11 + rdlen != packet.len() {
+            return None;
+        }
+        key.push(1);
+        key.extend_from_slice(&payload.to_be_bytes());
+    } else if i != packet.len() {
+        return None;
+    } else {
+        key.push(0);
+    }
+    Some(name_end)
+}
+
+impl AnswerCache {
+    /// The answer to `packet` from the cache, if it is a simple query answered before at
+    /// this `generation` of the index: the cached bytes with the query's id and name (its
+    /// case, which a resolver checks) put in.
+    pub fn get(&mut self, packet: &[u8], transport: Transport, generation: u64) -> Option<Reply> {
+        let name_end = simple_query(packet, transport, &mut self.key)?;
+        let (g, bytes) = self.entries.get(&self.key)?;
+        if *g != generation || bytes.len() < name_end {
+            return None;
+        }
+        let mut out = bytes.clone();
+        out[..2].copy_from_slice(&packet[..2]);
+        out[12..name_end].copy_from_slice(&packet[12..name_end]);
+        let qtype = u16::from_be_bytes([packet[name_end], packet[name_end + 1]]);
+        let rcode = ResponseCode::from(0, out[3] & 0x0f);
+        Some(Reply {
+            bytes: out,
+            qtype: Some(RecordType::from(qtype)),
+            rcode,
+        })
+    }
+
+    /// Keep `reply` to `packet` (a simple query) for later ones.
+    pub fn put(&mut self, packet: &[u8], transport: Transport, generation: u64, reply: &[u8]) {
+        let Some(name_end) = simple_query(packet, transport, &mut self.key) else {
+            return;
+        };
+        // Only answers that echo the question where the query had it.
+        if reply.len() < name_end
+            || !reply[12..name_end].eq_ignore_ascii_case(&packet[12..name_end])
+        {
+            return;
+        }
+        if self.entries.len() >= CACHE_ENTRIES {
+            self.entries.clear();
+        }
+        self.entries
+            .insert(self.key.clone(), (generation, reply.to_vec()));
+    }
+}

@@ -16,18 +16,19 @@ use kube::core::WatchEvent;
 use serde_json::{Value, json};
 
 mod cluster;
+mod dns;
 mod placement;
 mod registration;
 mod work;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apiserver`, `cluster`, `registration`, `placement` or `work`.
+    /// What to measure: `apiserver`, `cluster`, `registration`, `placement`, `work` or `dns`.
     area: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Objects written in the create/update/get phases.
+    /// Objects written in the create/update/get phases; dns: Services.
     #[arg(long, default_value_t = 10_000)]
     objects: usize,
     /// Concurrent clients.
@@ -86,8 +87,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "registration" => registration::run(args).await,
         "placement" => placement::run(args).await,
         "work" => work::run(args).await,
+        "dns" => dns::run(args).await,
         other => anyhow::bail!(
-            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement, work"
+            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement, work, dns"
         ),
     }
 }
