@@ -83,6 +83,7 @@ fn the_readme_tour_runs_as_written() {
         "2/2",
         "ReadyReplicas=2",
         "manifestworkreplicaset.work.atoll.io/hello deleted",
+        "hello.default.svc.cluster.local.",
     ] {
         assert!(
             stdout.contains(want),
