@@ -98,6 +98,87 @@ pub async fn ensure_default_namespaces(server: &Arc<ApiServer>) -> ApiResult<()>
     Ok(())
 }
 
+/// The `kubernetes` Service in `default`, as kube-apiserver keeps it: the first address of the
+/// Service range, port 443 (`https`), and an EndpointSlice naming this server's address, which
+/// is rewritten at every start (a server on port 0 moves).
+pub async fn ensure_kubernetes_service(server: &Arc<ApiServer>) -> ApiResult<()> {
+    let snap = server.registry.snapshot();
+    let (Some(svc_rt), Some(slice_rt)) = (
+        snap.get("", "v1", "services").cloned(),
+        snap.get("discovery.k8s.io", "v1", "endpointslices")
+            .cloned(),
+    ) else {
+        return Ok(());
+    };
+    let advertise = &server.config.advertise_address;
+    let Some((host, port)) = advertise.rsplit_once(':') else {
+        return Ok(());
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(port) = port.parse::<u16>() else {
+        return Ok(());
+    };
+    let Some(ip) = server.cluster_ips.first() else {
+        return Ok(());
+    };
+    let labels = json!({"component": "apiserver", "provider": "kubernetes"});
+    let svc_ctx = internal_ctx(server, svc_rt.clone(), Some("default".into()), None, None);
+    if server
+        .store
+        .get(&svc_rt.key(Some("default"), "kubernetes"))
+        .is_none()
+    {
+        let mut svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+            "spec": {"clusterIP": ip.to_string(), "type": "ClusterIP", "sessionAffinity": "None",
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}});
+        match svc_ctx.create_object(&mut svc).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    } else {
+        svc_ctx
+            .guaranteed_update("kubernetes", None, |cur| {
+                let mut next = cur.clone();
+                next["spec"]["ports"] =
+                    json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]);
+                Ok(next)
+            })
+            .await?;
+    }
+    let family = if host.contains(':') { "IPv6" } else { "IPv4" };
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes",
+                                "endpointslice.kubernetes.io/managed-by": "kube-apiserver.atoll.io"}},
+        "addressType": family,
+        "endpoints": [{"addresses": [host], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
+    let slice_ctx = internal_ctx(server, slice_rt.clone(), Some("default".into()), None, None);
+    if server
+        .store
+        .get(&slice_rt.key(Some("default"), "kubernetes"))
+        .is_none()
+    {
+        let mut slice = slice;
+        match slice_ctx.create_object(&mut slice).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    } else {
+        slice_ctx
+            .guaranteed_update("kubernetes", None, |cur| {
+                let mut next = cur.clone();
+                next["endpoints"] = slice["endpoints"].clone();
+                next["ports"] = slice["ports"].clone();
+                next["addressType"] = slice["addressType"].clone();
+                Ok(next)
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// Create the bootstrap roles and bindings that are missing, and reconcile those that exist as
 /// kube-apiserver does: the rules (or subjects) a newer server's policy has that the stored
 /// object lacks are added, what an admin added stays, and an object annotated

@@ -139,6 +139,10 @@ impl ApiServer {
         server.cluster_ips.load(&server)?;
         controllers::ensure_default_namespaces(&server).await?;
         controllers::ensure_bootstrap_policy(&server).await?;
+        // A Service range whose first address an older server handed out: say so, serve on.
+        if let Err(e) = controllers::ensure_kubernetes_service(&server).await {
+            tracing::warn!(error = %e, "cannot keep Service default/kubernetes");
+        }
         // Settle the aggregated roles (view feeds edit feeds admin) before serving.
         for _ in 0..3 {
             controllers::aggregate_cluster_roles(&server).await;

@@ -86,6 +86,11 @@ impl ClusterIpAllocator {
         (self.size / 16).clamp(16, 256).min(self.size / 2)
     }
 
+    /// The range's first address: the `kubernetes` Service's.
+    pub fn first(&self) -> Option<Ipv4Addr> {
+        (self.size > 2).then(|| Ipv4Addr::from(self.base + 1))
+    }
+
     pub fn allocate_specific(&self, ip: Ipv4Addr) -> bool {
         self.contains(ip) && self.used().insert(u32::from(ip))
     }

@@ -167,6 +167,18 @@ fn cluster_dns_answers_from_the_cluster_and_survives_bad_packets() {
     let status_table = crate::cluster::atoll(&env.dir, &["dev", "status"]).1;
     assert!(status_table.contains(&dns), "{status_table}");
 
+    // The specification's own example: the API server's Service.
+    let api_ip = svc("default", "kubernetes", "{.spec.clusterIP}");
+    assert!(api_ip.ends_with(".1"), "{api_ip}");
+    assert_eq!(
+        dig(&dns, &["kubernetes.default.svc.cluster.local"]),
+        vec![api_ip.clone()]
+    );
+    assert_eq!(
+        dig(&dns, &["SRV", "_https._tcp.kubernetes.default.svc.cluster.local"]),
+        vec!["0 100 443 kubernetes.default.svc.cluster.local.".to_string()]
+    );
+
     k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], APP);
     let web_ip = svc("demo", "web", "{.spec.clusterIP}");
     assert_eq!(
