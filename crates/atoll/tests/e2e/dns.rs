@@ -175,7 +175,10 @@ fn cluster_dns_answers_from_the_cluster_and_survives_bad_packets() {
         vec![api_ip.clone()]
     );
     assert_eq!(
-        dig(&dns, &["SRV", "_https._tcp.kubernetes.default.svc.cluster.local"]),
+        dig(
+            &dns,
+            &["SRV", "_https._tcp.kubernetes.default.svc.cluster.local"]
+        ),
         vec!["0 100 443 kubernetes.default.svc.cluster.local.".to_string()]
     );
 
