@@ -13,7 +13,6 @@
 //! this process directly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use super::registration::{Child, start_server, usage};
+use super::registration::{start_hub, start_server, usage_of};
 use super::{BenchArgs, Phase, concurrent};
 
 const NS: &str = "bench";
@@ -149,32 +148,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await?;
 
     say("starting the hub's controllers...");
-    let exe = std::env::current_exe()?;
-    let mut hub = Child(
-        std::process::Command::new(exe)
-            .args(["hub", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?,
-    );
-    let stderr = hub.0.stderr.take().context("hub stderr")?;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains("controllers ready") => break,
-            Some(_) => {}
-            None => anyhow::bail!("atoll hub exited before it was ready"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines.by_ref().map_while(Result::ok) {});
+    let hub = start_hub(&kubeconfig, &[])?;
     let pids = [server.0.id(), hub.0.id()];
-    let hub_usage = || {
-        pids.iter().fold((0.0, 0u64), |(c, r), p| {
-            let (c2, r2) = usage(*p);
-            (c + c2, r + r2)
-        })
-    };
+    let hub_usage = || usage_of(&pids);
     // Let the registration controllers finish with the new clusters (finalizers, conditions)
     // so they do not run alongside the placements.
     let mcs: Api<ManagedCluster> = Api::all(admin.clone());

@@ -84,6 +84,47 @@ pub(super) fn start_server(dir: &Path, name: &str) -> anyhow::Result<Child> {
     Ok(Child(child))
 }
 
+/// `atoll hub ARGS --kubeconfig K`, once it says its controllers are ready. The rest of what
+/// it writes is drained (echoed with ATOLL_BENCH_ECHO_HUB set).
+pub(super) fn start_hub(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Child> {
+    let mut hub = Child(
+        std::process::Command::new(std::env::current_exe()?)
+            .arg("hub")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    let stderr = hub.0.stderr.take().context("hub stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("controllers ready") => break,
+            Some(_) => {}
+            None => anyhow::bail!("atoll hub exited before it was ready"),
+        }
+    }
+    let echo = std::env::var_os("ATOLL_BENCH_ECHO_HUB").is_some();
+    std::thread::spawn(move || {
+        for l in lines.by_ref().map_while(Result::ok) {
+            if echo {
+                eprintln!("hub: {l}");
+            }
+        }
+    });
+    Ok(hub)
+}
+
+/// CPU seconds and RSS bytes of processes, summed (a hub is a server and its controllers).
+pub(super) fn usage_of(pids: &[u32]) -> (f64, u64) {
+    pids.iter().fold((0.0, 0u64), |(c, r), p| {
+        let (c2, r2) = usage(*p);
+        (c + c2, r + r2)
+    })
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let say = |s: &str| {
         if !args.json {
@@ -107,46 +148,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .and_then(|t| t.split('.').next())
         .context("the bootstrap kubeconfig has no token")?
         .to_string();
-    let exe = std::env::current_exe()?;
-    let hub = Child(
-        std::process::Command::new(exe)
-            .args([
-                "hub",
-                "--auto-accept",
-                &format!("system:bootstrap:{token_id}"),
-                "--kubeconfig",
-            ])
-            .arg(&hub_kubeconfig)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?,
-    );
-    // Ready when it says so.
-    let mut hub = hub;
-    let stderr = hub.0.stderr.take().context("hub stderr")?;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains("controllers ready") => break,
-            Some(_) => {}
-            None => anyhow::bail!("atoll hub exited before it was ready"),
-        }
-    }
-    let echo = std::env::var_os("ATOLL_BENCH_ECHO_HUB").is_some();
-    std::thread::spawn(move || {
-        for l in lines.by_ref().map_while(Result::ok) {
-            if echo {
-                eprintln!("hub: {l}");
-            }
-        }
-    });
+    let hub = start_hub(
+        &hub_kubeconfig,
+        &["--auto-accept", &format!("system:bootstrap:{token_id}")],
+    )?;
     let pids = [server.0.id(), hub.0.id()];
-    let hub_usage = || {
-        pids.iter().fold((0.0, 0u64), |(c, r), p| {
-            let (c2, r2) = usage(*p);
-            (c + c2, r + r2)
-        })
-    };
+    let hub_usage = || usage_of(&pids);
     let (admin, _) = crate::clients::from_path(&hub_kubeconfig).await?;
 
     // The member every agent reports from, a process of its own (its connections would

@@ -16,7 +16,6 @@
 //! on the other, against the lease grace plus tolerationSeconds.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::registration::{Child, start_server, usage};
+use super::registration::{Child, start_hub, start_server, usage_of};
 use super::{BenchArgs, Phase};
 
 /// A member: an in-memory API server of this process, and an admin client for it.
@@ -200,38 +199,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("the bootstrap kubeconfig has no token")?
         .to_string();
     let exe = std::env::current_exe()?;
-    let mut hub = Child(
-        std::process::Command::new(exe.clone())
-            .args([
-                "hub",
-                "--auto-accept",
-                &format!("system:bootstrap:{token_id}"),
-                "--webhook-listen",
-                "127.0.0.1:0",
-                "--kubeconfig",
-            ])
-            .arg(&hub_kubeconfig)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?,
-    );
-    let stderr = hub.0.stderr.take().context("hub stderr")?;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains("controllers ready") => break,
-            Some(_) => {}
-            None => anyhow::bail!("atoll hub exited before it was ready"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines.by_ref().map_while(Result::ok) {});
+    let hub = start_hub(
+        &hub_kubeconfig,
+        &[
+            "--auto-accept",
+            &format!("system:bootstrap:{token_id}"),
+            "--webhook-listen",
+            "127.0.0.1:0",
+        ],
+    )?;
     let pids = [server.0.id(), hub.0.id()];
-    let hub_usage = || {
-        pids.iter().fold((0.0, 0u64), |(c, r), p| {
-            let (c2, r2) = usage(*p);
-            (c + c2, r + r2)
-        })
-    };
+    let hub_usage = || usage_of(&pids);
     let (admin, _) = crate::clients::from_path(&hub_kubeconfig).await?;
 
     say(&format!("starting {} members...", 2 * n + 3));
