@@ -263,8 +263,6 @@ async fn start_dns(setup: DnsSetup) -> anyhow::Result<()> {
         .await
         .context("cannot start the cluster DNS")?;
     let addr = running.addr;
-    // It serves for the life of the process.
-    std::mem::forget(running);
     let (admin, _) = crate::clients::from_yaml(&admin_kubeconfig).await?;
     let svc = serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
@@ -305,5 +303,8 @@ async fn start_dns(setup: DnsSetup) -> anyhow::Result<()> {
         std::io::stdout(),
         "atoll server {cluster}: cluster DNS ({zone}) on {addr}, Service kube-system/kube-dns {tenth}"
     );
+    // It serves for the life of the process: this task holds it.
+    std::future::pending::<()>().await;
+    drop(running);
     Ok(())
 }

@@ -84,6 +84,19 @@ pub(super) fn start_server(dir: &Path, name: &str) -> anyhow::Result<Child> {
     Ok(Child(child))
 }
 
+/// A bootstrap kubeconfig for the agents (an hour), and its token's id (whom the hub
+/// auto-accepts).
+pub(super) async fn bootstrap_token(hub_kubeconfig: &Path) -> anyhow::Result<(String, String)> {
+    let boot = crate::registration::token(hub_kubeconfig, Duration::from_secs(3600), None).await?;
+    let token_id = boot
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .and_then(|t| t.split('.').next())
+        .context("the bootstrap kubeconfig has no token")?
+        .to_string();
+    Ok((boot, token_id))
+}
+
 /// `atoll hub ARGS --kubeconfig K`, once it says its controllers are ready. The rest of what
 /// it writes is drained (echoed with ATOLL_BENCH_ECHO_HUB set).
 pub(super) fn start_hub(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Child> {
@@ -141,13 +154,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let hub_dir = tmp.path().join("hub");
     let server = start_server(&hub_dir, "hub")?;
     let hub_kubeconfig = hub_dir.join("admin.kubeconfig");
-    let boot = crate::registration::token(&hub_kubeconfig, Duration::from_secs(3600), None).await?;
-    let token_id = boot
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .and_then(|t| t.split('.').next())
-        .context("the bootstrap kubeconfig has no token")?
-        .to_string();
+    let (boot, token_id) = bootstrap_token(&hub_kubeconfig).await?;
     let hub = start_hub(
         &hub_kubeconfig,
         &["--auto-accept", &format!("system:bootstrap:{token_id}")],

@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use atoll_api::cluster::{CONDITION_AVAILABLE, ManagedCluster, cluster_namespace};
 use atoll_apiserver::{ApiServer, Config, Pki};
 use atoll_store::{BackendKind, Options, Store};
@@ -30,7 +29,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::registration::{Child, start_hub, start_server, usage_of};
+use super::registration::{Child, bootstrap_token, start_hub, start_server, usage_of};
 use super::{BenchArgs, Phase};
 
 /// A member: an in-memory API server of this process, and an admin client for it.
@@ -191,13 +190,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let hub_dir = tmp.path().join("hub");
     let server = start_server(&hub_dir, "hub")?;
     let hub_kubeconfig = hub_dir.join("admin.kubeconfig");
-    let boot = crate::registration::token(&hub_kubeconfig, Duration::from_secs(3600), None).await?;
-    let token_id = boot
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .and_then(|t| t.split('.').next())
-        .context("the bootstrap kubeconfig has no token")?
-        .to_string();
+    let (boot, token_id) = bootstrap_token(&hub_kubeconfig).await?;
     let exe = std::env::current_exe()?;
     let hub = start_hub(
         &hub_kubeconfig,
