@@ -248,7 +248,8 @@ impl TokenSigner {
         TokenSigner::from_pkcs8(key.serialized_der())
     }
 
-    /// A signed token for a service account.
+    /// A signed token for a service account; bound to a pod (its name and uid) if `pod` is
+    /// given, as the kubelet's projected tokens are: it is valid only while that pod exists.
     pub fn issue(
         &self,
         namespace: &str,
@@ -256,15 +257,19 @@ impl TokenSigner {
         uid: &str,
         audiences: &[String],
         lifetime_secs: i64,
+        pod: Option<(&str, &str)>,
     ) -> Result<(String, i64), String> {
         let now = jiff::Timestamp::now().as_second();
         let exp = now + lifetime_secs;
         let header = serde_json::json!({"alg": "ES256", "kid": self.kid, "typ": "JWT"});
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "aud": audiences, "exp": exp, "iat": now, "nbf": now, "iss": ISSUER,
             "sub": format!("system:serviceaccount:{namespace}:{name}"),
             "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": uid}},
         });
+        if let Some((pod_name, pod_uid)) = pod {
+            claims["kubernetes.io"]["pod"] = serde_json::json!({"name": pod_name, "uid": pod_uid});
+        }
         let signing_input = format!(
             "{}.{}",
             b64url(header.to_string().as_bytes()),
@@ -350,6 +355,25 @@ pub fn service_account(server: &ApiServer, token: &str, audiences: &[&str]) -> O
     {
         return None;
     }
+    // A token bound to a pod lives with the pod: gone, replaced (another uid), or past its
+    // deletion's grace period, it is no longer valid (as kube-apiserver checks).
+    if let Some(bound) = claims.pointer("/kubernetes.io/pod") {
+        let pod_name = bound.get("name")?.as_str()?;
+        let pod_uid = bound.get("uid")?.as_str()?;
+        let entry = server.store.get(&format!("/core/pods/{ns}/{pod_name}"))?;
+        let pod: Value = serde_json::from_slice(&entry.value).ok()?;
+        if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(pod_uid) {
+            return None;
+        }
+        if let Some(deleted) = pod
+            .pointer("/metadata/deletionTimestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            && deleted < jiff::Timestamp::now()
+        {
+            return None;
+        }
+    }
     Some(Identity {
         user: format!("system:serviceaccount:{ns}:{name}"),
         groups: vec![
@@ -369,7 +393,7 @@ mod jwt_tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let signer = TokenSigner::from_pkcs8(key.serialized_der()).unwrap();
         let (token, _) = signer
-            .issue("ns", "bot", "uid-1", &[API_AUDIENCE.to_string()], 600)
+            .issue("ns", "bot", "uid-1", &[API_AUDIENCE.to_string()], 600, None)
             .unwrap();
         let claims = signer.verify(&token).expect("verifies");
         assert_eq!(claims["sub"], "system:serviceaccount:ns:bot");

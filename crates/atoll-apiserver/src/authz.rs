@@ -1010,11 +1010,16 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
                 "persistentvolumeclaims",
             ],
         ),
+        // A pod's service account, for its automountServiceAccountToken.
+        rule(&["get"], &[""], &["serviceaccounts"]),
         rule(
             &["get", "create", "update", "patch"],
             &["coordination.k8s.io"],
             &["leases"],
         ),
+        // Projected service-account tokens, bound to the node's own pods (the TokenRequest
+        // handler holds a node to those).
+        rule(&["create"], &[""], &["serviceaccounts/token"]),
     ];
     node_rules.extend(events());
     let mut scheduler_rules = vec![

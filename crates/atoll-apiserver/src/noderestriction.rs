@@ -57,7 +57,9 @@ pub fn check_request(server: &ApiServer, node: &str, a: &Attributes) -> Option<S
         ("", "pods") if a.verb == "deletecollection" => Some(format!(
             "node \"{node}\" may only delete pods bound to it, one by one"
         )),
-        ("", kind @ ("secrets" | "configmaps" | "persistentvolumeclaims")) => {
+        // Tokens: the TokenRequest handler holds a node to tokens bound to its own pods.
+        ("", "serviceaccounts") if a.subresource == "token" => None,
+        ("", kind @ ("secrets" | "configmaps" | "persistentvolumeclaims" | "serviceaccounts")) => {
             if a.name.is_empty() || a.verb != "get" {
                 return Some(format!(
                     "node \"{node}\" may only get the {kind} of pods bound to it, by name"
@@ -112,7 +114,8 @@ fn used_by_pod_of(server: &ApiServer, node: &str, namespace: &str, kind: &str, n
     page.items.iter().any(|(_, e)| {
         // Most pods are on other nodes or use other objects: look at the bytes before parsing.
         contains(&e.value, node)
-            && contains(&e.value, name)
+            // (A pod runs as `default` without naming it.)
+            && (contains(&e.value, name) || kind == "serviceaccounts")
             && serde_json::from_slice::<Value>(&e.value).is_ok_and(|pod| {
                 pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
                     && references(&pod, kind, name)
@@ -120,13 +123,21 @@ fn used_by_pod_of(server: &ApiServer, node: &str, namespace: &str, kind: &str, n
     })
 }
 
-/// Whether a pod refers to the Secret (`kind` "secrets"), ConfigMap ("configmaps") or claim
-/// ("persistentvolumeclaims") `name`: in its volumes (projected ones too), its containers'
-/// `env` and `envFrom`, or (Secrets) its `imagePullSecrets`.
+/// Whether a pod refers to the Secret (`kind` "secrets"), ConfigMap ("configmaps"), claim
+/// ("persistentvolumeclaims") or service account ("serviceaccounts") `name`: in its volumes
+/// (projected ones too), its containers' `env` and `envFrom`, (Secrets) its
+/// `imagePullSecrets`, or (service accounts) the one it runs as.
 pub fn references(pod: &Value, kind: &str, name: &str) -> bool {
     let spec = &pod["spec"];
     let is = |v: &Value| v.as_str() == Some(name);
     let each = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    if kind == "serviceaccounts" {
+        let account = spec["serviceAccountName"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        return account == name;
+    }
     if kind == "persistentvolumeclaims" {
         return each(&spec["volumes"])
             .iter()
@@ -211,6 +222,14 @@ mod tests {
             assert!(!references(&pod, "secrets", c), "{c} is not a Secret");
         }
         assert!(!references(&pod, "secrets", "other"));
+        assert!(
+            references(&pod, "serviceaccounts", "default"),
+            "the implicit account"
+        );
+        assert!(!references(&pod, "serviceaccounts", "other"));
+        let named = json!({"spec": {"serviceAccountName": "bot", "containers": []}});
+        assert!(references(&named, "serviceaccounts", "bot"));
+        assert!(!references(&named, "serviceaccounts", "default"));
     }
 
     #[test]

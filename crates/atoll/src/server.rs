@@ -83,6 +83,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if !hosts.contains(&ip) && !addr.ip().is_unspecified() {
         hosts.push(ip);
     }
+    // In-cluster clients reach the server as the `kubernetes` Service (its ClusterIP, the
+    // range's first address, is KUBERNETES_SERVICE_HOST in every pod) and by its names.
+    if let Some(first) = nth_address(&args.service_cidr, 1) {
+        hosts.push(first.to_string());
+    }
+    for name in [
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+        format!("kubernetes.default.svc.{}", args.cluster_domain),
+    ] {
+        hosts.push(name);
+    }
     let pki = Pki::load_or_create(&args.data_dir.join("pki"), &hosts)
         .context("cannot set up the cluster PKI")?;
     let host = if addr.ip().is_unspecified() {
@@ -184,12 +197,13 @@ async fn start_controllers(pki: &Pki, url: &str, args: &ServerArgs) -> anyhow::R
 }
 
 /// The tenth address of a range (`10.96.0.0/12` -> `10.96.0.10`).
-fn tenth_address(cidr: &str) -> Option<std::net::Ipv4Addr> {
+/// The `n`th address (n < 16) of an IPv4 range of /28 or more.
+fn nth_address(cidr: &str, n: u32) -> Option<std::net::Ipv4Addr> {
     let (ip, bits) = cidr.split_once('/')?;
     let ip: std::net::Ipv4Addr = ip.parse().ok()?;
     let bits: u32 = bits.parse().ok().filter(|b| *b <= 28)?;
     let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-    Some(std::net::Ipv4Addr::from((u32::from(ip) & mask) + 10))
+    Some(std::net::Ipv4Addr::from((u32::from(ip) & mask) + n))
 }
 
 struct DnsSetup {
@@ -202,7 +216,7 @@ struct DnsSetup {
 }
 
 fn dns_setup(pki: &Pki, url: &str, args: &ServerArgs) -> anyhow::Result<DnsSetup> {
-    let tenth = tenth_address(&args.service_cidr).with_context(|| {
+    let tenth = nth_address(&args.service_cidr, 10).with_context(|| {
         format!(
             "--service-cidr {}: not an IPv4 range of /28 or more",
             args.service_cidr

@@ -49,13 +49,16 @@ impl Ctx {
             ));
         }
         let lifetime = lifetime.min(86_400);
+        let namespace = self.rr.namespace.clone().unwrap_or_default();
+        let bound = self.bound_pod(&namespace, &name, spec.get("boundObjectRef"))?;
         let (token, exp) = signer
             .issue(
-                self.rr.namespace.as_deref().unwrap_or_default(),
+                &namespace,
                 &name,
                 meta_str(&sa, "uid").unwrap_or_default(),
                 &audiences,
                 lifetime,
+                bound.as_ref().map(|(n, u)| (n.as_str(), u.as_str())),
             )
             .map_err(ApiError::Internal)?;
         let expiration = jiff::Timestamp::from_second(exp)
@@ -66,6 +69,90 @@ impl Ctx {
         request["spec"] = json!({"audiences": audiences, "expirationSeconds": lifetime, "boundObjectRef": spec.get("boundObjectRef")});
         request["status"] = json!({"token": token, "expirationTimestamp": expiration});
         Ok(json_response(StatusCode::CREATED, &request))
+    }
+
+    /// The pod a token is to be bound to (name, uid), checked as kube-apiserver checks it: the
+    /// pod exists (with the uid named, if one is), runs as this service account, and, for a
+    /// node, is bound to that node. A node may ask only for tokens bound to its pods.
+    fn bound_pod(
+        &self,
+        namespace: &str,
+        account: &str,
+        reference: Option<&Value>,
+    ) -> ApiResult<Option<(String, String)>> {
+        let node = crate::noderestriction::node_of(&self.identity);
+        let Some(reference) = reference.filter(|r| !r.is_null()) else {
+            return match node {
+                Some(node) => Err(ApiError::forbidden(
+                    "",
+                    "serviceaccounts/token",
+                    account,
+                    &format!("node \"{node}\" may only request tokens bound to its own pods"),
+                )),
+                None => Ok(None),
+            };
+        };
+        let kind = reference
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let pod_name = reference
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if kind != "Pod" {
+            // kube-apiserver also binds to Secrets and Nodes; Atoll binds to pods only.
+            return Err(ApiError::bad_request(format!(
+                "boundObjectRef.kind {kind:?}: tokens can be bound to a Pod only"
+            )));
+        }
+        if pod_name.is_empty() {
+            return Err(ApiError::invalid(
+                "authentication.k8s.io",
+                "TokenRequest",
+                account,
+                vec![Cause::required("spec.boundObjectRef.name")],
+            ));
+        }
+        let pod = self
+            .server
+            .store
+            .get(&format!("/core/pods/{namespace}/{pod_name}"))
+            .and_then(|e| serde_json::from_slice::<Value>(&e.value).ok())
+            .ok_or_else(|| ApiError::not_found("", "pods", pod_name))?;
+        let uid = meta_str(&pod, "uid").unwrap_or_default().to_string();
+        if let Some(wanted) = reference.get("uid").and_then(Value::as_str)
+            && !wanted.is_empty()
+            && wanted != uid
+        {
+            return Err(ApiError::conflict(
+                "",
+                "pods",
+                pod_name,
+                &format!("the pod's uid is {uid}, not {wanted}"),
+            ));
+        }
+        let runs_as = pod
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        if runs_as != account {
+            return Err(ApiError::bad_request(format!(
+                "pod {pod_name:?} runs as service account {runs_as:?}, not {account:?}"
+            )));
+        }
+        if let Some(node) = node
+            && pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node)
+        {
+            return Err(ApiError::forbidden(
+                "",
+                "serviceaccounts/token",
+                account,
+                &format!("node \"{node}\" may only request tokens bound to its own pods"),
+            ));
+        }
+        Ok(Some((pod_name.to_string(), uid)))
     }
 
     /// `pods/binding`: the scheduler's way to set `spec.nodeName`, once.
