@@ -78,6 +78,9 @@ pub(crate) struct Caches {
     pub statefulsets: Store<StatefulSet>,
     pub claims: Store<PersistentVolumeClaim>,
     pub services: Store<Service>,
+    /// EndpointSlices that no controller here derives from a selector (the `kubernetes`
+    /// Service's, a selector-less Service's own): the service proxy's endpoints for those.
+    pub foreign_slices: Store<EndpointSlice>,
     pub nodes: Store<Node>,
     pub leases: Store<Lease>,
     pub namespaces: Store<Namespace>,
@@ -110,6 +113,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let (statefulsets, sts_w) = reflector::store();
     let (claims, claims_w) = reflector::store();
     let (services, svc_w) = reflector::store();
+    let (foreign_slices, foreign_slices_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
     let (leases, leases_w) = reflector::store();
     let (namespaces, ns_w) = reflector::store();
@@ -126,6 +130,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             statefulsets,
             claims,
             services,
+            foreign_slices,
             nodes,
             leases,
             namespaces,
@@ -255,7 +260,17 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
         leases_w,
         |_: &Lease| {},
     );
-    // Slices and service accounts are not cached; their changes only trigger their owners.
+    drive_some(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(&format!(
+            "endpointslice.kubernetes.io/managed-by!={}",
+            endpointslice::MANAGED_BY
+        )),
+        foreign_slices_w,
+        |_: &EndpointSlice| {},
+    );
+    // The slices derived here and service accounts are not cached; their changes only trigger
+    // their owners.
     {
         let s_q = svc_queue.clone();
         trigger(
@@ -288,6 +303,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let _ = ctx.caches.statefulsets.wait_until_ready().await;
     let _ = ctx.caches.claims.wait_until_ready().await;
     let _ = ctx.caches.services.wait_until_ready().await;
+    let _ = ctx.caches.foreign_slices.wait_until_ready().await;
     let _ = ctx.caches.nodes.wait_until_ready().await;
     let _ = ctx.caches.namespaces.wait_until_ready().await;
     tracing::info!("cluster controllers ready");
@@ -416,8 +432,25 @@ fn drive<K>(
         + Sync
         + 'static,
 {
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    drive_some(api, watcher::Config::default(), writer, on_change);
+}
+
+/// `drive` for the objects a watch configuration selects.
+fn drive_some<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    on_change: impl Fn(&K) + Send + 'static,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = reflector::reflector(writer, watcher(api, wc)).default_backoff();
     consume(stream, true, "cache", on_change);
 }
 
