@@ -19,6 +19,12 @@ mod registration;
 mod server;
 
 fn main() -> std::process::ExitCode {
+    // How a sandboxed container starts (not a command for people: the node agent runs it
+    // under `unshare`); first, before anything else of the program's.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__sandbox") {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+        return atoll_cluster::node::sandbox_main(&args);
+    }
     if matches!(
         std::env::args_os()
             .nth(1)

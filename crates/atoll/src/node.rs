@@ -38,6 +38,12 @@ pub struct NodeArgs {
     /// Extra node labels, `key=value`, repeatable.
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// The DNS server pods resolve with (default: the ClusterIP of Service kube-system/kube-dns).
+    #[arg(long)]
+    cluster_dns: Option<String>,
+    /// The cluster's DNS zone, for pods' search domains.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     /// Run this many simulated nodes, named NAME-1..NAME-N, in this one process.
     #[arg(long, default_value_t = 1)]
     count: u32,
@@ -86,6 +92,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         cfg.pod_cidr = args.pod_cidr.clone();
         cfg.labels = labels.clone();
         cfg.cluster_ca = config.root_cert.clone().unwrap_or_default();
+        cfg.cluster_dns = args.cluster_dns.clone();
+        cfg.cluster_domain = args.cluster_domain.clone();
         nodes.push(cfg);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -33,6 +33,15 @@ pub(crate) async fn resolve(
     } else {
         Vec::new()
     };
+    // As the kubelet: every pod is told where the API server is (the `kubernetes` Service),
+    // links or not, so that in-cluster clients find it.
+    if !(links && namespace == "default") {
+        for (k, v) in api_server_links(client).await {
+            if !vars.iter().any(|(n, _)| *n == k) {
+                vars.push((k, v));
+            }
+        }
+    }
     let set = |vars: &mut Vec<(String, String)>, k: String, v: String| {
         if let Some(slot) = vars.iter_mut().find(|(n, _)| *n == k) {
             slot.1 = v;
@@ -115,7 +124,7 @@ pub(crate) async fn resolve(
     Ok(vars)
 }
 
-fn field(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Option<String> {
+pub(crate) fn field(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Option<String> {
     let spec = pod.spec.as_ref();
     Some(match path {
         "metadata.name" => pod.name_any(),
@@ -143,7 +152,7 @@ fn field(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Option<String> {
     })
 }
 
-fn resource_field(container: &Container, resource: &str) -> String {
+pub(crate) fn resource_field(container: &Container, resource: &str) -> String {
     let (kind, name) = resource.split_once('.').unwrap_or(("", resource));
     container
         .resources
@@ -265,6 +274,24 @@ async fn service_links(client: &Client, namespace: &str) -> Vec<(String, String)
             return Vec::new();
         }
     };
+    links_of(services)
+}
+
+/// The `KUBERNETES_*` variables, from Service `default/kubernetes`.
+async fn api_server_links(client: &Client) -> Vec<(String, String)> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client.clone(), "default");
+    match api.get_opt("kubernetes").await {
+        Ok(Some(svc)) => links_of(vec![svc]),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read Service default/kubernetes");
+            Vec::new()
+        }
+    }
+}
+
+fn links_of(services: Vec<k8s_openapi::api::core::v1::Service>) -> Vec<(String, String)> {
     let mut vars = Vec::new();
     for svc in services {
         let Some(spec) = svc.spec else { continue };

@@ -184,11 +184,14 @@ pub(crate) async fn serve(
     let mut env = base_env(&handle.dir, &pod, &handle.pod_ip);
     env.extend(own);
     let cwd = workdir(&spec, &handle.dir);
+    // In a sandbox the command joins the container's namespaces.
+    let command = super::process::in_container(ctx, &handle, &spec, &request.command);
     let v5 = protocol == PROTOCOLS[0];
     let who = format!("{namespace}/{pod}/{container}");
     switch(&mut req, protocol, &key, move |ws| async move {
         let session = Session {
             request,
+            command,
             container,
             env,
             cwd,
@@ -375,13 +378,14 @@ where
 /// that it stops with the container).
 fn spawn_with_pipes(
     request: &Request,
+    command: &[String],
     env: Vec<(String, String)>,
     cwd: &std::path::Path,
     handle: &PodHandle,
     container: &str,
 ) -> std::io::Result<tokio::process::Child> {
-    let mut cmd = tokio::process::Command::new(&request.command[0]);
-    cmd.args(&request.command[1..])
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
         .env_clear()
         .envs(env)
         .current_dir(cwd)
@@ -496,6 +500,8 @@ fn status(outcome: Result<i32, String>, command: &[String]) -> Vec<u8> {
 /// One command to run in a container, and how.
 struct Session {
     request: Request,
+    /// What runs: the request's command, or that command entering the container's sandbox.
+    command: Vec<String>,
     container: String,
     env: Vec<(String, String)>,
     cwd: std::path::PathBuf,
@@ -511,6 +517,7 @@ where
 {
     let Session {
         request,
+        command,
         container,
         env,
         cwd,
@@ -520,9 +527,10 @@ where
     let (mut sink, mut incoming) = ws.split();
     let program = request.command[0].clone();
     let spawned = if request.tty {
-        spawn_on_terminal(&request.command, env, &cwd).map(|(child, master)| (child, Some(master)))
+        spawn_on_terminal(&command, env, &cwd).map(|(child, master)| (child, Some(master)))
     } else {
-        spawn_with_pipes(&request, env, &cwd, handle, &container).map(|child| (child, None))
+        spawn_with_pipes(&request, &command, env, &cwd, handle, &container)
+            .map(|child| (child, None))
     };
     let (mut child, terminal) = match spawned {
         Ok(spawned) => spawned,

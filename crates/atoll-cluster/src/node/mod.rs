@@ -15,6 +15,14 @@ mod exec;
 mod logs;
 mod probe;
 mod process;
+mod sandbox;
+mod volumes;
+
+/// `atoll __sandbox PLAN -- COMMAND...`: how a container of a root node agent starts (see the
+/// sandbox module); returns only on failure.
+pub fn sandbox_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    sandbox::enter::main(args)
+}
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -71,8 +79,14 @@ pub struct NodeConfig {
     pub lease_seconds: i32,
     /// A fixed pod range, instead of waiting for the node-lifecycle controller to assign one.
     pub pod_cidr: Option<String>,
-    /// The cluster CA (DER), which signs the API server's client certificate for logs.
+    /// The cluster CA (DER), which signs the API server's client certificate for logs; also
+    /// a pod's `ca.crt` next to its service-account token.
     pub cluster_ca: Vec<Vec<u8>>,
+    /// The cluster DNS server pods resolve with (the kubelet's `--cluster-dns`); by default
+    /// the ClusterIP of Service `kube-system/kube-dns`, read at each pod's start.
+    pub cluster_dns: Option<String>,
+    /// The cluster's DNS zone (the kubelet's `--cluster-domain`).
+    pub cluster_domain: String,
 }
 
 impl NodeConfig {
@@ -97,6 +111,8 @@ impl NodeConfig {
             lease_seconds: 40,
             pod_cidr: None,
             cluster_ca: Vec::new(),
+            cluster_dns: None,
+            cluster_domain: "cluster.local".into(),
         }
     }
 }
@@ -114,6 +130,8 @@ pub(crate) struct NodeCtx {
     pub host_ip: String,
     /// Port and certificate SHA-256 of the log endpoint.
     pub log_endpoint: Option<(u16, String)>,
+    /// How containers are sandboxed; none when the agent may not (not root).
+    pub sandbox: Option<sandbox::Host>,
 }
 
 impl NodeCtx {
@@ -222,7 +240,21 @@ pub async fn run(
         Some(c) => c.clone(),
         None => wait_for_pod_cidr(&client, &name).await?,
     };
+    let sandbox = match &cfg.runtime {
+        Runtime::Process { .. } => match sandbox::available() {
+            Ok(host) => {
+                tracing::info!(node = %name, "containers run in a sandbox: a private mount namespace with the pod's resolv.conf, hosts and volumes at their mountPath");
+                Some(host)
+            }
+            Err(why) => {
+                tracing::warn!(node = %name, "{why}");
+                None
+            }
+        },
+        Runtime::Simulated => None,
+    };
     let ctx = Arc::new(NodeCtx {
+        sandbox,
         pods_api: Api::all(client.clone()),
         client: client.clone(),
         ips: Mutex::new(IpPool::new(&cidr)?),

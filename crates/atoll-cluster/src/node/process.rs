@@ -6,10 +6,10 @@
 //! back-off, stop with SIGTERM then SIGKILL after the grace period. A status writer turns the
 //! containers' state into the pod's `status` and patches it when it changes.
 //!
-//! Volumes: `emptyDir`, `configMap`, `secret` and `hostPath`. A container cannot see a mount
-//! path of its own (there are no mount namespaces), so a volume mounted at `/etc/config` is at
-//! `etc/config` under the pod directory, which is the container's working directory and
-//! `$POD_DIR`.
+//! Volumes are prepared by the volumes module. With a sandbox (a root agent) each container
+//! sees them at their mount paths, and the pod's resolv.conf and hosts; without one a volume
+//! mounted at `/etc/config` is at `etc/config` under the pod directory, which is the
+//! container's working directory and `$POD_DIR`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodIP, PodStatus, Secret,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -27,7 +27,7 @@ use rustix::process::{Pid, Signal};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
-use super::{NodeCtx, PodUpdate, env, probe};
+use super::{NodeCtx, PodUpdate, env, probe, sandbox, volumes};
 use crate::util::now;
 
 /// A pod running here, as the log endpoint and the agent's shutdown see it.
@@ -39,6 +39,8 @@ pub(crate) struct PodHandle {
     pub pod: Pod,
     pub pod_ip: String,
     pub containers: Mutex<Vec<CState>>,
+    /// The pod's volumes and files, once written.
+    pub prepared: Mutex<volumes::Prepared>,
     changed: Notify,
     stop: watch::Sender<Option<Stop>>,
     done: watch::Sender<bool>,
@@ -243,6 +245,7 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
                 })
                 .collect(),
         ),
+        prepared: Mutex::default(),
         changed: Notify::new(),
         stop: stop_tx,
         done: done_tx,
@@ -276,9 +279,18 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
     // Volumes first; a missing ConfigMap or Secret keeps the pod waiting, as in Kubernetes.
     let mut stop_rx = handle.stop.subscribe();
     let mut stopped_early = None;
+    let mut renewer = None;
     loop {
-        match prepare_volumes(&ctx, &pod, &dir).await {
-            Ok(()) => break,
+        match volumes::prepare(&ctx, &pod, &dir, &pod_ip).await {
+            Ok(prepared) => {
+                renewer = Some(tokio::spawn(volumes::renew_tokens(
+                    ctx.clone(),
+                    pod.clone(),
+                    prepared.tokens.clone(),
+                )));
+                *handle.prepared.lock().unwrap_or_else(|p| p.into_inner()) = prepared;
+                break;
+            }
             Err(message) => {
                 for i in 0..containers.len() {
                     handle.update(i, |c| {
@@ -364,6 +376,9 @@ pub(crate) async fn run_pod(ctx: Arc<NodeCtx>, root: PathBuf, mut rx: watch::Rec
     }
     for s in supervisors {
         let _ = s.await;
+    }
+    if let Some(r) = renewer {
+        r.abort();
     }
     if !shutdown {
         // One last status with every container terminated, then the pod goes.
@@ -659,6 +674,11 @@ async fn supervise(
             return;
         }
         let program = argv.remove(0);
+        // In a sandbox the command is started by `unshare` and `atoll __sandbox`.
+        let command = match &ctx.sandbox {
+            Some(host) => sandboxed(host, &handle, &pod, &container, &program, &argv, &full_env),
+            None => Ok((program.clone(), argv.clone())),
+        };
         // The previous run's log is kept for `kubectl logs --previous`.
         if log_path.exists() {
             // Removed first: during back-off `previous` is a hard link to this very log, and a
@@ -669,18 +689,20 @@ async fn supervise(
         // A container that keeps stdin open (or has a terminal) is attached to through the
         // node; its output passes through here on its way to the log.
         let interactive = container.stdin == Some(true) || container.tty == Some(true);
-        let spawned = if interactive {
-            spawn_interactive(&handle, &container, &program, &argv, &full_env, &log_path)
-        } else {
-            std::fs::OpenOptions::new()
+        let spawned = match &command {
+            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::NotFound, e.clone())),
+            Ok((program, argv)) if interactive => {
+                spawn_interactive(&handle, &container, program, argv, &full_env, &log_path)
+            }
+            Ok((program, argv)) => std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&log_path)
                 .and_then(|out| {
                     let err = out.try_clone()?;
                     let workdir = workdir(&container, &handle.dir);
-                    tokio::process::Command::new(&program)
-                        .args(&argv)
+                    tokio::process::Command::new(program)
+                        .args(argv)
                         .env_clear()
                         .envs(full_env.iter().map(|(k, v)| (k, v)))
                         .current_dir(workdir)
@@ -689,7 +711,7 @@ async fn supervise(
                         .stderr(err)
                         .process_group(0)
                         .spawn()
-                })
+                }),
         };
         let started_at = Instant::now();
         let exit = match spawned {
@@ -720,10 +742,24 @@ async fn supervise(
                     c.ready = !has_startup && container.readiness_probe.is_none();
                 });
                 let (kill_tx, mut kill_rx) = tokio::sync::mpsc::channel::<String>(1);
+                // Exec probes run in the container's sandbox.
+                let mut probed = container.clone();
+                for p in [
+                    &mut probed.startup_probe,
+                    &mut probed.readiness_probe,
+                    &mut probed.liveness_probe,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if let Some(command) = p.exec.as_mut().and_then(|e| e.command.as_mut()) {
+                        *command = in_container(&ctx, &handle, &container, command);
+                    }
+                }
                 let probes = tokio::spawn(run_probes(
                     handle.clone(),
                     idx,
-                    container.clone(),
+                    probed,
                     pod_ip.clone(),
                     full_env.clone(),
                     kill_tx,
@@ -834,6 +870,84 @@ async fn supervise(
         }
         backoff = (backoff * 2).min(Duration::from_secs(300));
     }
+}
+
+/// `argv` as it runs in a running container's sandbox (`kubectl exec`, exec probes): through
+/// `nsenter` into the namespaces of the container's main process, in its working directory.
+/// Without a sandbox, or with the container not running, `argv` itself.
+pub(crate) fn in_container(
+    ctx: &NodeCtx,
+    handle: &PodHandle,
+    container: &Container,
+    argv: &[String],
+) -> Vec<String> {
+    let pid = ctx.sandbox.as_ref().and_then(|_| {
+        std::fs::read_to_string(
+            handle
+                .dir
+                .join("run")
+                .join(format!("{}.pid", container.name)),
+        )
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    });
+    match pid {
+        Some(pid) => {
+            let cwd = container
+                .working_dir
+                .as_deref()
+                .filter(|w| w.starts_with('/'))
+                .map_or_else(|| handle.dir.clone(), PathBuf::from);
+            sandbox::join_argv(pid, &cwd, argv)
+        }
+        None => argv.to_vec(),
+    }
+}
+
+/// The command that starts a container in its sandbox, with the plan it follows written
+/// under `sandbox/` in the pod directory.
+fn sandboxed(
+    host: &sandbox::Host,
+    handle: &PodHandle,
+    pod: &Pod,
+    container: &Container,
+    program: &str,
+    argv: &[String],
+    env: &[(String, String)],
+) -> Result<(String, Vec<String>), String> {
+    // A command that is not there is said so before the container starts, as a runtime says
+    // it (a path is looked for in the container's view, by the sandbox).
+    if !program.contains('/') {
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+        if !std::env::split_paths(path).any(|d| d.join(program).is_file()) {
+            return Err(format!("executable file not found in $PATH ({path})"));
+        }
+    }
+    let prepared = handle
+        .prepared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let plan = sandbox::plan(&handle.dir, &prepared, pod, container)?;
+    std::fs::create_dir_all(&plan.stage)
+        .map_err(|e| format!("cannot make {}: {e}", plan.stage.display()))?;
+    let plan_path = handle
+        .dir
+        .join("sandbox")
+        .join(format!("{}.json", container.name));
+    let text = serde_json::to_vec(&plan).map_err(|e| e.to_string())?;
+    std::fs::write(&plan_path, text)
+        .map_err(|e| format!("cannot write {}: {e}", plan_path.display()))?;
+    let command: Vec<String> = std::iter::once(program.to_string())
+        .chain(argv.iter().cloned())
+        .collect();
+    let mut wrapped = sandbox::start_argv(host, &plan_path, &command);
+    let first = wrapped.remove(0);
+    Ok((first, wrapped))
 }
 
 fn exit_code(s: std::process::ExitStatus) -> i32 {
@@ -976,177 +1090,6 @@ async fn run_probes(
         }
     };
     tokio::join!(readiness, liveness);
-}
-
-/// Write the pod's volumes under its directory and link each mount path to its volume.
-async fn prepare_volumes(ctx: &NodeCtx, pod: &Pod, dir: &Path) -> Result<(), String> {
-    let namespace = pod.namespace().unwrap_or_default();
-    let io = |e: std::io::Error| format!("cannot prepare the pod directory {}: {e}", dir.display());
-    std::fs::create_dir_all(dir.join("volumes")).map_err(io)?;
-    let Some(spec) = &pod.spec else { return Ok(()) };
-    let mut paths: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for v in spec.volumes.iter().flatten() {
-        let target = dir.join("volumes").join(&v.name);
-        let files: Option<BTreeMap<String, Vec<u8>>> = if let Some(cm) = &v.config_map {
-            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-            match api.get_opt(&cm.name).await.map_err(|e| e.to_string())? {
-                Some(c) => {
-                    let mut data: BTreeMap<String, Vec<u8>> = c
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .collect();
-                    data.extend(
-                        c.binary_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0)),
-                    );
-                    Some(select_items(data, cm.items.as_deref()))
-                }
-                None if cm.optional.unwrap_or(false) => Some(BTreeMap::new()),
-                None => {
-                    return Err(format!(
-                        "MountVolume.SetUp failed for volume {:?}: configmap {:?} not found",
-                        v.name, cm.name
-                    ));
-                }
-            }
-        } else if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-            match api.get_opt(&name).await.map_err(|e| e.to_string())? {
-                Some(sec) => {
-                    let mut data: BTreeMap<String, Vec<u8>> = sec
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    data.extend(
-                        sec.string_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.into_bytes())),
-                    );
-                    Some(select_items(data, s.items.as_deref()))
-                }
-                None if s.optional.unwrap_or(false) => Some(BTreeMap::new()),
-                None => {
-                    return Err(format!(
-                        "MountVolume.SetUp failed for volume {:?}: secret {name:?} not found",
-                        v.name
-                    ));
-                }
-            }
-        } else if v.empty_dir.is_some() {
-            None
-        } else if let Some(h) = &v.host_path {
-            paths.insert(v.name.clone(), PathBuf::from(&h.path));
-            continue;
-        } else if let Some(claim) = &v.persistent_volume_claim {
-            // A claim's volume (`node-directory.atoll.io`) is a directory of the node's, kept
-            // across the pod's restarts and replacements on this node.
-            let name = &claim.claim_name;
-            if name.is_empty() || name.contains('/') || name.starts_with('.') {
-                return Err(format!("volume {:?}: invalid claim name {name:?}", v.name));
-            }
-            // As the kubelet: the claim must exist and be bound before the pod starts.
-            let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-                Api::namespaced(ctx.client.clone(), &namespace);
-            match claims.get_opt(name).await {
-                Ok(Some(c))
-                    if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") => {}
-                Ok(Some(_)) => {
-                    return Err(format!(
-                        "volume {:?}: persistentvolumeclaim {name:?} is not bound yet",
-                        v.name
-                    ));
-                }
-                Ok(None) => {
-                    return Err(format!(
-                        "volume {:?}: persistentvolumeclaim {name:?} not found",
-                        v.name
-                    ));
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "volume {:?}: cannot read persistentvolumeclaim {name:?}: {e}",
-                        v.name
-                    ));
-                }
-            }
-            let claims = dir
-                .parent()
-                .and_then(Path::parent)
-                .map(|node| node.join("claims").join(&namespace).join(name))
-                .ok_or_else(|| format!("volume {:?}: no node directory for claims", v.name))?;
-            std::fs::create_dir_all(&claims).map_err(io)?;
-            paths.insert(v.name.clone(), claims);
-            continue;
-        } else {
-            return Err(format!(
-                "volume {:?}: the process runtime supports emptyDir, configMap, secret, hostPath and persistentVolumeClaim volumes",
-                v.name
-            ));
-        };
-        std::fs::create_dir_all(&target).map_err(io)?;
-        for (path, bytes) in files.into_iter().flatten() {
-            if path.split('/').any(|p| p == ".." || p.is_empty()) {
-                return Err(format!("volume {:?}: invalid item path {path:?}", v.name));
-            }
-            let file = target.join(&path);
-            if let Some(parent) = file.parent() {
-                std::fs::create_dir_all(parent).map_err(io)?;
-            }
-            std::fs::write(&file, bytes).map_err(io)?;
-        }
-        paths.insert(v.name.clone(), target);
-    }
-    for c in spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(&spec.containers)
-    {
-        for m in c.volume_mounts.iter().flatten() {
-            let Some(source) = paths.get(&m.name) else {
-                return Err(format!(
-                    "container {:?} mounts volume {:?}, which the pod does not define",
-                    c.name, m.name
-                ));
-            };
-            let source = match &m.sub_path {
-                Some(s) if !s.is_empty() => source.join(s),
-                _ => source.clone(),
-            };
-            let relative = m.mount_path.trim_start_matches('/');
-            if relative.is_empty() || relative.split('/').any(|p| p == "..") {
-                continue;
-            }
-            let link = dir.join(relative);
-            if let Some(parent) = link.parent() {
-                std::fs::create_dir_all(parent).map_err(io)?;
-            }
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(&source, &link).map_err(io)?;
-        }
-    }
-    Ok(())
-}
-
-fn select_items(
-    data: BTreeMap<String, Vec<u8>>,
-    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
-) -> BTreeMap<String, Vec<u8>> {
-    match items {
-        Some(items) if !items.is_empty() => items
-            .iter()
-            .filter_map(|i| data.get(&i.key).map(|b| (i.path.clone(), b.clone())))
-            .collect(),
-        _ => data,
-    }
 }
 
 /// Patch the pod's status whenever the containers' state changes.

@@ -64,6 +64,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             lease_seconds: 40,
             pod_cidr: None,
             cluster_ca: Vec::new(),
+            cluster_dns: None,
+            cluster_domain: "cluster.local".into(),
         };
         tokio::spawn(async move {
             if let Err(e) = atoll_cluster::node::run(client, cfg, std::future::pending()).await {
