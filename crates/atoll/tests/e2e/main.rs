@@ -11,5 +11,6 @@ mod kubectl;
 mod placement;
 mod rbac;
 mod registration;
+mod sandbox;
 mod tour;
 mod work;

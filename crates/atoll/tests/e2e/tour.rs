@@ -84,6 +84,9 @@ fn the_readme_tour_runs_as_written() {
         "ReadyReplicas=2",
         "manifestworkreplicaset.work.atoll.io/hello deleted",
         "hello.default.svc.cluster.local.",
+        // The pod's own resolver found the Service; its projected token named it.
+        "hello.default.svc.cluster.local\n",
+        "system:serviceaccount:default:default",
     ] {
         assert!(
             stdout.contains(want),
