@@ -15,6 +15,16 @@ pub async fn from_yaml(yaml: &str) -> anyhow::Result<(kube::Client, kube::Config
     Ok((client, config))
 }
 
+/// A client from inside a pod: its service-account token and CA, the API server at
+/// `KUBERNETES_SERVICE_HOST`/`PORT`.
+pub fn in_cluster() -> anyhow::Result<(kube::Client, kube::Config)> {
+    let config = kube::Config::incluster().context(
+        "no --kubeconfig, and not in a pod (no KUBERNETES_SERVICE_HOST or service-account token)",
+    )?;
+    let client = kube::Client::try_from(config.clone()).context("cannot build a client")?;
+    Ok((client, config))
+}
+
 /// A client for the current context of the kubeconfig at `path`.
 pub async fn from_path(path: &Path) -> anyhow::Result<(kube::Client, kube::Config)> {
     let yaml = std::fs::read_to_string(path)

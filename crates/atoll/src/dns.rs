@@ -10,9 +10,10 @@ use anyhow::Context;
 
 #[derive(clap::Args)]
 pub struct DnsArgs {
-    /// Kubeconfig of the cluster to serve.
+    /// Kubeconfig of the cluster to serve; without it, the pod's own service account
+    /// (in-cluster, as a Deployment of it runs).
     #[arg(long)]
-    kubeconfig: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// Address for UDP and TCP (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:53")]
     listen: SocketAddr,
@@ -31,7 +32,10 @@ pub struct DnsArgs {
 }
 
 pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
-    let (client, _) = crate::clients::from_path(&args.kubeconfig).await?;
+    let client = match &args.kubeconfig {
+        Some(path) => crate::clients::from_path(path).await?.0,
+        None => crate::clients::in_cluster()?.0,
+    };
     let opts = atoll_dns::Options {
         listen: args.listen,
         zone: args.zone.clone(),

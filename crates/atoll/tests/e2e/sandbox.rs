@@ -3,8 +3,9 @@
 //! name through the cluster DNS, reads its ConfigMap at `/etc/app/config` (read-only, and a
 //! `subPath` file), and lists pods with `kubectl` in-cluster with its projected token, its
 //! service account's RBAC applying; `dnsPolicy: None`, `hostAliases` and
-//! `automountServiceAccountToken: false` honoured; `kubectl exec` and exec probes in the same
-//! view; the token dies with its pod; and the host's files and mounts are untouched.
+//! `automountServiceAccountToken: false` honoured; `atoll dns` as a pod with kube-rs'
+//! in-cluster configuration; `kubectl exec` and exec probes in the same view; a token bound
+//! only to a pod of its account, and dead with its pod; the host's files and mounts untouched.
 
 use std::path::Path;
 
@@ -137,6 +138,31 @@ spec:
       echo "alias: $(grep db.corp.example /etc/hosts)"
 "#;
 
+/// `atoll dns` as a pod, in-cluster (kube-rs' `Config::incluster`) with a service account
+/// that may only read what the DNS serves.
+const DNS_POD: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: dns, namespace: demo}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: demo-dns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kube-dns"}
+subjects:
+- {kind: ServiceAccount, name: dns, namespace: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns, namespace: demo}
+spec:
+  serviceAccountName: dns
+  containers:
+  - name: dns
+    image: atoll
+    command: ["sh", "-c", "exec ATOLL dns --listen $POD_IP:5353 --upstream 127.0.0.1:9"]
+"#;
+
 /// The value after `key: ` on the line that starts with it.
 fn line<'a>(logs: &'a str, key: &str) -> &'a str {
     logs.lines()
@@ -249,6 +275,32 @@ fn pods_resolve_services_see_their_volumes_and_call_the_api_in_cluster() {
         "{logs}"
     );
     assert_eq!(line(&logs, "alias"), "127.0.0.7\tdb.corp.example", "{logs}");
+
+    // A kube-rs client in a pod finds the API server with the pod's token alone.
+    k.ok_stdin(
+        &["--context", "member1", "apply", "-f", "-"],
+        &DNS_POD.replace("ATOLL", env!("CARGO_BIN_EXE_atoll")),
+    );
+    let web_ip = m(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    wait_for(60, "atoll dns in a pod to answer", || {
+        let ip = m(&["get", "pod", "dns", "-o", "jsonpath={.status.podIP}"]);
+        if ip.is_empty() {
+            return None;
+        }
+        let out = std::process::Command::new("dig")
+            .args([
+                &format!("@{ip}"),
+                "-p",
+                "5353",
+                "+short",
+                "+time=1",
+                "+tries=1",
+            ])
+            .arg("web.demo.svc.cluster.local")
+            .output()
+            .expect("dig runs");
+        (String::from_utf8_lossy(&out.stdout).trim() == web_ip).then_some(())
+    });
 
     // `kubectl exec` runs in the container's view.
     let web = m(&[
