@@ -454,11 +454,16 @@ async fn request_token(
     let status = answer
         .status
         .ok_or_else(|| "the TokenRequest came back without a token".to_string())?;
-    let life = (status.expiration_timestamp.0 - k8s_openapi::jiff::Timestamp::now())
-        .get_seconds()
-        .max(60) as u64;
-    file.renew_at = std::time::Instant::now() + Duration::from_secs(life * 4 / 5);
+    let life = (status.expiration_timestamp.0 - k8s_openapi::jiff::Timestamp::now()).get_seconds();
+    file.renew_at = std::time::Instant::now() + renew_after(life);
     Ok((status.token.into_bytes(), file))
+}
+
+/// How long after its issue a token with `life` seconds left is renewed: at 80% of its life,
+/// as the kubelet, at least daily, and not sooner than in a second.
+fn renew_after(life_secs: i64) -> Duration {
+    let life = u64::try_from(life_secs).unwrap_or(0);
+    Duration::from_secs((life * 4 / 5).clamp(1, 86_400))
 }
 
 /// Renew the pod's tokens as they near their end, until aborted with the pod. A renewal that
@@ -637,6 +642,21 @@ fn select_items(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_renewed_at_four_fifths_of_their_life() {
+        let cases = [
+            (3607, 2885),
+            (600, 480),
+            (86_400 * 2, 86_400),
+            (30, 24),
+            (0, 1),
+            (-5, 1),
+        ];
+        for (life, want) in cases {
+            assert_eq!(renew_after(life), Duration::from_secs(want), "life {life}");
+        }
+    }
 
     #[test]
     fn certificates_are_pem_in_64_column_lines() {
