@@ -16,6 +16,7 @@
 
 mod heartbeat;
 mod identity;
+mod services;
 mod work;
 
 use std::collections::BTreeMap;
@@ -97,8 +98,22 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
                 client: member.clone(),
                 config: config.clone(),
             };
-            Some(AbortOnDrop(work::start(&name, &url, hub_rx, member)))
+            Some(AbortOnDrop(work::start(
+                &name,
+                &url,
+                hub_rx.clone(),
+                member,
+            )))
         }
+        _ => None,
+    };
+    // Multi-cluster services go with pull work (a Push cluster's are the hub's to handle).
+    let _services = match (&cfg.pull_work, cfg.sync_mode) {
+        (Some(_), SyncMode::Pull) => Some(AbortOnDrop(services::start(
+            &name,
+            hub_rx.clone(),
+            member.clone(),
+        ))),
         _ => None,
     };
     let follow = |identity: &Identity| {

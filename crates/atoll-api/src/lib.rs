@@ -24,6 +24,7 @@ pub const KUBELET_SERVING_CERT_ANNOTATION: &str = "node.atoll.io/serving-cert-sh
 
 pub mod cluster;
 pub mod clusterset;
+pub mod mcs;
 pub mod placement;
 pub mod profile;
 pub mod selector;
@@ -45,6 +46,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         work::ManifestWork::crd(),
         work::ManifestWorkReplicaSet::crd(),
         work::AppliedManifestWork::crd(),
+        mcs::service_export_crd(),
+        mcs::service_import_crd(),
+        mcs::ExportedService::crd(),
+        mcs::ImportedService::crd(),
     ]
 }
 

@@ -150,6 +150,10 @@ pub async fn grant_cluster(client: &Client, name: &str, lease_seconds: i32) -> R
             {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
             {"apiGroups": ["work.atoll.io"], "resources": ["manifestworks"], "verbs": ["get", "list", "watch", "patch", "update", "delete"]},
             {"apiGroups": ["work.atoll.io"], "resources": ["manifestworks/status"], "verbs": ["get", "update", "patch"]},
+            // Its exports (the hub writes their status), and the imports the hub makes for it.
+            {"apiGroups": ["networking.atoll.io"], "resources": ["exportedservices"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+            {"apiGroups": ["networking.atoll.io"], "resources": ["exportedservices/status"], "verbs": ["get"]},
+            {"apiGroups": ["networking.atoll.io"], "resources": ["importedservices"], "verbs": ["get", "list", "watch"]},
         ]});
         roles
             .patch("atoll:cluster", &apply(), &Patch::Apply(&ns_role))

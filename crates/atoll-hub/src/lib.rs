@@ -30,6 +30,7 @@ pub mod profiles;
 pub mod push;
 pub mod replicaset;
 pub mod rollout;
+pub mod services;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub struct HubConfig {
     pub auto_accept: Vec<String>,
     /// The hub's API server address (for Push clusters' AppliedManifestWorks, which name it).
     pub hub_url: String,
+    /// Multi-cluster services (the ClusterSetIP range).
+    pub services: services::ServicesConfig,
 }
 
 /// What the set, placement and profile controllers share: the client, the index the watches
@@ -150,8 +153,10 @@ pub async fn run(client: Client, cfg: HubConfig) -> Result<(), Error> {
     let granted = Arc::new(access::Granted::default());
     let csrs = tokio::spawn(csr::run(client.clone(), cfg.clone(), granted.clone()));
     let pushes = tokio::spawn(push::run(client.clone(), cfg.hub_url.clone()));
+    let services = tokio::spawn(services::run(client.clone(), cfg.services.clone()));
     let clusters = clusters::run(client, granted);
     tokio::select! {
+        r = services => r.map_err(|e| Error::Invalid(format!("the services controller stopped: {e}")))?,
         r = csrs => r.map_err(|e| Error::Invalid(format!("the CSR controller stopped: {e}")))?,
         r = pushes => r.map_err(|e| Error::Invalid(format!("the push controller stopped: {e}")))?,
         r = clusters => r,

@@ -37,6 +37,10 @@ pub struct HubArgs {
     /// address).
     #[arg(long)]
     webhook_host: Option<String>,
+    /// Where multi-cluster services' ClusterSetIPs come from (IPv4; loopback by default, so
+    /// the embedded clusters' Service proxies listen on them).
+    #[arg(long, default_value = "127.0.64.0/18")]
+    clusterset_ip_range: String,
 }
 
 #[derive(clap::Subcommand)]
@@ -147,6 +151,9 @@ pub async fn hub(args: HubArgs) -> anyhow::Result<()> {
     let cfg = atoll_hub::HubConfig {
         auto_accept: args.auto_accept,
         hub_url,
+        services: atoll_hub::services::ServicesConfig {
+            clusterset_ip_range: args.clusterset_ip_range.clone(),
+        },
     };
     atoll_hub::install(&client).await?;
     let sets = atoll_hub::start_sets_and_placements(client.clone()).await;
