@@ -494,7 +494,29 @@ pub fn allocate(
         .unwrap_or_default()
         .to_string();
     let ip = match requested.as_str() {
-        "None" => return Ok(None),
+        "None" => {
+            // As kube-apiserver on a single-stack cluster: a headless Service has the
+            // cluster's family; one without a selector may take every family the cluster has.
+            obj["spec"]["clusterIPs"] = json!(["None"]);
+            if obj.pointer("/spec/ipFamilies").is_none_or(Value::is_null) {
+                obj["spec"]["ipFamilies"] = json!(["IPv4"]);
+            }
+            if obj
+                .pointer("/spec/ipFamilyPolicy")
+                .is_none_or(Value::is_null)
+            {
+                let selector = obj
+                    .pointer("/spec/selector")
+                    .and_then(Value::as_object)
+                    .is_some_and(|m| !m.is_empty());
+                obj["spec"]["ipFamilyPolicy"] = json!(if selector {
+                    "SingleStack"
+                } else {
+                    "RequireDualStack"
+                });
+            }
+            return Ok(None);
+        }
         "" => server.cluster_ips.allocate().ok_or_else(|| {
             ApiError::invalid(
                 "",
