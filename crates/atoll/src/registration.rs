@@ -41,6 +41,10 @@ pub struct HubArgs {
     /// the embedded clusters' Service proxies listen on them).
     #[arg(long, default_value = "127.0.64.0/18")]
     clusterset_ip_range: String,
+    /// Lease durations a member may miss before its multi-cluster services' endpoints are
+    /// withdrawn from every member (restored when it renews).
+    #[arg(long, default_value_t = 2.0)]
+    service_endpoint_grace: f64,
 }
 
 #[derive(clap::Subcommand)]
@@ -153,6 +157,7 @@ pub async fn hub(args: HubArgs) -> anyhow::Result<()> {
         hub_url,
         services: atoll_hub::services::ServicesConfig {
             clusterset_ip_range: args.clusterset_ip_range.clone(),
+            grace_periods: args.service_endpoint_grace,
         },
     };
     atoll_hub::install(&client).await?;

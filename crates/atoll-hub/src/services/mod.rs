@@ -6,8 +6,10 @@
 //! cluster's endpoints) to every member of the set, exporters too. The members' agents turn
 //! those into `ServiceImport`s and EndpointSlices.
 //!
-//! A cluster that is not `Available` (its lease lapsed) keeps its place in the import but its
-//! endpoints are withdrawn from every member until it is back, so nobody is sent to it.
+//! A cluster whose lease has not been renewed for `grace_periods` lease durations (2 by
+//! default, well before the cluster is marked unavailable) keeps its place in the import but
+//! its endpoints are withdrawn from every member until it renews again, so nobody is sent to
+//! a dead cluster for minutes.
 //!
 //! # Guarantees
 //! - An import exists for a member exactly while some cluster of the member's set exports the
@@ -23,7 +25,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atoll_api::cluster::{CONDITION_AVAILABLE, ManagedCluster, cluster_namespace};
+use atoll_api::cluster::{CLUSTER_LEASE, CONDITION_AVAILABLE, ManagedCluster, cluster_namespace};
 use atoll_api::clusterset::CLUSTERSET_LABEL;
 use atoll_api::mcs::{
     CONDITION_CONFLICT, ExportedService, ImportedCluster, ImportedService, ImportedServiceSpec,
@@ -31,9 +33,10 @@ use atoll_api::mcs::{
 };
 use atoll_runtime::queue::WorkQueue;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -49,13 +52,34 @@ pub struct ServicesConfig {
     /// An IPv4 range (`127.0.64.0/18` by default: loopback, so embedded clusters' Service
     /// proxies can listen on them, and clear of the environments' Service and pod ranges).
     pub clusterset_ip_range: String,
+    /// Lease durations without a renewal after which a cluster's endpoints are withdrawn.
+    pub grace_periods: f64,
 }
 
 impl Default for ServicesConfig {
     fn default() -> Self {
         ServicesConfig {
             clusterset_ip_range: "127.0.64.0/18".into(),
+            grace_periods: 2.0,
         }
+    }
+}
+
+/// Whether a cluster is to be sent traffic: its lease renewed within `grace_periods` lease
+/// durations; without a lease seen yet, whether the hub finds it available.
+fn live(
+    renewed: Option<k8s_openapi::jiff::Timestamp>,
+    lease_seconds: i32,
+    grace_periods: f64,
+    available: bool,
+    now: k8s_openapi::jiff::Timestamp,
+) -> bool {
+    match renewed {
+        Some(at) => {
+            let age = now.duration_since(at).as_secs_f64();
+            age <= f64::from(lease_seconds.max(1)) * grace_periods
+        }
+        None => available,
     }
 }
 
@@ -125,7 +149,31 @@ struct Ctx {
     exports: Store<ExportedService>,
     imports: Store<ImportedService>,
     clusters: Store<ManagedCluster>,
+    leases: Store<Lease>,
     ips: Mutex<Allocator>,
+    grace_periods: f64,
+    /// Each cluster's liveness as last found (transitions requeue its services).
+    live: Mutex<HashMap<String, bool>>,
+}
+
+impl Ctx {
+    fn is_live(&self, mc: &ManagedCluster) -> bool {
+        let lease = self
+            .leases
+            .get(&ObjectRef::new(CLUSTER_LEASE).within(&cluster_namespace(&mc.name_any())));
+        let renewed = lease
+            .as_ref()
+            .and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.renew_time.as_ref())
+            .map(|t| t.0);
+        live(
+            renewed,
+            mc.spec.lease_duration_seconds,
+            self.grace_periods,
+            available(mc),
+            k8s_openapi::jiff::Timestamp::now(),
+        )
+    }
 }
 
 /// Run the controller until the process ends.
@@ -134,12 +182,16 @@ pub async fn run(client: Client, cfg: ServicesConfig) -> Result<(), Error> {
     let (exports, exports_w) = reflector::store();
     let (imports, imports_w) = reflector::store();
     let (clusters, clusters_w) = reflector::store();
+    let (leases, leases_w) = reflector::store();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         exports,
         imports,
         clusters,
+        leases,
         ips: Mutex::new(allocator),
+        grace_periods: cfg.grace_periods,
+        live: Mutex::new(HashMap::new()),
     });
     let queue: WorkQueue<Key> = WorkQueue::new();
     {
@@ -172,6 +224,21 @@ pub async fn run(client: Client, cfg: ServicesConfig) -> Result<(), Error> {
             },
         );
     }
+    {
+        let stream = reflector::reflector(
+            leases_w,
+            watcher(
+                Api::<Lease>::all(client.clone()),
+                watcher::Config::default().fields(&format!("metadata.name={CLUSTER_LEASE}")),
+            ),
+        )
+        .default_backoff();
+        tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while stream.next().await.is_some() {}
+        });
+    }
+    let _ = ctx.leases.wait_until_ready().await;
     let _ = ctx.exports.wait_until_ready().await;
     let _ = ctx.imports.wait_until_ready().await;
     let _ = ctx.clusters.wait_until_ready().await;
@@ -191,6 +258,29 @@ pub async fn run(client: Client, cfg: ServicesConfig) -> Result<(), Error> {
     }
     for k in all_keys(&ctx) {
         queue.add(k);
+    }
+    // Liveness from the leases, checked twice a second: a cluster that stops renewing has its
+    // endpoints withdrawn within the grace and half a second, and restored at its renewal.
+    {
+        let (c, q) = (ctx.clone(), queue.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let mut changed = Vec::new();
+                for mc in c.clusters.state() {
+                    let now_live = c.is_live(&mc);
+                    let mut live = c.live.lock().unwrap_or_else(|p| p.into_inner());
+                    if live.insert(mc.name_any(), now_live) != Some(now_live) {
+                        changed.push(mc.name_any());
+                    }
+                }
+                for e in c.exports.state() {
+                    if changed.contains(&e.spec.cluster) {
+                        q.add((e.spec.namespace.clone(), e.spec.name.clone()));
+                    }
+                }
+            }
+        });
     }
     let c = ctx.clone();
     let workers = queue.run(4, "multicluster-service", move |k| reconcile(c.clone(), k));
@@ -329,7 +419,10 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
                     cluster: e.spec.cluster.clone(),
                     ports: e.spec.service.ports.clone(),
                     // A cluster that is not available is sent no traffic.
-                    slices: if clusters.get(&e.spec.cluster).is_some_and(|c| available(c)) {
+                    slices: if clusters
+                        .get(&e.spec.cluster)
+                        .is_some_and(|c| ctx.is_live(c))
+                    {
                         e.spec.slices.clone()
                     } else {
                         Vec::new()
@@ -487,6 +580,23 @@ async fn write_conflict(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_is_live_while_its_lease_is_within_the_grace() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
+        let ago = |s: i64| Some(now - k8s_openapi::jiff::SignedDuration::from_secs(s));
+        let cases = [
+            ("just renewed", ago(1), 10, 2.0, false, true),
+            ("at the grace", ago(20), 10, 2.0, false, true),
+            ("past the grace", ago(21), 10, 2.0, true, false),
+            ("a longer grace", ago(21), 10, 3.0, false, true),
+            ("no lease: as the hub finds it", None, 10, 2.0, true, true),
+            ("no lease, unavailable", None, 10, 2.0, false, false),
+        ];
+        for (what, renewed, lease, grace, available, want) in cases {
+            assert_eq!(live(renewed, lease, grace, available, now), want, "{what}");
+        }
+    }
 
     #[test]
     fn clusterset_ips_are_stable_and_reused_only_when_free() {

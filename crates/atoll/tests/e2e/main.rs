@@ -12,5 +12,6 @@ mod placement;
 mod rbac;
 mod registration;
 mod sandbox;
+mod services;
 mod tour;
 mod work;

@@ -1,0 +1,321 @@
+//! Multi-cluster services end to end (`dev up --clusters 4`; member4 in a set of its own):
+//! two members export a Service, every member of their set (exporters too, and a member with
+//! only the namespace) gets the ServiceImport with a ClusterSetIP and one labelled EndpointSlice
+//! per source cluster, the set's outsider gets nothing, a member cannot read another's
+//! exports; conflicts (ports, type) on both exports with the oldest's values kept; ExternalName
+//! and Service-less exports refused; a member whose agent stops has its endpoints withdrawn
+//! within the grace and restored when it is back; unexporting everywhere removes it all.
+
+use serde_json::Value;
+
+use crate::cluster::{DevEnv, atoll, json, wait_for};
+use crate::harness::Kubectl;
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: demo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: python:3
+        command: ["sh", "-c", "exec python3 -m http.server 8080 --bind $POD_IP"]
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: multicluster.x-k8s.io/v1beta1
+kind: ServiceExport
+metadata: {name: web, namespace: demo}
+"#;
+
+fn get(k: &Kubectl, ctx: &str, args: &[&str]) -> Option<Value> {
+    let mut all = vec!["--context", ctx, "-n", "demo", "get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let out = k.run(&all);
+    out.status
+        .success()
+        .then(|| json(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A condition of member `ctx`'s ServiceExport `name`: (status, reason).
+fn export_condition(k: &Kubectl, ctx: &str, name: &str, type_: &str) -> Option<(String, String)> {
+    let e = get(k, ctx, &["serviceexport", name])?;
+    e["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+/// The source clusters of member `ctx`'s imported slices of `name` with a ready endpoint.
+fn ready_sources(k: &Kubectl, ctx: &str, name: &str) -> Vec<String> {
+    let Some(list) = get(
+        k,
+        ctx,
+        &[
+            "endpointslices",
+            "-l",
+            &format!("multicluster.kubernetes.io/service-name={name}"),
+        ],
+    ) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| {
+            s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"]
+                == "mcs-controller.atoll.io"
+                && s["endpoints"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["conditions"]["ready"] == true))
+        })
+        .filter_map(|s| {
+            s["metadata"]["labels"]["multicluster.kubernetes.io/source-cluster"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn exported_services_are_imported_across_the_set() {
+    let env = DevEnv::up(&["--clusters", "4", "--cluster-lease-seconds", "2"]);
+    let k = env.kubectl();
+    let atoll_hub = |args: &[&str]| {
+        let kubeconfig = env.dir.join("kubeconfig").display().to_string();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(args)
+            .args(["--kubeconfig", &kubeconfig, "--context", "hub"])
+            .output()
+            .expect("atoll runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    atoll_hub(&["clusterset", "create", "other"]);
+    atoll_hub(&["clusterset", "set", "member4", "other"]);
+    // member1 exports first (the oldest export), member2 a second later.
+    k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], WEB);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    k.ok_stdin(&["--context", "member2", "apply", "-f", "-"], WEB);
+    for m in ["member3", "member4"] {
+        k.ok(&["--context", m, "create", "namespace", "demo"]);
+    }
+
+    for m in ["member1", "member2", "member3"] {
+        let import = wait_for(20, &format!("the ServiceImport in {m}"), || {
+            let i = get(&k, m, &["serviceimport", "web"])?;
+            (i["status"]["clusters"].as_array()?.len() == 2).then_some(i)
+        });
+        assert_eq!(import["spec"]["type"], "ClusterSetIP");
+        let ip = import["spec"]["ips"][0].as_str().expect("a ClusterSetIP");
+        assert!(ip.starts_with("127.0."), "{ip}");
+        assert_eq!(import["spec"]["ipFamilies"], serde_json::json!(["IPv4"]));
+        assert_eq!(
+            import["spec"]["ports"],
+            serde_json::json!([{"name": "http", "port": 80, "protocol": "TCP"}])
+        );
+        assert_eq!(
+            import["status"]["clusters"],
+            serde_json::json!([{"cluster": "member1"}, {"cluster": "member2"}])
+        );
+        wait_for(
+            30,
+            &format!("both clusters' ready endpoints in {m}"),
+            || (ready_sources(&k, m, "web") == ["member1", "member2"]).then_some(()),
+        );
+    }
+    for m in ["member1", "member2"] {
+        assert_eq!(
+            export_condition(&k, m, "web", "Valid"),
+            Some(("True".into(), "Valid".into()))
+        );
+        assert_eq!(
+            export_condition(&k, m, "web", "Ready"),
+            Some(("True".into(), "Ready".into()))
+        );
+        assert_eq!(
+            export_condition(&k, m, "web", "Conflict"),
+            Some(("False".into(), "NoConflicts".into()))
+        );
+    }
+    // The outsider gets nothing; members see only their own records on the hub.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(get(&k, "member4", &["serviceimport", "web"]).is_none());
+    let as_member3 = [
+        "--context",
+        "hub",
+        "--as",
+        "system:atoll:cluster:member3:agent",
+        "--as-group",
+        "system:atoll:cluster:member3",
+        "--as-group",
+        "system:atoll:clusters",
+    ];
+    let peek = k.run(
+        &[
+            &as_member3[..],
+            &["-n", "atoll-cluster-member1", "get", "exportedservices"],
+        ]
+        .concat(),
+    );
+    assert!(!peek.status.success(), "member3 read member1's exports");
+    assert!(String::from_utf8_lossy(&peek.stderr).contains("forbidden"));
+    k.ok(&[
+        &as_member3[..],
+        &["-n", "atoll-cluster-member3", "get", "importedservices"],
+    ]
+    .concat());
+
+    // A port conflict: member2 serves http on 81. Both exports say so; member1's port stays.
+    k.ok(&[
+        "--context",
+        "member2",
+        "-n",
+        "demo",
+        "patch",
+        "service",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/ports/0/port", "value": 81}]"#,
+    ]);
+    for m in ["member1", "member2"] {
+        wait_for(20, &format!("PortConflict on {m}'s export"), || {
+            (export_condition(&k, m, "web", "Conflict")
+                == Some(("True".into(), "PortConflict".into())))
+            .then_some(())
+        });
+    }
+    let import = get(&k, "member3", &["serviceimport", "web"]).expect("the import");
+    assert_eq!(import["spec"]["ports"][0]["port"], 80);
+    k.ok(&[
+        "--context",
+        "member2",
+        "-n",
+        "demo",
+        "patch",
+        "service",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/ports/0/port", "value": 80}]"#,
+    ]);
+    wait_for(20, "the port conflict to clear", || {
+        (export_condition(&k, "member1", "web", "Conflict")
+            == Some(("False".into(), "NoConflicts".into())))
+        .then_some(())
+    });
+
+    // A type conflict: db is a ClusterIP Service in member1 (older), headless in member2.
+    let db = |headless: bool| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: demo}}\nspec:\n  {}selector: {{app: db}}\n  ports: [{{name: pg, port: 5432}}]\n---\napiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata: {{name: db, namespace: demo}}\n",
+            if headless { "clusterIP: None\n  " } else { "" }
+        )
+    };
+    k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], &db(false));
+    wait_for(20, "db imported", || {
+        get(&k, "member3", &["serviceimport", "db"])
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    k.ok_stdin(&["--context", "member2", "apply", "-f", "-"], &db(true));
+    for m in ["member1", "member2"] {
+        wait_for(20, &format!("TypeConflict on {m}'s db export"), || {
+            (export_condition(&k, m, "db", "Conflict")
+                == Some(("True".into(), "TypeConflict".into())))
+            .then_some(())
+        });
+    }
+    assert_eq!(
+        get(&k, "member3", &["serviceimport", "db"]).expect("db")["spec"]["type"],
+        "ClusterSetIP"
+    );
+
+    // Exports that cannot be: an ExternalName Service, and no Service at all.
+    k.ok_stdin(
+        &["--context", "member1", "apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: demo}\nspec: {type: ExternalName, externalName: example.invalid}\n---\napiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata: {name: ext, namespace: demo}\n---\napiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata: {name: ghost, namespace: demo}\n",
+    );
+    wait_for(20, "ext and ghost refused", || {
+        (export_condition(&k, "member1", "ext", "Valid")
+            == Some(("False".into(), "InvalidServiceType".into()))
+            && export_condition(&k, "member1", "ghost", "Valid")
+                == Some(("False".into(), "NoService".into())))
+        .then_some(())
+    });
+    assert!(get(&k, "member3", &["serviceimport", "ext"]).is_none());
+    assert!(get(&k, "member3", &["serviceimport", "ghost"]).is_none());
+
+    // member1's agent stops renewing: after 2 lease periods (4 s) its endpoints are withdrawn
+    // everywhere, long before the hub calls it unavailable; back, they return.
+    env.sigkill("member1-agent");
+    for m in ["member2", "member3"] {
+        wait_for(15, &format!("member1's endpoints withdrawn in {m}"), || {
+            (ready_sources(&k, m, "web") == ["member2"]).then_some(())
+        });
+    }
+    let (ok, out) = atoll(&env.dir, &["dev", "up"]);
+    assert!(ok, "{out}");
+    wait_for(30, "member1's endpoints back", || {
+        (ready_sources(&k, "member3", "web") == ["member1", "member2"]).then_some(())
+    });
+
+    // Unexported everywhere: no import, no slices, in any member.
+    for m in ["member1", "member2"] {
+        k.ok(&[
+            "--context",
+            m,
+            "-n",
+            "demo",
+            "delete",
+            "serviceexport",
+            "web",
+        ]);
+    }
+    for m in ["member1", "member2", "member3"] {
+        wait_for(20, &format!("web's import gone from {m}"), || {
+            (get(&k, m, &["serviceimport", "web"]).is_none()
+                && ready_sources(&k, m, "web").is_empty())
+            .then_some(())
+        });
+    }
+    let left = get(
+        &k,
+        "member3",
+        &[
+            "endpointslices",
+            "-l",
+            "multicluster.kubernetes.io/service-name=web",
+        ],
+    )
+    .expect("a list");
+    assert_eq!(left["items"].as_array().map(Vec::len), Some(0), "{left}");
+}
