@@ -1030,6 +1030,10 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
     scheduler_rules.extend(events());
     let mut controller_rules = vec![
         rule(&all_rw, &[""], &["pods"]),
+        // The Service proxy listens on imported multi-cluster services' ClusterSetIPs and
+        // prefers the cluster's own endpoints (its id is a ClusterProperty).
+        rule(&read, &["multicluster.x-k8s.io"], &["serviceimports"]),
+        rule(&read, &["about.k8s.io"], &["clusterproperties"]),
         rule(
             &all_rw,
             &[""],
@@ -1089,6 +1093,12 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
             &["list", "watch"],
             &["discovery.k8s.io"],
             &["endpointslices"],
+        ),
+        // clusterset.local: the multi-cluster services imported here.
+        rule(
+            &["list", "watch"],
+            &["multicluster.x-k8s.io"],
+            &["serviceimports"],
         ),
     ];
     vec![

@@ -81,6 +81,12 @@ pub(crate) struct Caches {
     /// EndpointSlices that no controller here derives from a selector (the `kubernetes`
     /// Service's, a selector-less Service's own): the service proxy's endpoints for those.
     pub foreign_slices: Store<EndpointSlice>,
+    /// Multi-cluster services imported here (the MCS CRDs may not be installed: never waited
+    /// for).
+    pub service_imports: Store<atoll_api::mcs::v1beta1::ServiceImport>,
+    /// This cluster's id in its cluster set (ClusterProperty `cluster.clusterset.k8s.io`), if
+    /// it has one; refreshed every few seconds.
+    pub cluster_id: std::sync::Mutex<Option<String>>,
     pub nodes: Store<Node>,
     pub leases: Store<Lease>,
     pub namespaces: Store<Namespace>,
@@ -114,6 +120,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let (claims, claims_w) = reflector::store();
     let (services, svc_w) = reflector::store();
     let (foreign_slices, foreign_slices_w) = reflector::store();
+    let (service_imports, service_imports_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
     let (leases, leases_w) = reflector::store();
     let (namespaces, ns_w) = reflector::store();
@@ -131,6 +138,8 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             claims,
             services,
             foreign_slices,
+            service_imports,
+            cluster_id: std::sync::Mutex::new(None),
             nodes,
             leases,
             namespaces,
@@ -268,6 +277,26 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
         )),
         foreign_slices_w,
         |_: &EndpointSlice| {},
+    );
+    {
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            let props: Api<atoll_api::cluster::ClusterProperty> = Api::all(c.client.clone());
+            loop {
+                if let Ok(Some(p)) = props.get_opt(atoll_api::cluster::CLUSTER_ID_PROPERTY).await {
+                    *c.caches
+                        .cluster_id
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(p.spec.value);
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
+    drive(
+        Api::<atoll_api::mcs::v1beta1::ServiceImport>::all(client.clone()),
+        service_imports_w,
+        |_: &atoll_api::mcs::v1beta1::ServiceImport| {},
     );
     // The slices derived here and service accounts are not cached; their changes only trigger
     // their owners.

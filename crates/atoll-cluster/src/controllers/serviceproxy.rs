@@ -5,6 +5,12 @@
 //! whose endpoints someone else keeps), the ready addresses of its EndpointSlices at the
 //! slice's port of the same name. A ClusterIP outside 127.0.0.0/8 (a real cluster's) is left
 //! to that cluster's own proxy.
+//!
+//! Multi-cluster services: each ClusterSetIP of a `ServiceImport` here is listened on too, and
+//! a connection goes to a ready endpoint of any exporting cluster (its imported EndpointSlices)
+//! that serves the port; with `trafficDistribution: PreferClose`, to this cluster's own while
+//! any is ready, else to the others. `sessionAffinity: ClientIP` keeps a client on the
+//! endpoint it had, for the affinity's timeout, for Services and imports alike.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -24,9 +30,16 @@ use crate::util::{map_selector_matches, pod_ready};
 const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// A listener: the Service's key and port name, and its accept loop.
+/// What a listener serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Backend {
+    Service(String, String),
+    Import(String, String),
+}
+
+/// A listener: what it serves and the port name, and its accept loop.
 struct Listener {
-    service: (String, String),
+    service: Backend,
     port: String,
     task: tokio::task::JoinHandle<()>,
 }
@@ -36,7 +49,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
     let mut listening: HashMap<(Ipv4Addr, u16), Listener> = HashMap::new();
     let mut refused: HashMap<(Ipv4Addr, u16), String> = HashMap::new();
     loop {
-        let mut wanted: HashMap<(Ipv4Addr, u16), ((String, String), String)> = HashMap::new();
+        let mut wanted: HashMap<(Ipv4Addr, u16), (Backend, String)> = HashMap::new();
         for svc in ctx.caches.services.state() {
             // As kube-proxy: a Service labelled for another proxy is that proxy's (the
             // cluster DNS listens at its own ClusterIP).
@@ -54,7 +67,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
             else {
                 continue;
             };
-            let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+            let key = Backend::Service(svc.namespace().unwrap_or_default(), svc.name_any());
             for p in spec.ports.iter().flatten() {
                 if p.protocol.as_deref().unwrap_or("TCP") != "TCP" {
                     continue;
@@ -66,6 +79,30 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
                     (ip, port),
                     (key.clone(), p.name.clone().unwrap_or_default()),
                 );
+            }
+        }
+        for import in ctx.caches.service_imports.state() {
+            if import.spec.type_ != atoll_api::mcs::TYPE_CLUSTER_SET_IP {
+                continue;
+            }
+            let Some(ip) = import
+                .spec
+                .ips
+                .first()
+                .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+                .filter(Ipv4Addr::is_loopback)
+            else {
+                continue;
+            };
+            let key = Backend::Import(import.namespace().unwrap_or_default(), import.name_any());
+            for p in &import.spec.ports {
+                if p.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                    continue;
+                }
+                let Ok(port) = u16::try_from(p.port) else {
+                    continue;
+                };
+                wanted.insert((ip, port), (key.clone(), p.name.clone()));
             }
         }
         listening.retain(|addr, l| {
@@ -103,7 +140,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
                     // Said once per address (a port below 1024 needs privileges).
                     let why = e.to_string();
                     if refused.get(&addr) != Some(&why) {
-                        tracing::warn!(service = %format!("{}/{}", service.0, service.1), address = %format!("{}:{}", addr.0, addr.1), error = %why, "cannot listen for a Service");
+                        tracing::warn!(service = ?service, address = %format!("{}:{}", addr.0, addr.1), error = %why, "cannot listen for a Service");
                         refused.insert(addr, why);
                     }
                 }
@@ -114,24 +151,43 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
 }
 
 /// Accept connections for one Service port and pass each to an endpoint.
-async fn serve(
-    ctx: Arc<Ctx>,
-    listener: tokio::net::TcpListener,
-    service: (String, String),
-    port: String,
-) {
+async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, service: Backend, port: String) {
     let next = Arc::new(AtomicUsize::new(0));
+    // Client address -> (endpoint, last used), for ClientIP affinity.
+    let mut sticky: HashMap<std::net::IpAddr, ((Ipv4Addr, u16), std::time::Instant)> =
+        HashMap::new();
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
+        let Ok((mut inbound, client)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let endpoints = endpoints(&ctx, &service, &port);
+        let (endpoints, affinity) = match &service {
+            Backend::Service(ns, name) => (
+                endpoints(&ctx, &(ns.clone(), name.clone()), &port),
+                service_affinity(&ctx, ns, name),
+            ),
+            Backend::Import(ns, name) => import_endpoints(&ctx, ns, name, &port),
+        };
         if endpoints.is_empty() {
             // Refused, as a Service without ready endpoints refuses.
             continue;
         }
-        let pick = endpoints[next.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
+        let pick = match affinity {
+            Some(timeout) => {
+                let now = std::time::Instant::now();
+                sticky.retain(|_, (_, used)| now.duration_since(*used) < timeout);
+                let held = sticky
+                    .get(&client.ip())
+                    .map(|(e, _)| *e)
+                    .filter(|e| endpoints.contains(e));
+                let e = held.unwrap_or_else(|| {
+                    endpoints[next.fetch_add(1, Ordering::Relaxed) % endpoints.len()]
+                });
+                sticky.insert(client.ip(), (e, now));
+                e
+            }
+            None => endpoints[next.fetch_add(1, Ordering::Relaxed) % endpoints.len()],
+        };
         tokio::spawn(async move {
             if let Ok(mut outbound) = tokio::net::TcpStream::connect(pick).await {
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -186,6 +242,100 @@ fn endpoints(ctx: &Ctx, (namespace, name): &(String, String), port: &str) -> Vec
             Some((ip, target_port(service_port, p)?))
         })
         .collect()
+}
+
+/// A Service's ClientIP affinity timeout, if it has one (10800 s unless configured).
+fn service_affinity(ctx: &Ctx, namespace: &str, name: &str) -> Option<Duration> {
+    let svc = ctx
+        .caches
+        .services
+        .get(&ObjectRef::new(name).within(namespace))?;
+    let spec = svc.spec.as_ref()?;
+    affinity(
+        spec.session_affinity.as_deref(),
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds),
+    )
+}
+
+fn affinity(kind: Option<&str>, timeout: Option<i32>) -> Option<Duration> {
+    (kind == Some("ClientIP"))
+        .then(|| Duration::from_secs(u64::try_from(timeout.unwrap_or(10_800)).unwrap_or(10_800)))
+}
+
+/// The ready endpoints of an import's port across its exporting clusters (each cluster's at
+/// its own port of that name), the local cluster's alone under `PreferClose` while any is
+/// ready; and the import's affinity.
+fn import_endpoints(
+    ctx: &Ctx,
+    namespace: &str,
+    name: &str,
+    port: &str,
+) -> (Vec<(Ipv4Addr, u16)>, Option<Duration>) {
+    let Some(import) = ctx
+        .caches
+        .service_imports
+        .get(&ObjectRef::new(name).within(namespace))
+    else {
+        return (Vec::new(), None);
+    };
+    let slices: Vec<_> = ctx
+        .caches
+        .foreign_slices
+        .state()
+        .into_iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(namespace)
+                && s.labels()
+                    .get(atoll_api::mcs::LABEL_SERVICE_NAME)
+                    .map(String::as_str)
+                    == Some(name)
+        })
+        .collect();
+    let prefer = import.spec.traffic_distribution.as_deref() == Some("PreferClose");
+    let own = prefer.then(|| local_cluster(ctx)).flatten();
+    let by_source = |local: bool| {
+        slice_endpoints(
+            slices.iter().map(|s| s.as_ref()).filter(|s| {
+                let source = s.labels().get(atoll_api::mcs::LABEL_SOURCE_CLUSTER);
+                !local || source == own.as_ref()
+            }),
+            port,
+        )
+    };
+    let endpoints = match own {
+        Some(_) => {
+            let local = by_source(true);
+            if local.is_empty() {
+                by_source(false)
+            } else {
+                local
+            }
+        }
+        None => by_source(false),
+    };
+    let affinity = affinity(
+        import.spec.session_affinity.as_deref(),
+        import
+            .spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds),
+    );
+    (endpoints, affinity)
+}
+
+/// This cluster's id in its cluster set (ClusterProperty `cluster.clusterset.k8s.io`), as the
+/// imported slices name their source.
+fn local_cluster(ctx: &Ctx) -> Option<String> {
+    ctx.caches
+        .cluster_id
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
 }
 
 /// The ready IPv4 addresses of EndpointSlices, at their port named `port`.

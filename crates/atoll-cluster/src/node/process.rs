@@ -935,6 +935,13 @@ fn sandboxed(
     let plan = sandbox::plan(&handle.dir, &prepared, pod, container)?;
     std::fs::create_dir_all(&plan.stage)
         .map_err(|e| format!("cannot make {}: {e}", plan.stage.display()))?;
+    let tmp = sandbox::private_tmp(&handle.dir, &container.name);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&tmp)
+            .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)))
+            .map_err(|e| format!("cannot make {}: {e}", tmp.display()))?;
+    }
     let plan_path = handle
         .dir
         .join("sandbox")

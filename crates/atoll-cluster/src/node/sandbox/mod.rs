@@ -5,6 +5,7 @@
 //! before it executes the container's command:
 //! - a new root on a tmpfs holding recursive binds of the host's top-level directories, so the
 //!   host's programs and libraries are all there;
+//! - a `/tmp` of its own (a directory of the pod's);
 //! - the pod's `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname`, its volumes at their
 //!   absolute `mountPath` (`readOnly` honoured, `subPath` resolved), its service-account
 //!   token at `/var/run/secrets/kubernetes.io/serviceaccount`;
@@ -142,6 +143,12 @@ pub(crate) fn plan(
         target: pod_dir.to_path_buf(),
         read_only: false,
     });
+    // A /tmp of the container's own, as a container's root file system has.
+    mounts.push(Mount {
+        source: private_tmp(pod_dir, &container.name),
+        target: PathBuf::from("/tmp"),
+        read_only: false,
+    });
     for file in ["hosts", "resolv.conf", "hostname"] {
         mounts.push(Mount {
             source: prepared.etc.join(file),
@@ -169,6 +176,11 @@ pub(crate) fn plan(
             .filter(|w| w.starts_with('/'))
             .map_or_else(|| pod_dir.to_path_buf(), PathBuf::from),
     })
+}
+
+/// The directory that is a container's `/tmp`.
+pub(crate) fn private_tmp(pod_dir: &Path, container: &str) -> PathBuf {
+    pod_dir.join("sandbox").join(format!("{container}.tmp"))
 }
 
 /// The argv that starts a container's command in a new sandbox.
