@@ -1,5 +1,12 @@
 //! The answer to one question, from the index: the Kubernetes DNS specification (schema
-//! 1.0.1) for the cluster's zone, PTR for the addresses the index knows. No I/O.
+//! 1.0.1) for the cluster's zone, PTR for the addresses the index knows, and the
+//! Multi-Cluster Services DNS specification (schema 1.0.0) for `clusterset.local`. No I/O.
+//!
+//! What `clusterset.local` answers differently: the ServiceImports and their imported
+//! endpoints instead of Services; per-endpoint names are `<hostname>.<clusterid>.<svc>.<ns>.
+//! svc` (and `<clusterid>.<svc>...` does not exist); SRV records for the bare name are
+//! collapsed (ports of several protocols with one number are one record); no pod names and no
+//! PTR records (the specification requires none).
 //!
 //! Existence follows RFC 8020: a name that has records, or names below it, exists; a
 //! question for a type it lacks is NODATA (NOERROR, no answers), a name that does not exist
@@ -11,12 +18,23 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use crate::index::{Index, Kind, Port, dashed};
+use crate::index::{Index, Kind, Port, ServiceView, dashed};
 
 /// The TTL of every record, and of negative answers: short, as endpoints move.
 pub const TTL: u32 = 5;
 /// The schema of the Kubernetes DNS specification followed.
 pub const SCHEMA_VERSION: &str = "1.0.1";
+/// The schema of the Multi-Cluster Services DNS specification followed.
+pub const CLUSTERSET_SCHEMA_VERSION: &str = "1.0.0";
+
+/// Which specification a zone follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// The cluster's own zone (`cluster.local`).
+    Cluster,
+    /// Multi-cluster services (`clusterset.local`).
+    ClusterSet,
+}
 /// How many CNAMEs inside the zone are followed.
 const MAX_CHAIN: usize = 8;
 
@@ -27,6 +45,9 @@ pub struct Zone {
     /// The origin as text, lowercase, with its final dot: `cluster.local.`.
     origin_text: String,
     pub ns_addresses: Vec<IpAddr>,
+    pub flavor: Flavor,
+    /// The clusterset zone served beside this one.
+    clusterset: Option<Box<Zone>>,
 }
 
 impl Zone {
@@ -40,7 +61,33 @@ impl Zone {
             origin,
             origin_text: text,
             ns_addresses,
+            flavor: Flavor::Cluster,
+            clusterset: None,
         })
+    }
+
+    /// This zone with a multi-cluster services zone (`clusterset.local`) beside it.
+    pub fn with_clusterset(mut self, zone: &str) -> Result<Zone, String> {
+        let mut clusterset = Zone::new(zone, self.ns_addresses.clone())?;
+        if clusterset.origin == self.origin {
+            return Err(format!("the clusterset zone {zone:?} is the cluster's own"));
+        }
+        clusterset.flavor = Flavor::ClusterSet;
+        self.clusterset = Some(Box::new(clusterset));
+        Ok(self)
+    }
+
+    /// The clusterset zone served beside this one, if any.
+    pub fn clusterset(&self) -> Option<&Zone> {
+        self.clusterset.as_deref()
+    }
+
+    /// A service of this zone's kind: a Service, or (clusterset) a ServiceImport.
+    fn view<'a>(&self, index: &'a Index, ns: &str, svc: &str) -> Option<ServiceView<'a>> {
+        match self.flavor {
+            Flavor::Cluster => index.service(ns, svc),
+            Flavor::ClusterSet => index.import(ns, svc),
+        }
     }
 
     pub fn origin(&self) -> &Name {
@@ -106,6 +153,11 @@ pub fn resolve(zone: &Zone, index: &Index, qname: &Name, qtype: RecordType) -> R
     let lname = qname.to_lowercase();
     if zone.origin.zone_of(&lname) {
         return Resolution::Answer(in_zone(zone, index, qname, &lname, qtype));
+    }
+    if let Some(clusterset) = zone.clusterset()
+        && clusterset.origin.zone_of(&lname)
+    {
+        return Resolution::Answer(in_zone(clusterset, index, qname, &lname, qtype));
     }
     if let Some(ip) = reverse_address(&lname) {
         let names = index.reverse(&ip);
@@ -229,23 +281,34 @@ fn lookup(zone: &Zone, index: &Index, owner: &Name, rel: &[String], qtype: Recor
         ["dns-version"] => {
             let mut records = Vec::new();
             if wants(RecordType::TXT) {
-                records.push(rec(RData::TXT(TXT::new(vec![SCHEMA_VERSION.into()]))));
+                let version = match zone.flavor {
+                    Flavor::Cluster => SCHEMA_VERSION,
+                    Flavor::ClusterSet => CLUSTERSET_SCHEMA_VERSION,
+                };
+                records.push(rec(RData::TXT(TXT::new(vec![version.into()]))));
             }
             Found::Records(records, vec![])
         }
-        ["dns"] | ["svc"] | ["pod"] | [_, "pod"] => Found::Records(vec![], vec![]),
+        ["dns"] | ["svc"] => Found::Records(vec![], vec![]),
+        ["pod"] | [_, "pod"] | [_, _, "pod"] if zone.flavor == Flavor::ClusterSet => Found::NoName,
+        ["pod"] | [_, "pod"] => Found::Records(vec![], vec![]),
         ["ns", "dns"] => Found::Records(
             address_records(&mut zone.ns_addresses.iter().copied()),
             vec![],
         ),
-        [ns, "svc"] if index.has_namespace(ns) => Found::Records(vec![], vec![]),
+        [ns, "svc"] if zone.flavor == Flavor::Cluster && index.has_namespace(ns) => {
+            Found::Records(vec![], vec![])
+        }
+        [ns, "svc"] if zone.flavor == Flavor::ClusterSet && index.has_import_namespace(ns) => {
+            Found::Records(vec![], vec![])
+        }
         [host, _ns, "pod"] => match undashed(host) {
             Some(ip) => Found::Records(address_records(&mut std::iter::once(ip)), vec![]),
             None => Found::NoName,
         },
         [svc, ns, "svc"] => service(zone, index, owner, ns, svc, qtype),
         [proto, svc, ns, "svc"] if proto.starts_with('_') => {
-            let Some(view) = index.service(ns, svc) else {
+            let Some(view) = zone.view(index, ns, svc) else {
                 return Found::NoName;
             };
             let proto = &proto[1..];
@@ -259,6 +322,25 @@ fn lookup(zone: &Zone, index: &Index, owner: &Name, rel: &[String], qtype: Recor
             } else {
                 Found::NoName
             }
+        }
+        // `<clusterid>.<svc>` must not exist (MCS DNS 2.3.4, 2.4.4).
+        [_, _, _, "svc"] if zone.flavor == Flavor::ClusterSet => Found::NoName,
+        [host, cluster, svc, ns, "svc"]
+            if zone.flavor == Flavor::ClusterSet && !host.starts_with('_') =>
+        {
+            let Some(view) = index.import(ns, svc) else {
+                return Found::NoName;
+            };
+            let mut ips = view
+                .endpoints
+                .iter()
+                .filter(|(e, _)| e.hostname == *host && e.cluster == *cluster)
+                .flat_map(|(e, _)| e.addresses.iter().copied())
+                .peekable();
+            if ips.peek().is_none() {
+                return Found::NoName;
+            }
+            Found::Records(address_records(&mut ips), vec![])
         }
         [host, svc, ns, "svc"] => {
             let Some(view) = index.service(ns, svc) else {
@@ -298,7 +380,7 @@ fn service(
     svc: &str,
     qtype: RecordType,
 ) -> Found {
-    let Some(view) = index.service(ns, svc) else {
+    let Some(view) = zone.view(index, ns, svc) else {
         return Found::NoName;
     };
     let wants = |t: RecordType| qtype == t || qtype == RecordType::ANY;
@@ -321,10 +403,17 @@ fn service(
             }
             if wants(RecordType::SRV) {
                 let target = zone.name(&format!("{svc}.{ns}.svc"));
-                let n = view.entry.ports.len();
-                for p in &view.entry.ports {
+                let mut numbers: Vec<u16> = view.entry.ports.iter().map(|p| p.port).collect();
+                // One record per port number for the bare name in clusterset.local (TCP and
+                // UDP on one port are one target and port; the conformance suite counts).
+                if zone.flavor == Flavor::ClusterSet {
+                    numbers.sort_unstable();
+                    numbers.dedup();
+                }
+                let n = numbers.len();
+                for port in numbers {
                     if let Some(t) = &target {
-                        records.push(rec(RData::SRV(SRV::new(0, weight(n), p.port, t.clone()))));
+                        records.push(rec(RData::SRV(SRV::new(0, weight(n), port, t.clone()))));
                     }
                 }
                 if let Some(t) = target.filter(|_| n > 0) {
@@ -374,7 +463,7 @@ fn srv(
     proto: &str,
     qtype: RecordType,
 ) -> Found {
-    let Some(view) = index.service(ns, svc) else {
+    let Some(view) = zone.view(index, ns, svc) else {
         return Found::NoName;
     };
     // Unnamed ports have no SRV record.
@@ -430,8 +519,18 @@ fn endpoint_srv(
     additional: &mut Vec<Record>,
 ) {
     let mut named = Vec::new();
+    let mut seen: Vec<(String, u16)> = Vec::new();
     for (e, p) in all {
-        let Some(target) = zone.name(&format!("{}.{svc}.{ns}.svc", e.hostname)) else {
+        let own = match zone.flavor {
+            Flavor::Cluster => format!("{}.{svc}.{ns}.svc", e.hostname),
+            Flavor::ClusterSet => format!("{}.{}.{svc}.{ns}.svc", e.hostname, e.cluster),
+        };
+        // One record per endpoint and port number (TCP and UDP alike).
+        if seen.contains(&(own.clone(), p.port)) {
+            continue;
+        }
+        seen.push((own.clone(), p.port));
+        let Some(target) = zone.name(&own) else {
             continue;
         };
         records.push(Record::from_rdata(

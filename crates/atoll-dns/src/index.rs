@@ -3,12 +3,21 @@
 //!
 //! Names are kept lowercased: the specification compares query names with Kubernetes names
 //! case-insensitively.
+//!
+//! Multi-cluster services (`clusterset.local`) are kept beside, apart: the `ServiceImport`s of
+//! the cluster and the EndpointSlices imported for them (labelled with the service and their
+//! source cluster), which are also the derived Services' slices in the cluster's own zone.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// Labels and manager of the EndpointSlices imported for multi-cluster services.
+const MCS_SERVICE_LABEL: &str = "multicluster.kubernetes.io/service-name";
+const MCS_SOURCE_LABEL: &str = "multicluster.kubernetes.io/source-cluster";
+const MCS_SLICE_MANAGER: &str = "mcs-controller.atoll.io";
 
 /// (namespace, name), lowercased.
 pub type Key = (String, String);
@@ -48,6 +57,9 @@ pub struct Endpoint {
     /// Its own name under the Service: `hostname` when set, else its address with dashes.
     pub hostname: String,
     pub ready: bool,
+    /// The cluster it is in, for imported endpoints (`<hostname>.<cluster>.<svc>...`); empty
+    /// for the cluster's own.
+    pub cluster: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +85,12 @@ pub struct Index {
     pod_ips: HashMap<IpAddr, BTreeSet<Key>>,
     /// Where each pod was, to take it out when it moves or goes.
     pods: HashMap<Key, IpAddr>,
+    /// Multi-cluster services: ServiceImports as entries (their ClusterSetIPs, or headless).
+    imports: HashMap<Key, ServiceEntry>,
+    import_namespaces: HashMap<String, usize>,
+    /// Imported slices by (namespace, slice name), and per import their names.
+    mcs_slices: HashMap<Key, Slice>,
+    mcs_by_import: HashMap<Key, BTreeSet<String>>,
     generation: u64,
 }
 
@@ -128,6 +146,142 @@ impl Index {
         Some(ServiceView { entry, endpoints })
     }
 
+    pub fn has_import_namespace(&self, ns: &str) -> bool {
+        self.import_namespaces.contains_key(ns)
+    }
+
+    /// A multi-cluster service (its ServiceImport) and the ready endpoints of every exporting
+    /// cluster; `ns` and `name` lowercased.
+    pub fn import(&self, ns: &str, name: &str) -> Option<ServiceView<'_>> {
+        let key = (ns.to_string(), name.to_string());
+        let entry = self.imports.get(&key)?;
+        let mut endpoints = Vec::new();
+        for slice_name in self.mcs_by_import.get(&key).into_iter().flatten() {
+            let Some(slice) = self.mcs_slices.get(&(ns.to_string(), slice_name.clone())) else {
+                continue;
+            };
+            for e in &slice.endpoints {
+                if e.ready {
+                    endpoints.push((e, slice.ports.as_slice()));
+                }
+            }
+        }
+        Some(ServiceView { entry, endpoints })
+    }
+
+    pub fn import_keys(&self) -> Vec<Key> {
+        self.imports.keys().cloned().collect()
+    }
+
+    /// A ServiceImport (`multicluster.x-k8s.io`), read loosely: `spec.type`, `spec.ips`,
+    /// `spec.ports`.
+    pub fn set_import(&mut self, import: &kube::api::DynamicObject) {
+        let (Some(ns), Some(name)) = (&import.metadata.namespace, &import.metadata.name) else {
+            return;
+        };
+        let key = (lower(ns), lower(name));
+        let spec = import.data.get("spec").cloned().unwrap_or_default();
+        let kind = if spec.get("type").and_then(|t| t.as_str()) == Some("Headless") {
+            Kind::Headless
+        } else {
+            let mut ips: Vec<IpAddr> = spec
+                .get("ips")
+                .and_then(|i| i.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| ip.as_str()?.parse().ok())
+                .collect();
+            ips.sort();
+            ips.dedup();
+            Kind::ClusterIp(ips)
+        };
+        let ports = spec
+            .get("ports")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let text = |k: &str| p.get(k).and_then(|v| v.as_str()).map(String::from);
+                let number = p
+                    .get("port")
+                    .and_then(|n| n.as_i64())
+                    .and_then(|n| i32::try_from(n).ok());
+                port(text("name").as_ref(), text("protocol").as_ref(), number)
+            })
+            .collect();
+        let entry = ServiceEntry {
+            kind,
+            ports,
+            all_ready: false,
+        };
+        if self.imports.get(&key) == Some(&entry) {
+            return;
+        }
+        if self.imports.insert(key.clone(), entry).is_none() {
+            *self.import_namespaces.entry(key.0).or_default() += 1;
+        }
+        self.generation += 1;
+    }
+
+    pub fn remove_import(&mut self, ns: &str, name: &str) {
+        let key = (lower(ns), lower(name));
+        if self.imports.remove(&key).is_none() {
+            return;
+        }
+        if let Some(n) = self.import_namespaces.get_mut(&key.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.import_namespaces.remove(&key.0);
+            }
+        }
+        self.generation += 1;
+    }
+
+    /// An imported slice, under the multi-cluster service it belongs to.
+    fn set_mcs_slice(&mut self, key: &Key, slice: &EndpointSlice) {
+        let labels = slice.metadata.labels.clone().unwrap_or_default();
+        let imported = labels
+            .get("endpointslice.kubernetes.io/managed-by")
+            .map(String::as_str)
+            == Some(MCS_SLICE_MANAGER);
+        let (Some(service), Some(source), true) = (
+            labels.get(MCS_SERVICE_LABEL),
+            labels.get(MCS_SOURCE_LABEL),
+            imported,
+        ) else {
+            self.remove_mcs_slice(key);
+            return;
+        };
+        let mut entry = slice_entry(slice, lower(service));
+        for e in entry.endpoints.iter_mut() {
+            e.cluster = lower(source);
+        }
+        if self.mcs_slices.get(key) == Some(&entry) {
+            return;
+        }
+        self.remove_mcs_slice(key);
+        self.mcs_by_import
+            .entry((key.0.clone(), entry.service.clone()))
+            .or_default()
+            .insert(key.1.clone());
+        self.mcs_slices.insert(key.clone(), entry);
+        self.generation += 1;
+    }
+
+    fn remove_mcs_slice(&mut self, key: &Key) {
+        let Some(old) = self.mcs_slices.remove(key) else {
+            return;
+        };
+        let import = (key.0.clone(), old.service.clone());
+        if let Some(set) = self.mcs_by_import.get_mut(&import) {
+            set.remove(&key.1);
+            if set.is_empty() {
+                self.mcs_by_import.remove(&import);
+            }
+        }
+        self.generation += 1;
+    }
+
     /// The names an address answers to in reverse: the Services it is the ClusterIP of, the
     /// endpoints it is the address of (`<hostname>.<svc>.<ns>`), else a pod's
     /// (`<dashed>.<ns>.pod`); relative to the zone, sorted.
@@ -163,7 +317,9 @@ impl Index {
     }
 
     pub fn slice_keys(&self) -> Vec<Key> {
-        self.slices.keys().cloned().collect()
+        let mut keys: BTreeSet<Key> = self.slices.keys().cloned().collect();
+        keys.extend(self.mcs_slices.keys().cloned());
+        keys.into_iter().collect()
     }
 
     pub fn pod_keys(&self) -> Vec<Key> {
@@ -213,14 +369,15 @@ impl Index {
         let (Some(ns), Some(name)) = (&slice.metadata.namespace, &slice.metadata.name) else {
             return;
         };
+        self.set_mcs_slice(&(lower(ns), lower(name)), slice);
         let Some(service) = slice
             .metadata
             .labels
             .as_ref()
             .and_then(|l| l.get("kubernetes.io/service-name"))
         else {
-            // A slice of no Service answers no name.
-            self.remove_slice(ns, name);
+            // A slice of no Service answers no name (in this zone).
+            self.remove_own_slice(&(lower(ns), lower(name)));
             return;
         };
         let key = (lower(ns), lower(name));
@@ -228,7 +385,7 @@ impl Index {
         if self.slices.get(&key) == Some(&entry) {
             return;
         }
-        self.remove_slice(&key.0, &key.1);
+        self.remove_own_slice(&key);
         for e in &entry.endpoints {
             for ip in &e.addresses {
                 self.endpoint_ips
@@ -247,6 +404,13 @@ impl Index {
 
     pub fn remove_slice(&mut self, ns: &str, name: &str) {
         let key = (lower(ns), lower(name));
+        self.remove_mcs_slice(&key);
+        self.remove_own_slice(&key);
+    }
+
+    /// A slice as one of a Service of this cluster.
+    fn remove_own_slice(&mut self, key: &Key) {
+        let key = key.clone();
         let Some(old) = self.slices.remove(&key) else {
             return;
         };
@@ -382,6 +546,7 @@ fn slice_entry(slice: &EndpointSlice, service: String) -> Slice {
                 addresses,
                 hostname,
                 ready,
+                cluster: String::new(),
             })
         })
         .collect();

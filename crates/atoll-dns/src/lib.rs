@@ -44,6 +44,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// `cluster.local` by default.
     pub zone: String,
+    /// Multi-cluster services' zone, `clusterset.local` by default; `None`: not served.
+    pub clusterset_zone: Option<String>,
     /// Where other names go; `None`: the host's /etc/resolv.conf.
     pub upstreams: Option<Vec<SocketAddr>>,
     /// The server's own addresses (`ns.dns.<zone>`): the kube-dns ClusterIP; the listen
@@ -60,6 +62,7 @@ impl Default for Options {
         Options {
             listen: SocketAddr::from(([127, 0, 0, 1], 53)),
             zone: "cluster.local".into(),
+            clusterset_zone: Some("clusterset.local".into()),
             upstreams: None,
             ns_addresses: vec![],
             metrics_listen: None,
@@ -123,7 +126,10 @@ pub async fn start(
     } else {
         opts.ns_addresses.clone()
     };
-    let zone = Zone::new(&opts.zone, ns_addresses).map_err(Error::Config)?;
+    let mut zone = Zone::new(&opts.zone, ns_addresses).map_err(Error::Config)?;
+    if let Some(clusterset) = &opts.clusterset_zone {
+        zone = zone.with_clusterset(clusterset).map_err(Error::Config)?;
+    }
     let upstreams = match &opts.upstreams {
         Some(u) => u.clone(),
         None => {

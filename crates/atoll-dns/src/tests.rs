@@ -420,3 +420,200 @@ fn cached_answers_are_the_full_path_s_with_the_query_s_id_and_case() {
             .is_none()
     );
 }
+
+/// `clusterset.local` beside `cluster.local`: two imports (a ClusterSetIP one with TCP and
+/// UDP on one port, a headless one) and their slices from two clusters.
+fn clusterset_fixture() -> (Zone, Index) {
+    let (zone, mut index) = fixture();
+    let zone = zone
+        .with_clusterset("clusterset.local")
+        .expect("a clusterset zone");
+    let import = |v: serde_json::Value| -> kube::api::DynamicObject {
+        serde_json::from_value(v).expect("a ServiceImport")
+    };
+    index.set_import(&import(json!({
+        "apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
+        "metadata": {"name": "hello", "namespace": "demo"},
+        "spec": {"type": "ClusterSetIP", "ips": ["127.0.64.1"],
+                 "ports": [{"name": "tcp", "port": 42, "protocol": "TCP"}, {"name": "udp", "port": 42, "protocol": "UDP"}]}})));
+    index.set_import(&import(json!({
+        "apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
+        "metadata": {"name": "db", "namespace": "demo"},
+        "spec": {"type": "Headless", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}})));
+    index.set_import(&import(json!({
+        "apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
+        "metadata": {"name": "gone", "namespace": "demo"},
+        "spec": {"type": "Headless", "ports": [{"port": 1}]}})));
+    let mcs = |name: &str, service: &str, cluster: &str, endpoints: serde_json::Value| {
+        slice(
+            json!({"metadata": {"name": name, "namespace": "demo", "labels": {
+                "multicluster.kubernetes.io/service-name": service,
+                "multicluster.kubernetes.io/source-cluster": cluster,
+                "endpointslice.kubernetes.io/managed-by": "mcs-controller.atoll.io"}},
+            "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}),
+        )
+    };
+    index.set_slice(&mcs(
+        "db-c1-0",
+        "db",
+        "c1",
+        json!([{"addresses": ["127.16.1.5"], "hostname": "db-0", "conditions": {"ready": true}},
+               {"addresses": ["127.16.1.6"], "hostname": "db-1", "conditions": {"ready": false}}]),
+    ));
+    index.set_slice(&mcs(
+        "db-c2-0",
+        "db",
+        "c2",
+        json!([{"addresses": ["127.16.2.5"], "hostname": "db-0", "conditions": {"ready": true}}]),
+    ));
+    // Not an imported slice: a slice someone labelled by hand is not served.
+    index.set_slice(&slice(
+        json!({"metadata": {"name": "fake", "namespace": "demo", "labels": {
+            "multicluster.kubernetes.io/service-name": "db",
+            "multicluster.kubernetes.io/source-cluster": "c9"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["127.9.9.9"]}]}),
+    ));
+    (zone, index)
+}
+
+#[test]
+fn the_mcs_specification_s_records() {
+    let (zone, index) = clusterset_fixture();
+    use RecordType::*;
+    let cases: &[(&str, RecordType, &str)] = &[
+        ("dns-version.clusterset.local.", TXT, "No Error [1.0.0]"),
+        // 2.3.1 the ClusterSetIP; 2.3.2 one SRV per named port, the bare name collapsed.
+        (
+            "hello.demo.svc.clusterset.local.",
+            A,
+            "No Error [127.0.64.1]",
+        ),
+        (
+            "HELLO.demo.svc.ClusterSet.local.",
+            A,
+            "No Error [127.0.64.1]",
+        ),
+        (
+            "hello.demo.svc.clusterset.local.",
+            SRV,
+            "No Error [42 hello.demo.svc.clusterset.local.]",
+        ),
+        (
+            "_udp._udp.hello.demo.svc.clusterset.local.",
+            SRV,
+            "No Error [42 hello.demo.svc.clusterset.local.]",
+        ),
+        // 2.3.4 no per-cluster names for a ClusterSetIP service.
+        (
+            "c1.hello.demo.svc.clusterset.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        // 2.4.1 headless: every ready endpoint of every cluster, by hostname and cluster.
+        (
+            "db.demo.svc.clusterset.local.",
+            A,
+            "No Error [127.16.1.5, 127.16.2.5]",
+        ),
+        (
+            "db-0.c1.db.demo.svc.clusterset.local.",
+            A,
+            "No Error [127.16.1.5]",
+        ),
+        (
+            "db-0.c2.db.demo.svc.clusterset.local.",
+            A,
+            "No Error [127.16.2.5]",
+        ),
+        (
+            "db-1.c1.db.demo.svc.clusterset.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        (
+            "db-0.db.demo.svc.clusterset.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        // 2.4.2 SRV to each endpoint's own name.
+        (
+            "_pg._tcp.db.demo.svc.clusterset.local.",
+            SRV,
+            "No Error [5432 db-0.c1.db.demo.svc.clusterset.local., 5432 db-0.c2.db.demo.svc.clusterset.local.]",
+        ),
+        // No ready endpoint: NXDOMAIN.
+        (
+            "gone.demo.svc.clusterset.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        (
+            "nope.demo.svc.clusterset.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        ("demo.svc.clusterset.local.", A, "No Error +soa []"),
+        (
+            "other.svc.clusterset.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        // No pod names there; cluster.local is as it was.
+        (
+            "127-16-0-9.demo.pod.clusterset.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        ("web.demo.svc.cluster.local.", A, "No Error [127.1.0.20]"),
+        (
+            "hello.demo.svc.cluster.local.",
+            A,
+            "Non-Existent Domain +soa []",
+        ),
+        (
+            "clusterset.local.",
+            SOA,
+            "No Error [soa ns.dns.clusterset.local.]",
+        ),
+    ];
+    for (name, qtype, want) in cases {
+        assert_eq!(ask(&zone, &index, name, *qtype), *want, "{name} {qtype}");
+    }
+}
+
+#[test]
+fn imports_and_their_slices_come_and_go() {
+    let (zone, mut index) = clusterset_fixture();
+    index.remove_slice("demo", "db-c2-0");
+    assert_eq!(
+        ask(
+            &zone,
+            &index,
+            "db.demo.svc.clusterset.local.",
+            RecordType::A
+        ),
+        "No Error [127.16.1.5]"
+    );
+    index.remove_import("demo", "hello");
+    assert_eq!(
+        ask(
+            &zone,
+            &index,
+            "hello.demo.svc.clusterset.local.",
+            RecordType::A
+        ),
+        "Non-Existent Domain +soa []"
+    );
+    // Without a clusterset zone, its names are someone else's.
+    let (plain, index) = fixture();
+    assert_eq!(
+        ask(
+            &plain,
+            &index,
+            "hello.demo.svc.clusterset.local.",
+            RecordType::A
+        ),
+        "elsewhere"
+    );
+}

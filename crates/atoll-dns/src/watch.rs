@@ -52,6 +52,7 @@ pub(crate) fn start(
             keys: Index::slice_keys,
         },
     );
+    imports(client.clone(), dns.clone());
     spawn(
         Api::<Pod>::all(client),
         dns,
@@ -75,6 +76,63 @@ pub(crate) fn start(
         }
         Ok(())
     }
+}
+
+/// ServiceImports (`multicluster.x-k8s.io/v1beta1`), for `clusterset.local`. A cluster without
+/// the MCS CRDs has none: this watch retries quietly and the server does not wait for it.
+fn imports(client: kube::Client, dns: Arc<Dns>) {
+    let resource = kube::api::ApiResource {
+        group: "multicluster.x-k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "multicluster.x-k8s.io/v1beta1".into(),
+        kind: "ServiceImport".into(),
+        plural: "serviceimports".into(),
+    };
+    let api: Api<kube::api::DynamicObject> = Api::all_with(client, &resource);
+    tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut listing: Option<Vec<kube::api::DynamicObject>> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Init) => listing = Some(Vec::new()),
+                Ok(watcher::Event::InitApply(o)) => {
+                    if let Some(l) = listing.as_mut() {
+                        l.push(o);
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let objects = listing.take().unwrap_or_default();
+                    let present: HashSet<Key> = objects
+                        .iter()
+                        .map(|o| {
+                            (
+                                o.namespace().unwrap_or_default().to_ascii_lowercase(),
+                                o.name_any().to_ascii_lowercase(),
+                            )
+                        })
+                        .collect();
+                    let mut index = dns.index_mut();
+                    for (ns, name) in index.import_keys() {
+                        if !present.contains(&(ns.clone(), name.clone())) {
+                            index.remove_import(&ns, &name);
+                        }
+                    }
+                    for o in &objects {
+                        index.set_import(o);
+                    }
+                }
+                Ok(watcher::Event::Apply(o)) => dns.index_mut().set_import(&o),
+                Ok(watcher::Event::Delete(o)) => dns
+                    .index_mut()
+                    .remove_import(&o.namespace().unwrap_or_default(), &o.name_any()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "ServiceImport watch (no MCS CRDs yet?); retrying")
+                }
+            }
+        }
+    });
 }
 
 fn spawn<K>(

@@ -20,6 +20,9 @@ pub struct DnsArgs {
     /// The cluster's zone.
     #[arg(long, default_value = "cluster.local")]
     zone: String,
+    /// Multi-cluster services' zone (`off`: not served).
+    #[arg(long, default_value = "clusterset.local")]
+    clusterset_zone: String,
     /// Resolvers for other names (repeatable); default: the nameservers of /etc/resolv.conf.
     #[arg(long = "upstream")]
     upstreams: Vec<SocketAddr>,
@@ -39,6 +42,7 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let opts = atoll_dns::Options {
         listen: args.listen,
         zone: args.zone.clone(),
+        clusterset_zone: (args.clusterset_zone != "off").then(|| args.clusterset_zone.clone()),
         upstreams: (!args.upstreams.is_empty()).then(|| args.upstreams.clone()),
         ns_addresses: vec![],
         metrics_listen: args.metrics_listen,
