@@ -336,6 +336,7 @@ impl Ctx {
             });
         }
         let key = self.key(&name);
+        self.make_way_for_service(&key).await;
         match self
             .server
             .store
@@ -364,6 +365,37 @@ impl Ctx {
                     other => other.into(),
                 })
             }
+        }
+    }
+
+    /// A Service created where a multi-cluster service's derived Service holds the name takes
+    /// the name: the derived one (label `networking.atoll.io/derived-from`, made by Atoll's
+    /// agent, which then names it `<name>-clusterset`) is removed first, so a cluster that
+    /// starts serving an imported service is not refused its own Service.
+    async fn make_way_for_service(&self, key: &str) {
+        if !(self.rt.group.is_empty() && self.rt.resource == "services") {
+            return;
+        }
+        let Some(entry) = self.server.store.get(key) else {
+            return;
+        };
+        let Ok(existing) = serde_json::from_slice::<Value>(&entry.value) else {
+            return;
+        };
+        if existing
+            .pointer("/metadata/labels/networking.atoll.io~1derived-from")
+            .is_none()
+        {
+            return;
+        }
+        if self
+            .server
+            .store
+            .delete(key, Precondition::ModRevision(entry.mod_revision))
+            .await
+            .is_ok()
+        {
+            crate::services::release(&self.server, &self.rt, &existing);
         }
     }
 

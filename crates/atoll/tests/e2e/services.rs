@@ -28,7 +28,7 @@ spec:
       containers:
       - name: web
         image: python:3
-        command: ["sh", "-c", "exec python3 -m http.server 8080 --bind $POD_IP"]
+        command: ["sh", "-c", "mkdir -p /tmp/www && echo CLUSTER > /tmp/www/index.html && exec python3 -m http.server 8080 --bind $POD_IP --directory /tmp/www"]
         readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
 ---
 apiVersion: v1
@@ -122,9 +122,15 @@ fn exported_services_are_imported_across_the_set() {
     atoll_hub(&["clusterset", "create", "other"]);
     atoll_hub(&["clusterset", "set", "member4", "other"]);
     // member1 exports first (the oldest export), member2 a second later.
-    k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], WEB);
+    k.ok_stdin(
+        &["--context", "member1", "apply", "-f", "-"],
+        &WEB.replace("CLUSTER", "member1"),
+    );
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    k.ok_stdin(&["--context", "member2", "apply", "-f", "-"], WEB);
+    k.ok_stdin(
+        &["--context", "member2", "apply", "-f", "-"],
+        &WEB.replace("CLUSTER", "member2"),
+    );
     for m in ["member3", "member4"] {
         k.ok(&["--context", m, "create", "namespace", "demo"]);
     }
@@ -152,6 +158,94 @@ fn exported_services_are_imported_across_the_set() {
             || (ready_sources(&k, m, "web") == ["member1", "member2"]).then_some(()),
         );
     }
+    // The request pod in member3 reaches both clusters by the clusterset name (its cluster DNS
+    // answers clusterset.local) and by the derived Service's cluster.local name.
+    wait_for(20, "the derived Service in member3", || {
+        let svc = get(&k, "member3", &["service", "web"])?;
+        (svc["metadata"]["labels"]["networking.atoll.io/derived-from"] == "web").then_some(())
+    });
+    let dns = k.ok(&[
+        "--context",
+        "member3",
+        "-n",
+        "kube-system",
+        "get",
+        "svc",
+        "kube-dns",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let dig = |args: &[&str]| {
+        let out = std::process::Command::new("dig")
+            .args([&format!("@{dns}"), "+short", "+time=2", "+tries=2"])
+            .args(args)
+            .output()
+            .expect("dig runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let ip = get(&k, "member3", &["serviceimport", "web"]).expect("the import")["spec"]["ips"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(dig(&["web.demo.svc.clusterset.local"]), ip);
+    assert_eq!(
+        dig(&["SRV", "_http._tcp.web.demo.svc.clusterset.local"]),
+        "0 100 80 web.demo.svc.clusterset.local."
+    );
+    assert_eq!(dig(&["TXT", "dns-version.clusterset.local"]), "\"1.0.0\"");
+    assert_eq!(dig(&["member1.web.demo.svc.clusterset.local"]), "");
+    k.ok_stdin(
+        &["--context", "member3", "apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: request, namespace: demo}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: request
+    image: debian
+    command: ["sh", "-c", "for i in 1 2 3 4 5 6; do echo \"set $(curl -s --max-time 5 http://web.demo.svc.clusterset.local/)\"; echo \"local $(curl -s --max-time 5 http://web.demo.svc.cluster.local/)\"; done"]
+"#,
+    );
+    let logs = wait_for(60, "the request pod to finish", || {
+        let phase = get(&k, "member3", &["pod", "request"])?["status"]["phase"].clone();
+        (phase == "Succeeded")
+            .then(|| k.ok(&["--context", "member3", "-n", "demo", "logs", "request"]))
+    });
+    for (via, cluster) in [
+        ("set", "member1"),
+        ("set", "member2"),
+        ("local", "member1"),
+        ("local", "member2"),
+    ] {
+        assert!(
+            logs.contains(&format!("{via} {cluster}")),
+            "{via} never reached {cluster}:\n{logs}"
+        );
+    }
+    // A Service made later where the derived one holds the name takes it; the derived one
+    // steps aside as web-clusterset.
+    k.ok(&[
+        "--context",
+        "member3",
+        "-n",
+        "demo",
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "--tcp=80:8080",
+    ]);
+    wait_for(20, "the derived Service to step aside", || {
+        let derived = get(&k, "member3", &["service", "web-clusterset"])?;
+        (derived["metadata"]["labels"]["networking.atoll.io/derived-from"] == "web").then_some(())
+    });
+    let own = get(&k, "member3", &["service", "web"]).expect("member3's own web");
+    assert!(
+        own["metadata"]["labels"]["networking.atoll.io/derived-from"].is_null(),
+        "{own}"
+    );
     for m in ["member1", "member2"] {
         assert_eq!(
             export_condition(&k, m, "web", "Valid"),
@@ -235,18 +329,38 @@ fn exported_services_are_imported_across_the_set() {
     });
 
     // A type conflict: db is a ClusterIP Service in member1 (older), headless in member2.
-    let db = |headless: bool| {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: demo}}\nspec:\n  {}selector: {{app: db}}\n  ports: [{{name: pg, port: 5432}}]\n---\napiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata: {{name: db, namespace: demo}}\n",
+    // (member2 makes its Service first: a cluster that is to serve an imported service has
+    // its own Service, and the derived one keeps out of its way.)
+    let db = |headless: bool, export: bool| {
+        let mut text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: demo}}\nspec:\n  {}selector: {{app: db}}\n  ports: [{{name: pg, port: 5432}}]\n",
             if headless { "clusterIP: None\n  " } else { "" }
-        )
+        );
+        if export {
+            text.push_str("---\napiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata: {name: db, namespace: demo}\n");
+        }
+        text
     };
-    k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], &db(false));
+    k.ok_stdin(
+        &["--context", "member2", "apply", "-f", "-"],
+        &db(true, false),
+    );
+    k.ok_stdin(
+        &["--context", "member1", "apply", "-f", "-"],
+        &db(false, true),
+    );
     wait_for(20, "db imported", || {
         get(&k, "member3", &["serviceimport", "db"])
     });
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    k.ok_stdin(&["--context", "member2", "apply", "-f", "-"], &db(true));
+    k.ok_stdin(
+        &["--context", "member2", "apply", "-f", "-"],
+        &db(true, true),
+    );
+    assert!(
+        get(&k, "member2", &["service", "db-clusterset"]).is_some(),
+        "member2's own db keeps its name; the derived one is db-clusterset"
+    );
     for m in ["member1", "member2"] {
         wait_for(20, &format!("TypeConflict on {m}'s db export"), || {
             (export_condition(&k, m, "db", "Conflict")
@@ -307,6 +421,11 @@ fn exported_services_are_imported_across_the_set() {
             .then_some(())
         });
     }
+    wait_for(20, "the derived Service gone", || {
+        get(&k, "member3", &["service", "web-clusterset"])
+            .is_none()
+            .then_some(())
+    });
     let left = get(
         &k,
         "member3",
