@@ -38,7 +38,8 @@ enum Command {
     Accept(crate::registration::AcceptArgs),
     /// Turn clusters away: deny their pending CSRs and clear hubAcceptsClient.
     Deny(crate::registration::AcceptArgs),
-    /// Show state at a glance: `atoll get clusters`, `atoll get works`.
+    /// Show state at a glance: `atoll get clusters`, `atoll get works`, `atoll get services
+    /// --clusterset`.
     Get(crate::registration::GetArgs),
     /// Cluster sets: `create`, `set` (move a cluster), `bind` (to a namespace), `list`.
     Clusterset(crate::clustersets::ClusterSetArgs),
@@ -52,6 +53,10 @@ enum Command {
     Undeploy(crate::deploy::UndeployArgs),
     /// Serve a cluster's DNS zone (cluster.local) from watches; forward other names.
     Dns(crate::dns::DnsArgs),
+    /// Export a member's Service to its cluster set (a ServiceExport).
+    Export(crate::services::ExportArgs),
+    /// Stop exporting a member's Service.
+    Unexport(crate::services::ExportArgs),
 }
 
 impl Args {
@@ -92,6 +97,8 @@ impl Args {
                 Command::Placement(a) => crate::clustersets::placement(a).await,
                 Command::Deploy(a) => crate::deploy::deploy(a).await,
                 Command::Undeploy(a) => crate::deploy::undeploy(a).await,
+                Command::Export(a) => crate::services::export(a).await,
+                Command::Unexport(a) => crate::services::unexport(a).await,
             }
         });
         match result {

@@ -131,6 +131,15 @@ fn service_cidr(base_port: u16, i: usize) -> String {
     format!("{}/24", std::net::Ipv4Addr::from(first))
 }
 
+/// The ClusterSetIP range of the environment whose ports start at `base_port`: a loopback /24
+/// of its own between the Service ranges and the pod ranges (127.12.64.0 to 127.13.231.255),
+/// so that environments side by side never share a multi-cluster service's address.
+fn clusterset_cidr(base_port: u16) -> String {
+    let slot = u32::from(base_port.saturating_sub(20000) / 20);
+    let first = u32::from(std::net::Ipv4Addr::new(127, 12, 64, 0)) + (slot << 8);
+    format!("{}/24", std::net::Ipv4Addr::from(first))
+}
+
 /// Where cluster `i`'s DNS listens: kube-dns's ClusterIP (the tenth address of its Service
 /// range), port 53 when run as root (so pods' resolv.conf can name it), else port
 /// `base_port + 10 + i` of the environment's slot.
@@ -327,6 +336,8 @@ fn plan(dir: &Path, args: &UpArgs, shape: (u32, u32, &str), base_port: u16) -> V
                 .to_string(),
             "--webhook-listen".into(),
             "127.0.0.1:0".into(),
+            "--clusterset-ip-range".into(),
+            clusterset_cidr(base_port),
         ],
         log: logs.join("hub-controllers.log"),
         dir: None,
@@ -1055,6 +1066,18 @@ mod tests {
                 assert!(last < u32::from(Ipv4Addr::new(127, 16, 0, 0)));
                 assert!(services.insert(first), "slot {slot} cluster {i}");
             }
+        }
+        // ClusterSetIP ranges: one /24 per slot, clear of the Service and pod ranges.
+        let last_service = services.iter().max().copied().unwrap_or_default() + 255;
+        let mut sets = std::collections::HashSet::new();
+        for slot in 0..PORT_SLOTS {
+            let (first, last) = range(&clusterset_cidr(20000 + slot * 20));
+            assert!(first > last_service, "slot {slot}");
+            assert!(
+                last < u32::from(Ipv4Addr::new(127, 16, 0, 0)),
+                "slot {slot}"
+            );
+            assert!(sets.insert(first), "slot {slot}");
         }
         // The slots that share a range are exactly those `range_in_use` looks at.
         let base = next_slot(20000, 7);

@@ -17,6 +17,7 @@ mod node;
 mod output;
 mod registration;
 mod server;
+mod services;
 
 fn main() -> std::process::ExitCode {
     // How a sandboxed container starts (not a command for people: the node agent runs it

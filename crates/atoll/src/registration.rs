@@ -99,8 +99,11 @@ pub struct AcceptArgs {
 
 #[derive(clap::Args)]
 pub struct GetArgs {
-    /// What to list: `clusters` or `works`.
+    /// What to list: `clusters`, `works` or `services --clusterset`.
     what: String,
+    /// services: the hub's multi-cluster services (the only kind of services it lists).
+    #[arg(long)]
+    clusterset: bool,
     /// works: the namespace (a workspace, or a cluster's `atoll-cluster-NAME`); default all.
     #[arg(long, short = 'n')]
     namespace: Option<String>,
@@ -507,7 +510,13 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         "works" | "work" | "manifestworks" | "mw" => {
             return crate::deploy::get_works(&client, args.namespace.as_deref()).await;
         }
-        other => bail!("atoll get {other}: `clusters` or `works`"),
+        "services" | "service" | "svc" if args.clusterset => {
+            return crate::services::get_services(&client).await;
+        }
+        "services" | "service" | "svc" => bail!(
+            "atoll get services lists the hub's multi-cluster services: add --clusterset (a cluster's own Services: kubectl get services)"
+        ),
+        other => bail!("atoll get {other}: `clusters`, `works` or `services --clusterset`"),
     }
     let mcs: Api<ManagedCluster> = Api::all(client);
     let list = match mcs.list(&ListParams::default()).await {

@@ -93,6 +93,22 @@ fn the_readme_tour_runs_as_written() {
             "the tour's output lacks {want:?}:\n{stdout}"
         );
     }
+    // The request pod's answers came from the web pods of both clusters (`uniq -c` lines of
+    // two different pod names).
+    let answering: std::collections::BTreeSet<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|name| name.starts_with("web-"))
+        .collect();
+    assert_eq!(
+        answering.len(),
+        2,
+        "the requests reached both clusters' pods:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("serviceexport.multicluster.x-k8s.io/web created"),
+        "{stdout}"
+    );
     assert!(
         !stdout.contains("clusterprofile.multicluster.x-k8s.io/member2"),
         "alice sees only prod's clusters:\n{stdout}"
