@@ -200,7 +200,7 @@ pub(crate) async fn prepare(
         prepared.service_account = Some(dir);
         prepared.tokens.push(token);
     }
-    link_mount_paths(pod, dir, &prepared)?;
+    link_mount_paths(pod, dir, &prepared, ctx.sandbox.is_some())?;
     Ok(prepared)
 }
 
@@ -591,9 +591,15 @@ pub(crate) fn mount_source(
     }
 }
 
-/// Link each mount path under the pod directory to its source (what a container without a
-/// sandbox sees).
-fn link_mount_paths(pod: &Pod, dir: &Path, prepared: &Prepared) -> Result<(), String> {
+/// Link each mount path under the pod directory (`$POD_DIR/<mountPath>`): to its source,
+/// what a container without a sandbox sees; in a sandbox, to the mount path itself, which is
+/// the volume there (a source of the host's may be hidden, as under a private /tmp).
+fn link_mount_paths(
+    pod: &Pod,
+    dir: &Path,
+    prepared: &Prepared,
+    sandboxed: bool,
+) -> Result<(), String> {
     let io = |e: std::io::Error| format!("cannot prepare the pod directory {}: {e}", dir.display());
     let Some(spec) = &pod.spec else { return Ok(()) };
     let mut links: Vec<(String, PathBuf)> = Vec::new();
@@ -621,7 +627,12 @@ fn link_mount_paths(pod: &Pod, dir: &Path, prepared: &Prepared) -> Result<(), St
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&source, &link).map_err(io)?;
+        let target = if sandboxed {
+            PathBuf::from(&mount_path)
+        } else {
+            source
+        };
+        std::os::unix::fs::symlink(&target, &link).map_err(io)?;
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ fn cluster_ip(service: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1000 + service as u32)
 }
 
-fn tool(name: &str) -> anyhow::Result<()> {
+pub(super) fn tool(name: &str) -> anyhow::Result<()> {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
         .stdout(Stdio::null())
@@ -168,7 +168,7 @@ fn dnsperf(port: u16, data: &Path, secs: u64, rate: u64) -> anyhow::Result<Perf>
 }
 
 /// One A question over UDP; the addresses answered.
-fn ask(sock: &UdpSocket, to: SocketAddr, name: &str, id: u16) -> Vec<Ipv4Addr> {
+pub(super) fn ask(sock: &UdpSocket, to: SocketAddr, name: &str, id: u16) -> Vec<Ipv4Addr> {
     let mut q = Vec::with_capacity(64);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);

@@ -19,11 +19,13 @@ mod cluster;
 mod dns;
 mod placement;
 mod registration;
+mod services;
 mod work;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apiserver`, `cluster`, `registration`, `placement`, `work` or `dns`.
+    /// What to measure: `apiserver`, `cluster`, `registration`, `placement`, `work`, `dns` or
+    /// `services`.
     area: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -53,7 +55,8 @@ pub struct BenchArgs {
     #[arg(long)]
     no_dev_up: bool,
     /// registration: clusters (agents) joining the hub (default 5,000); placement: simulated
-    /// clusters (default 1,000); work: Pull clusters and as many Push clusters (default 100).
+    /// clusters (default 1,000); work: Pull clusters and as many Push clusters (default 100);
+    /// services: clusters (default 100).
     #[arg(long)]
     clusters: Option<usize>,
     /// placement: placements of 10 clusters each.
@@ -88,8 +91,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "placement" => placement::run(args).await,
         "work" => work::run(args).await,
         "dns" => dns::run(args).await,
+        "services" => services::run(args).await,
         other => anyhow::bail!(
-            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement, work, dns"
+            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement, work, dns, services"
         ),
     }
 }

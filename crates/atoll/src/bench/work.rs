@@ -33,14 +33,14 @@ use super::registration::{Child, bootstrap_token, start_hub, start_server, usage
 use super::{BenchArgs, Phase};
 
 /// A member: an in-memory API server of this process, and an admin client for it.
-struct Member {
-    client: Client,
-    config: kube::Config,
+pub(super) struct Member {
+    pub(super) client: Client,
+    pub(super) config: kube::Config,
     kubeconfig: String,
     _server: Arc<ApiServer>,
 }
 
-async fn member(name: &str, dir: &std::path::Path) -> anyhow::Result<Member> {
+pub(super) async fn member(name: &str, dir: &std::path::Path) -> anyhow::Result<Member> {
     let store = Store::open(BackendKind::Memory, Options::default())?;
     let pki_dir = dir.join(name).join("pki");
     let pki = Pki::load_or_create(&pki_dir, &["127.0.0.1".into()])?;
