@@ -60,8 +60,11 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let current = exports.get(name).await?;
+        // A Service of another type does not change; a missing one may be the agent's view
+        // lagging behind the Service just made, so that is said only if it lasts.
         if let Some((status, reason, message)) = condition(&current, CONDITION_VALID)
             && status == "False"
+            && (reason != atoll_api::mcs::REASON_NO_SERVICE || Instant::now() > deadline)
         {
             bail!("the export is not valid ({reason}): {message}");
         }

@@ -221,11 +221,7 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
             gone_ok(imports.delete(&name, &DeleteParams::default()).await)?;
         }
         for s in &derived_now {
-            gone_ok(
-                services_api
-                    .delete(&s.name_any(), &DeleteParams::default())
-                    .await,
-            )?;
+            gone_ok(services_api.delete(&s.name_any(), &only(s.as_ref())).await)?;
         }
         for s in ours {
             gone_ok(
@@ -356,11 +352,7 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
     for s in &derived_now {
         let was_headless = s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
         if Some(s.name_any()) != derived || was_headless != headless {
-            gone_ok(
-                services_api
-                    .delete(&s.name_any(), &DeleteParams::default())
-                    .await,
-            )?;
+            gone_ok(services_api.delete(&s.name_any(), &only(s.as_ref())).await)?;
         }
     }
     if let Some(derived) = &derived {
@@ -432,6 +424,18 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
         )?;
     }
     Ok(settling)
+}
+
+/// Delete exactly this object: the cache may be behind, and a Service of the same name made
+/// since (one that took the name from the derived one) must not go with it.
+fn only<K: ResourceExt>(o: &K) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: o.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    }
 }
 
 /// The derived Service's spec: selector-less, the import's ports (each its own target), its

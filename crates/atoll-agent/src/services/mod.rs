@@ -148,11 +148,12 @@ pub(crate) fn watch_hub<K>(
     });
 }
 
-/// Treat "not there" as done.
+/// Treat "not there" (or no longer that object) as done.
 pub(crate) fn gone_ok<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
     match r {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        // 409: a delete's precondition failed, the object is another one now.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -249,6 +249,30 @@ spec:
         own["metadata"]["labels"]["networking.atoll.io/derived-from"].is_null(),
         "{own}"
     );
+    // ...and it stays (the derived one's cleanup deletes only the derived one), so member3 can
+    // export it in turn.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        get(&k, "member3", &["service", "web"])
+            .is_some_and(|s| s["metadata"]["uid"] == own["metadata"]["uid"])
+    );
+    k.ok_stdin(
+        &["--context", "member3", "apply", "-f", "-"],
+        "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata: {name: web, namespace: demo}\n",
+    );
+    wait_for(20, "member3's export valid", || {
+        (export_condition(&k, "member3", "web", "Valid") == Some(("True".into(), "Valid".into())))
+            .then_some(())
+    });
+    k.ok(&[
+        "--context",
+        "member3",
+        "-n",
+        "demo",
+        "delete",
+        "serviceexport",
+        "web",
+    ]);
     for m in ["member1", "member2"] {
         assert_eq!(
             export_condition(&k, m, "web", "Valid"),
