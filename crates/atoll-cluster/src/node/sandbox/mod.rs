@@ -55,6 +55,19 @@ pub(crate) fn available() -> Result<Host, String> {
             ));
         }
     }
+    // Root may still be refused namespaces (an unprivileged container): try once.
+    let tried = std::process::Command::new("unshare")
+        .args(["--mount", "--uts", "--propagation", "private", "true"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !tried.is_ok_and(|s| s.success()) {
+        return Err(
+            "this machine refuses new mount namespaces (`unshare --mount` failed): containers run without a sandbox (volumes under $POD_DIR, the host's resolv.conf)"
+                .into(),
+        );
+    }
     Ok(Host {
         exe: format!("/proc/{}/exe", std::process::id()),
     })
