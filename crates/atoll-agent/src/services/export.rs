@@ -16,13 +16,13 @@ use atoll_api::mcs::{
     record_name,
 };
 use atoll_runtime::queue::WorkQueue;
-use futures::StreamExt;
+use atoll_runtime::reflect::reflect;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -126,37 +126,6 @@ pub(crate) async fn run(
     for w in workers {
         let _ = w.await;
     }
-}
-
-pub(crate) fn reflect<K>(
-    api: Api<K>,
-    wc: watcher::Config,
-    writer: reflector::store::Writer<K>,
-    on_change: impl Fn(&K) + Send + 'static,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector::reflector(writer, watcher(api, wc)).default_backoff();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(
-                    watcher::Event::Apply(o)
-                    | watcher::Event::Delete(o)
-                    | watcher::Event::InitApply(o),
-                ) => on_change(&o),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "member watch"),
-            }
-        }
-    });
 }
 
 fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Condition {

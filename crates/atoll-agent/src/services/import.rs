@@ -30,9 +30,9 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::export::reflect;
 use super::{Cache, cached, gone_ok, watch_hub};
 use crate::{Error, MANAGER};
+use atoll_runtime::reflect::reflect;
 
 type Key = (String, String);
 
@@ -144,7 +144,6 @@ pub(crate) async fn run(
     let _ = exports.wait_until_ready().await;
     let _ = imports.wait_until_ready().await;
     let _ = slices.wait_until_ready().await;
-    let _ = &cluster;
     let ctx = Arc::new(Ctx {
         member,
         namespaces,

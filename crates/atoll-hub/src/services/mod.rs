@@ -32,12 +32,12 @@ use atoll_api::mcs::{
     REASON_NO_CONFLICTS, TYPE_CLUSTER_SET_IP, record_name,
 };
 use atoll_runtime::queue::WorkQueue;
-use futures::StreamExt;
+use atoll_runtime::reflect::reflect;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -196,16 +196,18 @@ pub async fn run(client: Client, cfg: ServicesConfig) -> Result<(), Error> {
     let queue: WorkQueue<Key> = WorkQueue::new();
     {
         let q = queue.clone();
-        watch(
+        reflect(
             Api::<ExportedService>::all(client.clone()),
+            watcher::Config::default(),
             exports_w,
             move |e| q.add((e.spec.namespace.clone(), e.spec.name.clone())),
         );
     }
     {
         let q = queue.clone();
-        watch(
+        reflect(
             Api::<ImportedService>::all(client.clone()),
+            watcher::Config::default(),
             imports_w,
             move |i| q.add((i.spec.namespace.clone(), i.spec.name.clone())),
         );
@@ -214,8 +216,9 @@ pub async fn run(client: Client, cfg: ServicesConfig) -> Result<(), Error> {
         // A cluster that joins or leaves a set, or whose availability changes, touches every
         // service.
         let (q, c) = (queue.clone(), ctx.clone());
-        watch(
+        reflect(
             Api::<ManagedCluster>::all(client.clone()),
+            watcher::Config::default(),
             clusters_w,
             move |_| {
                 for k in all_keys(&c) {
@@ -224,20 +227,12 @@ pub async fn run(client: Client, cfg: ServicesConfig) -> Result<(), Error> {
             },
         );
     }
-    {
-        let stream = reflector::reflector(
-            leases_w,
-            watcher(
-                Api::<Lease>::all(client.clone()),
-                watcher::Config::default().fields(&format!("metadata.name={CLUSTER_LEASE}")),
-            ),
-        )
-        .default_backoff();
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while stream.next().await.is_some() {}
-        });
-    }
+    reflect(
+        Api::<Lease>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={CLUSTER_LEASE}")),
+        leases_w,
+        |_: &Lease| {},
+    );
     let _ = ctx.leases.wait_until_ready().await;
     let _ = ctx.exports.wait_until_ready().await;
     let _ = ctx.imports.wait_until_ready().await;
@@ -304,38 +299,6 @@ fn all_keys(ctx: &Ctx) -> BTreeSet<Key> {
             .map(|i| (i.spec.namespace.clone(), i.spec.name.clone())),
     );
     keys
-}
-
-/// Keep a store in sync and call `on_change` for each object applied or deleted.
-fn watch<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    on_change: impl Fn(&K) + Send + 'static,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(
-                    watcher::Event::Apply(o)
-                    | watcher::Event::Delete(o)
-                    | watcher::Event::InitApply(o),
-                ) => on_change(&o),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "multi-cluster service watch"),
-            }
-        }
-    });
 }
 
 /// A cluster's set for services (its `ExclusiveClusterSetLabel` set), if it is accepted.

@@ -1,0 +1,43 @@
+//! A kube-rs reflector that also calls back on every change: what the controllers of the hub
+//! and the agent build their caches and work queues from.
+
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+
+/// Keep `writer`'s store in sync with the objects `wc` selects, calling `on_change` for each
+/// object applied, deleted or listed again; watch errors are retried with back-off (logged
+/// at debug: a kind whose CRD is not installed yet retries quietly).
+pub fn reflect<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    writer: Writer<K>,
+    on_change: impl Fn(&K) + Send + 'static,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = reflector::reflector(writer, watcher(api, wc)).default_backoff();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(
+                    watcher::Event::Apply(o)
+                    | watcher::Event::Delete(o)
+                    | watcher::Event::InitApply(o),
+                ) => on_change(&o),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(kind = %K::kind(&()), error = %e, "watch failed; retrying")
+                }
+            }
+        }
+    });
+}
