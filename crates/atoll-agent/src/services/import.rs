@@ -24,7 +24,7 @@ use atoll_api::mcs::{
 use atoll_runtime::queue::WorkQueue;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -355,18 +355,62 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
         }
     }
     if let Some(derived) = &derived {
-        let obj = json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": derived, "namespace": namespace, "labels": {DERIVED_LABEL: name}, "ownerReferences": owner},
-            "spec": derived_spec(&spec.service),
+        let want_spec = derived_spec(&spec.service);
+        let existing = derived_now.iter().find(|s| {
+            s.name_any() == *derived
+                && (s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None"))
+                    == headless
         });
-        services_api
-            .patch(
-                derived,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&obj),
-            )
-            .await?;
+        // Never an apply: an apply that finds the name taken (a local Service made since the
+        // cache looked) would take that Service over. A create fails instead, and an update
+        // carries the resourceVersion the cache saw.
+        let written = match existing {
+            None => {
+                let obj = json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": derived, "namespace": namespace, "labels": {DERIVED_LABEL: name}, "ownerReferences": owner},
+                    "spec": want_spec,
+                });
+                let obj: Service = serde_json::from_value(obj).map_err(Error::config)?;
+                let params = PostParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..PostParams::default()
+                };
+                services_api.create(&params, &obj).await.map(|_| ())
+            }
+            Some(s) => {
+                let have = serde_json::to_value(s.as_ref()).unwrap_or_default();
+                let owned = s
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(o.uid.as_str()) == applied.metadata.uid.as_deref());
+                match spec_update(&have["spec"], &want_spec) {
+                    None if owned => Ok(()),
+                    update => {
+                        let patch = json!({
+                            "metadata": {"resourceVersion": s.resource_version(), "ownerReferences": owner},
+                            "spec": update.unwrap_or_else(|| json!({})),
+                        });
+                        let params = PatchParams {
+                            field_manager: Some(MANAGER.into()),
+                            ..PatchParams::default()
+                        };
+                        services_api
+                            .patch(derived, &params, &Patch::Merge(&patch))
+                            .await
+                            .map(|_| ())
+                    }
+                }
+            }
+        };
+        match written {
+            Ok(()) => {}
+            // Taken, or changed since the cache saw it: look again when the watch has caught up.
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                return Ok(Some(Duration::from_millis(500)));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let mut wanted = BTreeSet::new();
     for part in &spec.clusters {
@@ -474,6 +518,30 @@ fn derived_spec(import: &atoll_api::mcs::v1beta1::ServiceImportSpec) -> serde_js
     spec
 }
 
+/// The merge patch that makes a Service's spec carry `want` (the fields `derived_spec` sets,
+/// and those it may leave out, cleared), or `None` when it already does.
+fn spec_update(have: &serde_json::Value, want: &serde_json::Value) -> Option<serde_json::Value> {
+    let mut patch = serde_json::Map::new();
+    for (k, v) in want.as_object().into_iter().flatten() {
+        if have.get(k) != Some(v) {
+            patch.insert(k.clone(), v.clone());
+        }
+    }
+    for k in ["sessionAffinityConfig", "trafficDistribution"] {
+        if want.get(k).is_none() && have.get(k).is_some_and(|v| !v.is_null()) {
+            patch.insert(k.into(), serde_json::Value::Null);
+        }
+    }
+    if want.get("sessionAffinity").is_none()
+        && have
+            .get("sessionAffinity")
+            .is_some_and(|a| a != "None" && !a.is_null())
+    {
+        patch.insert("sessionAffinity".into(), json!("None"));
+    }
+    (!patch.is_empty()).then(|| serde_json::Value::Object(patch))
+}
+
 /// The derived Service's name: the service's own when no local Service has it, else
 /// `<name>-clusterset` when that is free, else none.
 fn derived_name(name: &str, name_taken: bool, alternative_taken: bool) -> Option<String> {
@@ -513,6 +581,45 @@ mod tests {
                 {"port": 53, "protocol": "UDP", "targetPort": 53},
             ]})
         );
+    }
+
+    #[test]
+    fn a_derived_service_is_updated_only_where_it_differs() {
+        let ports = json!([{"port": 80, "protocol": "TCP", "targetPort": 80}]);
+        let defaulted = json!({"type": "ClusterIP", "clusterIP": "10.0.0.9", "sessionAffinity": "None", "ports": ports});
+        let cases = [
+            (
+                "as wanted",
+                defaulted.clone(),
+                json!({"type": "ClusterIP", "ports": ports}),
+                None,
+            ),
+            (
+                "a port more",
+                defaulted.clone(),
+                json!({"type": "ClusterIP", "ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}, {"port": 81, "protocol": "TCP", "targetPort": 81}]}),
+                Some(
+                    json!({"ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}, {"port": 81, "protocol": "TCP", "targetPort": 81}]}),
+                ),
+            ),
+            (
+                "affinity dropped",
+                json!({"type": "ClusterIP", "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10}}, "trafficDistribution": "PreferClose", "ports": ports}),
+                json!({"type": "ClusterIP", "ports": ports}),
+                Some(
+                    json!({"sessionAffinity": "None", "sessionAffinityConfig": null, "trafficDistribution": null}),
+                ),
+            ),
+            (
+                "affinity added",
+                defaulted.clone(),
+                json!({"type": "ClusterIP", "sessionAffinity": "ClientIP", "ports": ports}),
+                Some(json!({"sessionAffinity": "ClientIP"})),
+            ),
+        ];
+        for (case, have, want, patch) in cases {
+            assert_eq!(spec_update(&have, &want), patch, "{case}");
+        }
     }
 
     #[test]
