@@ -64,6 +64,11 @@ impl<'a> Shape<'a> {
         match self {
             Shape::BuiltIn if field == "finalizers" => ListKind::Set,
             Shape::BuiltIn => match crate::patch::list_merge_key(field, items) {
+                // Ports are keyed by number and protocol (Kubernetes' listMapKeys), so a TCP
+                // and a UDP port of one number are two entries.
+                Some(k @ ("port" | "containerPort")) => {
+                    ListKind::Keys(vec![k.to_string(), "protocol".to_string()])
+                }
                 Some(k) => ListKind::Keys(vec![k.to_string()]),
                 None => ListKind::Atomic,
             },
@@ -109,7 +114,17 @@ pub(crate) fn shape_of(rt: &crate::registry::ResourceType) -> Shape<'_> {
 fn item_key(item: &Value, keys: &[String]) -> String {
     let m: Map<String, Value> = keys
         .iter()
-        .map(|k| (k.clone(), item.get(k).cloned().unwrap_or(Value::Null)))
+        .map(|k| {
+            let v = item.get(k).cloned().unwrap_or_else(|| {
+                // A port's protocol defaults to TCP, in the key too (as Kubernetes').
+                if k == "protocol" {
+                    json!("TCP")
+                } else {
+                    Value::Null
+                }
+            });
+            (k.clone(), v)
+        })
         .collect();
     format!("k:{}", Value::Object(m))
 }
@@ -559,17 +574,14 @@ pub async fn server_side_apply(ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
 }
 
 fn merge_apply(current: &Value, config: &Value, shape: Shape) -> ApiResult<Value> {
-    match shape {
-        Shape::BuiltIn => crate::patch::apply(crate::patch::PatchKind::Strategic, current, config),
-        Shape::Schema(_) => {
-            let mut out = current.clone();
-            merge_with_shape(&mut out, config, "", shape);
-            Ok(out)
-        }
-    }
+    // Not a strategic merge patch: its lists are keyed by one field (ports by number alone),
+    // apply's by all the keys Kubernetes' schema names.
+    let mut out = current.clone();
+    merge_with_shape(&mut out, config, "", shape);
+    Ok(out)
 }
 
-/// Apply semantics for CRDs: objects merge, list-maps merge item by key, sets take the union,
+/// Apply semantics: objects merge, list-maps merge item by key, sets take the union,
 /// atomic lists and scalars are replaced.
 fn merge_with_shape(doc: &mut Value, patch: &Value, field: &str, shape: Shape) {
     match (doc, patch) {
@@ -706,6 +718,47 @@ mod tests {
                 "f:image".into()
             ]),
             ".spec.containers[name=\"web\"].image"
+        );
+    }
+
+    #[test]
+    fn ports_are_keyed_by_number_and_protocol() {
+        let tcp_udp = json!([
+            {"name": "tcp", "port": 42, "protocol": "TCP"},
+            {"name": "udp", "port": 42, "protocol": "UDP"},
+        ]);
+        let cases = [
+            (
+                "two protocols, one number",
+                json!({}),
+                json!({"ports": tcp_udp}),
+                tcp_udp.clone(),
+            ),
+            (
+                "an unset protocol is TCP",
+                json!({"ports": tcp_udp}),
+                json!({"ports": [{"name": "web", "port": 42}]}),
+                json!([{"name": "web", "port": 42, "protocol": "TCP"}, {"name": "udp", "port": 42, "protocol": "UDP"}]),
+            ),
+            (
+                "container ports",
+                json!({}),
+                json!({"ports": [{"containerPort": 53, "protocol": "UDP"}, {"containerPort": 53, "protocol": "TCP"}]}),
+                json!([{"containerPort": 53, "protocol": "UDP"}, {"containerPort": 53, "protocol": "TCP"}]),
+            ),
+        ];
+        for (case, current, config, want) in cases {
+            let merged = merge_apply(&current, &config, Shape::BuiltIn).expect(case);
+            assert_eq!(merged["ports"], want, "{case}");
+        }
+        let set = field_set(&json!({"spec": {"ports": [{"port": 80}]}}), Shape::BuiltIn);
+        assert!(
+            set.contains(&vec![
+                "f:spec".into(),
+                "f:ports".into(),
+                "k:{\"port\":80,\"protocol\":\"TCP\"}".into()
+            ]),
+            "{set:?}"
         );
     }
 
