@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use atoll_api::mcs::ExportedSlice;
 use atoll_api::mcs::v1beta1::{ServiceImportSpec, ServicePort};
 use atoll_api::mcs::{
     REASON_ANNOTATIONS_CONFLICT, REASON_INTERNAL_TRAFFIC_POLICY_CONFLICT,
@@ -138,9 +139,106 @@ pub fn reason(reasons: &[&str]) -> String {
     reasons.join(",")
 }
 
+/// What of one cluster's endpoints the import serves: in each slice only the ports of the
+/// cluster's Service that the import has as they are (same name, protocol and number), so a
+/// port of the import reaches only the clusters that expose it; a cluster that lost a port
+/// conflict does not get that port's traffic at its own number.
+pub fn served_slices(
+    import: &[ServicePort],
+    cluster: &[ServicePort],
+    slices: &[ExportedSlice],
+) -> Vec<ExportedSlice> {
+    let served: Vec<&str> = cluster
+        .iter()
+        .filter(|p| {
+            import
+                .iter()
+                .any(|q| q.name == p.name && q.port == p.port && protocol(q) == protocol(p))
+        })
+        .map(|p| p.name.as_str())
+        .collect();
+    slices
+        .iter()
+        .map(|s| ExportedSlice {
+            ports: s
+                .ports
+                .iter()
+                .filter(|e| served.contains(&e.name.as_deref().unwrap_or_default()))
+                .cloned()
+                .collect(),
+            ..s.clone()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::discovery::v1::EndpointPort;
+
+    #[test]
+    fn a_port_reaches_only_the_clusters_that_expose_it() {
+        let slice = |names: &[&str]| ExportedSlice {
+            address_type: "IPv4".into(),
+            endpoints: Vec::new(),
+            ports: names
+                .iter()
+                .map(|n| EndpointPort {
+                    name: (!n.is_empty()).then(|| n.to_string()),
+                    port: Some(42),
+                    protocol: Some("TCP".into()),
+                    app_protocol: None,
+                })
+                .collect(),
+        };
+        let ports = |s: &ExportedSlice| -> Vec<String> {
+            s.ports
+                .iter()
+                .map(|p| p.name.clone().unwrap_or_default())
+                .collect()
+        };
+        let import = hello();
+        type Case = (
+            &'static str,
+            Vec<ServicePort>,
+            &'static [&'static str],
+            &'static [&'static str],
+        );
+        let cases: [Case; 5] = [
+            ("same ports", hello(), &["tcp", "udp"], &["tcp", "udp"]),
+            (
+                "tcp at another number",
+                vec![port("tcp", "TCP", 4242)],
+                &["tcp"],
+                &[],
+            ),
+            (
+                "a port of its own",
+                vec![port("tcp2", "TCP", 4242)],
+                &["tcp2"],
+                &[],
+            ),
+            (
+                "another protocol",
+                vec![port("tcp", "SCTP", 42)],
+                &["tcp"],
+                &[],
+            ),
+            (
+                "one of two",
+                vec![port("tcp", "TCP", 42), port("x", "TCP", 9)],
+                &["tcp", "x"],
+                &["tcp"],
+            ),
+        ];
+        for (case, cluster, have, want) in cases {
+            let served = served_slices(&import, &cluster, &[slice(have)]);
+            assert_eq!(ports(&served[0]), want, "{case}");
+        }
+        let unnamed = [port("", "TCP", 80)];
+        let served = served_slices(&unnamed, &unnamed, &[slice(&[""])]);
+        assert_eq!(served[0].ports.len(), 1, "an unnamed port");
+    }
 
     fn port(name: &str, protocol: &str, number: i32) -> ServicePort {
         ServicePort {

@@ -386,7 +386,11 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
                         .get(&e.spec.cluster)
                         .is_some_and(|c| ctx.is_live(c))
                     {
-                        e.spec.slices.clone()
+                        merge::served_slices(
+                            &merged.service.ports,
+                            &e.spec.service.ports,
+                            &e.spec.slices,
+                        )
                     } else {
                         Vec::new()
                     },
