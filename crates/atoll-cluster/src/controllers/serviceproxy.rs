@@ -157,7 +157,7 @@ async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, service: Backen
     let mut sticky: HashMap<std::net::IpAddr, ((Ipv4Addr, u16), std::time::Instant)> =
         HashMap::new();
     loop {
-        let Ok((mut inbound, client)) = listener.accept().await else {
+        let Ok((inbound, client)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -189,11 +189,30 @@ async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, service: Backen
             None => endpoints[next.fetch_add(1, Ordering::Relaxed) % endpoints.len()],
         };
         tokio::spawn(async move {
-            if let Ok(mut outbound) = tokio::net::TcpStream::connect(pick).await {
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            if let Ok(outbound) = tokio::net::TcpStream::connect(pick).await {
+                relay(inbound, outbound).await;
             }
         });
     }
+}
+
+/// Pass bytes both ways until each way is done, each way on its own: a server that answers
+/// and closes with the client's bytes unread resets the connection, and the client's bytes
+/// then fail to reach it; its answer must still reach the client, as it does with no proxy in
+/// between (`copy_bidirectional` gives up both ways at the first error).
+async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let (mut client_in, mut client_out) = client.into_split();
+    let (mut server_in, mut server_out) = server.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut client_in, &mut server_out).await;
+        let _ = server_out.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut server_in, &mut client_out).await;
+        let _ = client_out.shutdown().await;
+    };
+    tokio::join!(up, down);
 }
 
 /// The ready endpoints of a Service port: pods in its namespace matching its selector, at the
@@ -389,6 +408,34 @@ fn target_port(service_port: &ServicePort, pod: &Pod) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that answers at once and closes without reading what the client sent (as
+    /// `socat ... SYSTEM:'echo ...'`): its answer reaches the client through the proxy.
+    #[tokio::test]
+    async fn an_answer_before_a_reset_reaches_the_client() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (server_addr, proxy_addr) = (server.local_addr().unwrap(), proxy.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = server.accept().await {
+                let _ = c.write_all(b"pod ip 127.0.0.9\r\n").await;
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((c, _)) = proxy.accept().await {
+                let s = tokio::net::TcpStream::connect(server_addr).await.unwrap();
+                tokio::spawn(relay(c, s));
+            }
+        });
+        for _ in 0..20 {
+            let mut c = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
+            let _ = c.write_all(&[b'x'; 256 * 1024]).await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer)).await;
+            assert_eq!(String::from_utf8_lossy(&answer), "pod ip 127.0.0.9\r\n");
+        }
+    }
 
     fn slice(family: &str, port: (&str, i32), endpoints: &[(&str, Option<bool>)]) -> EndpointSlice {
         serde_json::from_value(serde_json::json!({
