@@ -8,6 +8,7 @@ mod dns;
 mod durability;
 mod harness;
 mod kubectl;
+mod mcs_conformance;
 mod placement;
 mod rbac;
 mod registration;
