@@ -16,7 +16,7 @@
 
 mod heartbeat;
 mod identity;
-mod services;
+
 mod work;
 
 use std::collections::BTreeMap;
@@ -98,7 +98,7 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
                 client: member.clone(),
                 config: config.clone(),
             };
-            Some(AbortOnDrop(work::start(
+            Some(atoll_runtime::AbortOnDrop(work::start(
                 &name,
                 &url,
                 hub_rx.clone(),
@@ -108,14 +108,13 @@ pub async fn run(member: Client, cfg: AgentConfig) -> Result<(), Error> {
         _ => None,
     };
     // Multi-cluster services go with pull work (a Push cluster's are the hub's to handle).
-    let _services = match (&cfg.pull_work, cfg.sync_mode) {
-        (Some(_), SyncMode::Pull) => Some(AbortOnDrop(services::start(
-            &name,
-            hub_rx.clone(),
-            member.clone(),
-        ))),
-        _ => None,
-    };
+    let _services =
+        match (&cfg.pull_work, cfg.sync_mode) {
+            (Some(_), SyncMode::Pull) => Some(atoll_runtime::AbortOnDrop(
+                atoll_work::services::start(&name, hub_rx.clone(), member.clone()),
+            )),
+            _ => None,
+        };
     let follow = |identity: &Identity| {
         let _ = hub_tx.send(identity.client.clone());
     };
@@ -209,13 +208,4 @@ pub(crate) fn jitter(d: Duration) -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.subsec_nanos());
     d.mul_f64(1.0 - f64::from(nanos % 1000) / 10_000.0)
-}
-
-/// Stops a task when dropped (the work applier, with the agent).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -235,6 +235,12 @@ async fn push(
     );
     cfg.workers = 2;
     cfg.resync = Some(resync.clone());
+    // The cluster's multi-cluster services, as an agent does them for a Pull cluster.
+    let _services = atoll_runtime::AbortOnDrop(atoll_work::services::start(
+        &name,
+        rx.clone(),
+        member.clone(),
+    ));
     let works = atoll_work::run(
         rx,
         atoll_work::Member {
@@ -390,17 +396,26 @@ pub fn work_applier_rules() -> serde_json::Value {
         {"apiGroups": ["work.atoll.io"], "resources": ["appliedmanifestworks", "appliedmanifestworks/status"], "verbs": rw},
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["about.k8s.io"], "resources": ["clusterproperties"], "verbs": ["get", "list", "watch"]},
+        // Multi-cluster services: the cluster's exports read (their status written), its
+        // imports made, and events about them.
+        {"apiGroups": ["multicluster.x-k8s.io"], "resources": ["serviceexports"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["multicluster.x-k8s.io"], "resources": ["serviceexports/status", "serviceimports", "serviceimports/status"], "verbs": rw},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
         // Works with an executor run as it: the applier may take on service accounts.
         {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"]},
     ])
 }
 
-/// Install what a member needs to be pushed to: the AppliedManifestWork CRD, the
+/// Install what a member needs to be pushed to: the AppliedManifestWork and MCS CRDs, the
 /// `atoll:work-applier` ClusterRole, ServiceAccount `atoll-push` bound to it (and allowed to
 /// renew its own token); returns a token for it.
 pub async fn prepare_member(member: &Client) -> Result<String, Error> {
     atoll_work::install(member)
+        .await
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    // The MCS CRDs too: the push credential may not write CRDs.
+    atoll_work::services::install(member)
         .await
         .map_err(|e| Error::Invalid(e.to_string()))?;
     let pp = PatchParams::apply(MANAGER).force();

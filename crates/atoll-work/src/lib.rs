@@ -25,6 +25,7 @@ pub mod drift;
 pub mod feedback;
 pub mod member;
 pub mod order;
+pub mod services;
 pub mod status;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

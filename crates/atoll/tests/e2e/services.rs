@@ -465,3 +465,71 @@ spec:
     .expect("a list");
     assert_eq!(left["items"].as_array().map(Vec::len), Some(0), "{left}");
 }
+
+/// A Push cluster (no agent: the hub works it with its push credential) exports and imports
+/// as a Pull cluster does, and its endpoints are withdrawn when the hub's probe of it fails.
+#[test]
+fn push_clusters_export_and_import_as_pull_ones_do() {
+    let env = DevEnv::up(&[
+        "--clusters",
+        "2",
+        "--push-clusters",
+        "1",
+        "--cluster-lease-seconds",
+        "2",
+    ]);
+    let k = env.kubectl();
+    k.ok_stdin(
+        &["--context", "member1", "apply", "-f", "-"],
+        &WEB.replace("CLUSTER", "member1"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    k.ok_stdin(
+        &["--context", "member2", "apply", "-f", "-"],
+        &WEB.replace("CLUSTER", "member2"),
+    );
+    for m in ["member1", "member2"] {
+        wait_for(30, &format!("both clusters' endpoints in {m}"), || {
+            let i = get(&k, m, &["serviceimport", "web"])?;
+            (i["status"]["clusters"].as_array()?.len() == 2
+                && ready_sources(&k, m, "web") == ["member1", "member2"])
+            .then_some(())
+        });
+    }
+    wait_for(20, "member2's export valid and ready", || {
+        (export_condition(&k, "member2", "web", "Valid")? == ("True".into(), "Valid".into())
+            && export_condition(&k, "member2", "web", "Ready")?.0 == "True")
+            .then_some(())
+    });
+    // The push member gets a derived Service only where no local one is: it has its own web,
+    // so web-clusterset.
+    wait_for(20, "the derived Service in member2", || {
+        let svc = get(&k, "member2", &["service", "web-clusterset"])?;
+        (svc["metadata"]["labels"]["networking.atoll.io/derived-from"] == "web").then_some(())
+    });
+    // member2's API server stops answering the hub's probe: its endpoints are withdrawn from
+    // member1 after the grace; back, they return.
+    env.sigkill("member2");
+    wait_for(20, "member2's endpoints withdrawn in member1", || {
+        (ready_sources(&k, "member1", "web") == ["member1"]).then_some(())
+    });
+    let (ok, out) = atoll(&env.dir, &["dev", "up"]);
+    assert!(ok, "{out}");
+    wait_for(40, "member2's endpoints back in member1", || {
+        (ready_sources(&k, "member1", "web") == ["member1", "member2"]).then_some(())
+    });
+    // Unexported from the push member: member1's import is its own alone.
+    k.ok(&[
+        "--context",
+        "member2",
+        "-n",
+        "demo",
+        "delete",
+        "serviceexport",
+        "web",
+    ]);
+    wait_for(20, "member2 gone from member1's import", || {
+        let i = get(&k, "member1", &["serviceimport", "web"])?;
+        (i["status"]["clusters"] == serde_json::json!([{"cluster": "member1"}])).then_some(())
+    });
+}

@@ -26,8 +26,9 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use super::MANAGER;
 use super::{Cache, cached, gone_ok, watch_hub};
-use crate::{Error, MANAGER};
+use crate::Error;
 
 type Key = (String, String);
 

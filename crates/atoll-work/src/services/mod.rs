@@ -1,6 +1,7 @@
-//! Multi-cluster services on the member: the agent publishes the cluster's `ServiceExport`s to
-//! the hub ([`export`]) and turns the hub's imports for this cluster into `ServiceImport`s and
-//! EndpointSlices ([`import`]).
+//! Multi-cluster services on a member, for the agent (Pull clusters) and the hub (Push
+//! clusters) alike: the cluster's `ServiceExport`s published to its namespace on the hub
+//! ([`export`]), and the hub's imports for the cluster made its `ServiceImport`s, derived
+//! Services and EndpointSlices ([`import`]).
 
 pub(crate) mod export;
 pub(crate) mod import;
@@ -15,10 +16,15 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
-use crate::{Error, MANAGER};
+use crate::Error;
 
-/// Start both directions for cluster `name`; `hub` follows the agent's identity.
-pub(crate) fn start(
+/// The field manager of what this writes, in the member and on the hub, in either mode (so a
+/// cluster that changes mode keeps its objects' owner).
+pub const MANAGER: &str = "atoll-services";
+
+/// Start both directions for cluster `name`; `hub` follows the identity that writes the
+/// cluster's records on the hub (the agent's, renewed; or the hub's own for a Push cluster).
+pub fn start(
     name: &str,
     hub: tokio::sync::watch::Receiver<Client>,
     member: Client,
@@ -38,18 +44,25 @@ pub(crate) fn start(
 }
 
 /// The MCS CRDs in the member (server-side apply: a newer agent updates them), once served.
-async fn install(member: &Client) -> Result<(), Error> {
+pub async fn install(member: &Client) -> Result<(), Error> {
     let crds: Api<CustomResourceDefinition> = Api::all(member.clone());
     for crd in [
         atoll_api::mcs::service_export_crd(),
         atoll_api::mcs::service_import_crd(),
     ] {
-        crds.patch(
-            &crd.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
+        match crds
+            .patch(
+                &crd.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // A Push cluster's credential may not write CRDs: `atoll join` installed them.
+            Err(kube::Error::Api(e)) if e.code == 403 => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let exports: Api<atoll_api::mcs::v1beta1::ServiceExport> = Api::all(member.clone());
     let imports: Api<atoll_api::mcs::v1beta1::ServiceImport> = Api::all(member.clone());
@@ -61,7 +74,7 @@ async fn install(member: &Client) -> Result<(), Error> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(Error::Config(
+    Err(Error::Invalid(
         "the MCS CRDs were not served within 30 s".into(),
     ))
 }

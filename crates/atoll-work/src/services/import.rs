@@ -30,8 +30,9 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use super::MANAGER;
 use super::{Cache, cached, gone_ok, watch_hub};
-use crate::{Error, MANAGER};
+use crate::Error;
 use atoll_runtime::reflect::reflect;
 
 type Key = (String, String);
@@ -171,7 +172,7 @@ fn slice_name(service: &str, cluster: &str, index: usize) -> String {
     if name.len() <= 253 {
         return name;
     }
-    format!("{}-{}", &name[..200], atoll_work::hub_hash(&name))
+    format!("{}-{}", &name[..200], crate::hub_hash(&name))
 }
 
 async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Duration>, Error> {
@@ -371,7 +372,8 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
                     "metadata": {"name": derived, "namespace": namespace, "labels": {DERIVED_LABEL: name}, "ownerReferences": owner},
                     "spec": want_spec,
                 });
-                let obj: Service = serde_json::from_value(obj).map_err(Error::config)?;
+                let obj: Service =
+                    serde_json::from_value(obj).map_err(|e| Error::Invalid(e.to_string()))?;
                 let params = PostParams {
                     field_manager: Some(MANAGER.into()),
                     ..PostParams::default()
@@ -539,7 +541,7 @@ fn spec_update(have: &serde_json::Value, want: &serde_json::Value) -> Option<ser
     {
         patch.insert("sessionAffinity".into(), json!("None"));
     }
-    (!patch.is_empty()).then(|| serde_json::Value::Object(patch))
+    (!patch.is_empty()).then_some(serde_json::Value::Object(patch))
 }
 
 /// The derived Service's name: the service's own when no local Service has it, else
