@@ -372,6 +372,33 @@ impl Ctx {
     /// the name: the derived one (label `networking.atoll.io/derived-from`, made by Atoll's
     /// agent, which then names it `<name>-clusterset`) is removed first, so a cluster that
     /// starts serving an imported service is not refused its own Service.
+    /// Whether this patch is a user's `kubectl apply` (client-side: a strategic merge patch
+    /// carrying the last-applied configuration; server-side: an apply configuration without
+    /// the derived label) onto a Service that Atoll derived from a multi-cluster service.
+    fn applies_over_derived_service(&self, kind: patch::PatchKind, body: &[u8]) -> bool {
+        if !(self.rt.group.is_empty()
+            && self.rt.resource == "services"
+            && self.rr.subresource.is_none())
+        {
+            return false;
+        }
+        let derived = self
+            .server
+            .store
+            .get(&self.key(self.name()))
+            .and_then(|e| serde_json::from_slice::<Value>(&e.value).ok())
+            .is_some_and(|o| o.pointer(DERIVED_LABEL_POINTER).is_some());
+        if !derived {
+            return false;
+        }
+        match kind {
+            patch::PatchKind::Strategic => kubectl_applied(body).is_some(),
+            patch::PatchKind::Apply => object::decode_body(body, "application/apply-patch+yaml")
+                .is_ok_and(|c| c.pointer(DERIVED_LABEL_POINTER).is_none()),
+            _ => false,
+        }
+    }
+
     async fn make_way_for_service(&self, key: &str) {
         if !(self.rt.group.is_empty() && self.rt.resource == "services") {
             return;
@@ -382,10 +409,7 @@ impl Ctx {
         let Ok(existing) = serde_json::from_slice::<Value>(&entry.value) else {
             return;
         };
-        if existing
-            .pointer("/metadata/labels/networking.atoll.io~1derived-from")
-            .is_none()
-        {
+        if existing.pointer(DERIVED_LABEL_POINTER).is_none() {
             return;
         }
         if self
@@ -488,7 +512,18 @@ impl Ctx {
             return Err(ApiError::bad_request("the patch body is empty"));
         }
         if kind == patch::PatchKind::Apply {
+            if self.applies_over_derived_service(kind, body) {
+                self.make_way_for_service(&self.key(self.name())).await;
+            }
             return patch::server_side_apply(self, body).await;
+        }
+        if self.applies_over_derived_service(kind, body)
+            && let Some(mut manifest) = kubectl_applied(body)
+        {
+            // `kubectl apply` of a Service whose name a derived one holds: the user's Service
+            // takes the name, as a create would (the derived one steps aside).
+            let written = self.create_object(&mut manifest).await?;
+            return Ok(written.response(StatusCode::OK));
         }
         let patch_doc = object::decode_body(body, "application/json")?;
         if self.rr.subresource.as_deref() == Some("scale") {
@@ -815,4 +850,60 @@ pub(crate) fn unknown_fields(input: &Value, output: &Value) -> Vec<String> {
     let mut out = Vec::new();
     walk(input, output, "", &mut out);
     out
+}
+
+/// Where a derived Service (one Atoll made for a multi-cluster service) has its label.
+const DERIVED_LABEL_POINTER: &str = "/metadata/labels/networking.atoll.io~1derived-from";
+
+/// The manifest of a client-side `kubectl apply`, from the last-applied configuration its
+/// strategic merge patch carries (with that annotation, as kubectl keeps it).
+fn kubectl_applied(body: &[u8]) -> Option<Value> {
+    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+    let patch: Value = serde_json::from_slice(body).ok()?;
+    let text = patch
+        .pointer("/metadata/annotations")?
+        .get(LAST_APPLIED)?
+        .as_str()?;
+    let mut manifest: Value = serde_json::from_str(text).ok()?;
+    manifest.as_object()?;
+    let annotations = meta_mut(&mut manifest)
+        .entry("annotations")
+        .or_insert_with(|| json!({}));
+    annotations
+        .as_object_mut()?
+        .insert(LAST_APPLIED.into(), json!(text));
+    Some(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kubectl_apply_is_known_by_its_last_applied_configuration() {
+        let manifest = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"db","namespace":"demo"},"spec":{"clusterIP":"None"}}"#;
+        let applied = json!({"metadata": {"annotations": {"kubectl.kubernetes.io/last-applied-configuration": manifest}}, "spec": {"clusterIP": "None"}});
+        let got = kubectl_applied(applied.to_string().as_bytes()).expect("a kubectl apply");
+        assert_eq!(got["spec"], json!({"clusterIP": "None"}));
+        assert_eq!(
+            got["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
+            manifest
+        );
+        for (case, body) in [
+            ("a label", json!({"metadata": {"labels": {"a": "b"}}})),
+            (
+                "not JSON",
+                json!({"metadata": {"annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{"}}}),
+            ),
+            (
+                "not an object",
+                json!({"metadata": {"annotations": {"kubectl.kubernetes.io/last-applied-configuration": "[1]"}}}),
+            ),
+        ] {
+            assert!(
+                kubectl_applied(body.to_string().as_bytes()).is_none(),
+                "{case}"
+            );
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! `atoll bench dns`: `dnsperf` against `atoll dns` and, in the same run, against NSD (the
 //! reference authoritative server) serving the same names as a static zone. Each server is
 //! one process on core 0 (`taskset`), dnsperf on core 1. The names: 10,000 Services (a tenth
-//! of them headless, with three ready endpoints each); the queries a mix of A, SRV and
-//! NXDOMAIN. Then how soon an endpoint change is answered: a headless Service's EndpointSlice
+//! of them headless, with three ready endpoints each; another tenth also imported, as
+//! ServiceImports with a ClusterSetIP); the queries a mix of A, SRV, NXDOMAIN and
+//! `clusterset.local` A. Then how soon an endpoint change is answered: a headless Service's EndpointSlice
 //! rewritten through the API, and the DNS asked every millisecond until it answers with the
 //! new address.
 
@@ -34,6 +35,27 @@ fn endpoint_ip(service: usize, e: usize) -> Ipv4Addr {
 
 fn cluster_ip(service: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1000 + service as u32)
+}
+
+/// Every tenth Service (those ending in 9) is also a multi-cluster service, with this
+/// ClusterSetIP.
+fn imported(service: usize) -> bool {
+    service % 10 == 9
+}
+
+fn clusterset_ip(service: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 64, 0, 0)) + service as u32)
+}
+
+/// The `clusterset.local` names as a zone file for NSD.
+fn clusterset_zone_file(services: usize) -> String {
+    let mut z = String::from(
+        "$ORIGIN clusterset.local.\n$TTL 5\n@ IN SOA ns.dns.clusterset.local. hostmaster.clusterset.local. 1 7200 1800 86400 5\n@ IN NS ns.dns\nns.dns IN A 127.0.0.1\ndns-version IN TXT \"1.0.0\"\n",
+    );
+    for i in (0..services).filter(|i| imported(*i)) {
+        let _ = writeln!(z, "svc-{i}.{NAMESPACE}.svc IN A {}", clusterset_ip(i));
+    }
+    z
 }
 
 pub(super) fn tool(name: &str) -> anyhow::Result<()> {
@@ -87,7 +109,8 @@ fn zone_file(services: usize) -> String {
     z
 }
 
-/// dnsperf's input: A for Services (ClusterIP and headless), SRV, and NXDOMAIN names.
+/// dnsperf's input: A for Services (ClusterIP and headless), SRV, NXDOMAIN names, and A for
+/// multi-cluster services' `clusterset.local` names.
 fn queries(services: usize) -> String {
     let mut q = String::new();
     for i in 0..services {
@@ -99,8 +122,11 @@ fn queries(services: usize) -> String {
             6 | 7 => {
                 let _ = writeln!(q, "_http._tcp.{name} SRV");
             }
-            _ => {
+            8 => {
                 let _ = writeln!(q, "missing-{i}.{NAMESPACE}.svc.cluster.local A");
+            }
+            _ => {
+                let _ = writeln!(q, "svc-{i}.{NAMESPACE}.svc.clusterset.local A");
             }
         }
     }
@@ -250,6 +276,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .try_collect_all()
         .await?;
 
+    say(&format!(
+        "creating {} ServiceImports...",
+        (0..services).filter(|i| imported(*i)).count()
+    ));
+    atoll_work::services::install(&client).await?;
+    let imports: Api<atoll_api::mcs::v1beta1::ServiceImport> =
+        Api::namespaced(client.clone(), NAMESPACE);
+    futures::stream::iter((0..services).filter(|i| imported(*i)))
+        .map(|i| {
+            let imports = imports.clone();
+            async move {
+                let import = serde_json::from_value(json!({
+                    "apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
+                    "metadata": {"name": format!("svc-{i}")},
+                    "spec": {"type": "ClusterSetIP", "ips": [clusterset_ip(i).to_string()],
+                             "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+                }))?;
+                imports.create(&PostParams::default(), &import).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(args.clients)
+        .try_collect_all()
+        .await?;
+
     let data = dir.join("queries.txt");
     std::fs::write(&data, queries(services))?;
 
@@ -281,11 +332,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let nsd_dir = dir.join("nsd");
     std::fs::create_dir_all(&nsd_dir)?;
     std::fs::write(nsd_dir.join("cluster.local.zone"), zone_file(services))?;
+    std::fs::write(
+        nsd_dir.join("clusterset.local.zone"),
+        clusterset_zone_file(services),
+    )?;
     let d = nsd_dir.display();
     std::fs::write(
         nsd_dir.join("nsd.conf"),
         format!(
-            "server:\n  ip-address: 127.0.0.1@{nsd_port}\n  server-count: 1\n  username: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  logfile: \"{d}/nsd.log\"\n  hide-version: yes\n  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\nremote-control:\n  control-enable: no\nzone:\n  name: cluster.local\n  zonefile: cluster.local.zone\n"
+            "server:\n  ip-address: 127.0.0.1@{nsd_port}\n  server-count: 1\n  username: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  logfile: \"{d}/nsd.log\"\n  hide-version: yes\n  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\nremote-control:\n  control-enable: no\nzone:\n  name: cluster.local\n  zonefile: cluster.local.zone\nzone:\n  name: clusterset.local\n  zonefile: clusterset.local.zone\n"
         ),
     )?;
     let nsd = Child(
@@ -301,12 +356,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let probe = UdpSocket::bind("127.0.0.1:0")?;
     probe.set_read_timeout(Some(Duration::from_millis(200)))?;
     let first = format!("svc-1.{NAMESPACE}.svc.cluster.local");
+    let last = (0..services).rfind(|i| imported(*i));
     for (what, port) in [("atoll dns", atoll_port), ("nsd", nsd_port)] {
         let to = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(30);
         while ask(&probe, to, &first, 1) != vec![cluster_ip(1)] {
             anyhow::ensure!(Instant::now() < deadline, "{what} does not answer {first}");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // And the last multi-cluster service made, so every import is in the index.
+        if let Some(i) = last {
+            let name = format!("svc-{i}.{NAMESPACE}.svc.clusterset.local");
+            while ask(&probe, to, &name, 2) != vec![clusterset_ip(i)] {
+                anyhow::ensure!(Instant::now() < deadline, "{what} does not answer {name}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 
@@ -380,7 +444,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{services} Services (a tenth headless with 3 endpoints); queries 60% A, 20% SRV, 20% NXDOMAIN; each server one process on core 0, dnsperf on core 1"
+        "{services} Services (a tenth headless with 3 endpoints, a tenth imported with a ClusterSetIP); queries 60% A, 20% SRV, 10% NXDOMAIN, 10% clusterset.local A; each server one process on core 0, dnsperf on core 1"
     );
     println!(
         "{:<12} {:>12} {:>8} {:>22}",

@@ -218,7 +218,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let names: Vec<String> = (0..n).map(|i| format!("m{i:03}")).collect();
     let mut members: HashMap<String, Member> = HashMap::new();
     let mut agents: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let started = Instant::now();
     for (i, c) in names.iter().enumerate() {
+        if i > 0 && i % 10 == 0 {
+            say(&format!(
+                "  {i} of {n} members started ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            ));
+        }
         let m = member(c, tmp.path()).await?;
         let mut cfg = atoll_agent::AgentConfig::new(c);
         cfg.bootstrap_kubeconfig = Some(boot.clone());
@@ -239,6 +246,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mcs: Api<ManagedCluster> = Api::all(admin.clone());
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut said = Instant::now();
     loop {
         let ready = mcs
             .list(&ListParams::default())
@@ -258,14 +266,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Instant::now() < deadline,
             "only {ready} of {n} clusters became Available"
         );
+        if said.elapsed() > Duration::from_secs(10) {
+            say(&format!(
+                "  {ready} of {n} clusters Available and in the set"
+            ));
+            said = Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for c in &names {
         let ns: Api<Namespace> = Api::all(admin.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
         while ns.get_opt(&cluster_namespace(c)).await?.is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "cluster {c}'s namespace on the hub did not appear"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    say(&format!(
+        "all {n} clusters joined ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    ));
     let arrivals: Arrivals = Arc::default();
     let sources: Sources = Arc::default();
     for (c, m) in &members {
@@ -320,6 +343,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         to_all.push(last.duration_since(t0));
         to_dns.push(dns_at.duration_since(t0));
+        say(&format!(
+            "  export {r}: in all members after {:.0} ms, in DNS after {:.0} ms",
+            last.duration_since(t0).as_secs_f64() * 1000.0,
+            dns_at.duration_since(t0).as_secs_f64() * 1000.0
+        ));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -367,6 +395,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let after_grace =
             (now - grace_end).get_milliseconds() - gone_at.elapsed().as_millis() as i64;
         withdrawal.push(Duration::from_millis(after_grace.max(0) as u64));
+        say(&format!(
+            "  {lost} lost: withdrawn everywhere {after_grace} ms after the grace"
+        ));
     }
     let (cpu, rss) = usage_of(&pids);
 

@@ -43,6 +43,36 @@ kind: ServiceExport
 metadata: {name: web, namespace: demo}
 "#;
 
+/// A headless Service with a one-pod StatefulSet behind it, exported.
+const DB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: demo}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: sql, port: 5432}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: demo}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - name: db
+        image: postgres
+        command: ["sleep", "3600"]
+---
+apiVersion: multicluster.x-k8s.io/v1beta1
+kind: ServiceExport
+metadata: {name: db, namespace: demo}
+"#;
+
 fn get(k: &Kubectl, ctx: &str, args: &[&str]) -> Option<Value> {
     let mut all = vec!["--context", ctx, "-n", "demo", "get"];
     all.extend_from_slice(args);
@@ -467,7 +497,8 @@ spec:
 }
 
 /// A Push cluster (no agent: the hub works it with its push credential) exports and imports
-/// as a Pull cluster does, and its endpoints are withdrawn when the hub's probe of it fails.
+/// as a Pull cluster does, and its endpoints are withdrawn when the hub's probe of it fails;
+/// a headless StatefulSet exported from both clusters answers by pod and by cluster.
 #[test]
 fn push_clusters_export_and_import_as_pull_ones_do() {
     let env = DevEnv::up(&[
@@ -518,6 +549,64 @@ fn push_clusters_export_and_import_as_pull_ones_do() {
     wait_for(40, "member2's endpoints back in member1", || {
         (ready_sources(&k, "member1", "web") == ["member1", "member2"]).then_some(())
     });
+    // Headless across clusters: a StatefulSet db in each, exported by both; the clusterset
+    // name answers every ready pod of both, and db-0 of each by its cluster's name. member2
+    // gets a derived db from member1's export before its own manifest is applied: the
+    // `kubectl apply` takes the name from it.
+    k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], DB);
+    wait_for(20, "member1's db derived in member2", || {
+        let svc = get(&k, "member2", &["service", "db"])?;
+        (svc["metadata"]["labels"]["networking.atoll.io/derived-from"] == "db").then_some(())
+    });
+    k.ok_stdin(&["--context", "member2", "apply", "-f", "-"], DB);
+    let pod_ip = |m: &str| {
+        wait_for(60, &format!("db-0 running in {m}"), || {
+            let p = get(&k, m, &["pod", "db-0"])?;
+            (p["status"]["phase"] == "Running")
+                .then(|| p["status"]["podIP"].as_str().map(String::from))
+                .flatten()
+        })
+    };
+    let (ip1, ip2) = (pod_ip("member1"), pod_ip("member2"));
+    let dns = k.ok(&[
+        "--context",
+        "member1",
+        "-n",
+        "kube-system",
+        "get",
+        "svc",
+        "kube-dns",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let dig = |name: &str| {
+        let out = std::process::Command::new("dig")
+            .args([&format!("@{dns}"), "+short", "+time=2", "+tries=2", name])
+            .output()
+            .expect("dig runs");
+        let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect();
+        ips.sort();
+        ips
+    };
+    let mut both = vec![ip1.clone(), ip2.clone()];
+    both.sort();
+    wait_for(30, "an A record per ready db pod of both clusters", || {
+        (dig("db.demo.svc.clusterset.local") == both).then_some(())
+    });
+    assert_eq!(dig("db-0.member1.db.demo.svc.clusterset.local"), [ip1]);
+    assert_eq!(dig("db-0.member2.db.demo.svc.clusterset.local"), [ip2]);
+    let import = get(&k, "member1", &["serviceimport", "db"]).expect("db's import");
+    assert_eq!(import["spec"]["type"], "Headless", "{import}");
+    let own = get(&k, "member2", &["service", "db"]).expect("member2's db");
+    assert!(
+        own["metadata"]["labels"]["networking.atoll.io/derived-from"].is_null()
+            && own["spec"]["selector"]["app"] == "db",
+        "{own}"
+    );
+
     // Unexported from the push member: member1's import is its own alone.
     k.ok(&[
         "--context",
