@@ -202,6 +202,9 @@ async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, service: Backen
 /// between (`copy_bidirectional` gives up both ways at the first error).
 async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
+    // What a client writes goes on at once (no Nagle wait on the hop the proxy adds).
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
     let (mut client_in, mut client_out) = client.into_split();
     let (mut server_in, mut server_out) = server.into_split();
     let up = async {

@@ -39,10 +39,15 @@ type Arrivals = Arc<Mutex<HashMap<(String, String), Instant>>>;
 /// Per (member, service), the source clusters of its imported slices, as last seen.
 type Sources = Arc<Mutex<HashMap<(String, String), HashMap<String, String>>>>;
 
-fn watch_member(name: String, m: &Member, arrivals: Arrivals, sources: Sources) {
+fn watch_member(
+    name: String,
+    m: &Member,
+    arrivals: Arrivals,
+    sources: Sources,
+) -> [tokio::task::JoinHandle<()>; 2] {
     let imports: Api<ServiceImport> = Api::namespaced(m.client.clone(), "bench");
     let n = name.clone();
-    tokio::spawn(async move {
+    let imports = tokio::spawn(async move {
         let mut stream = watcher(imports, watcher::Config::default()).boxed();
         while let Ok(Some(ev)) = stream.try_next().await {
             if let watcher::Event::Apply(i) | watcher::Event::InitApply(i) = ev {
@@ -55,7 +60,7 @@ fn watch_member(name: String, m: &Member, arrivals: Arrivals, sources: Sources) 
         }
     });
     let slices: Api<EndpointSlice> = Api::namespaced(m.client.clone(), "bench");
-    tokio::spawn(async move {
+    let slices = tokio::spawn(async move {
         let mut stream = watcher(
             slices,
             watcher::Config::default()
@@ -84,6 +89,7 @@ fn watch_member(name: String, m: &Member, arrivals: Arrivals, sources: Sources) 
             }
         }
     });
+    [imports, slices]
 }
 
 /// A Service with one ready endpoint in `m`, and its ServiceExport; returns when the export
@@ -291,8 +297,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ));
     let arrivals: Arrivals = Arc::default();
     let sources: Sources = Arc::default();
+    let mut watches = Vec::new();
     for (c, m) in &members {
-        watch_member(c.clone(), m, arrivals.clone(), sources.clone());
+        watches.extend(watch_member(
+            c.clone(),
+            m,
+            arrivals.clone(),
+            sources.clone(),
+        ));
     }
     // The probe member's cluster DNS, in this process.
     let probe = &members[&names[0]];
@@ -501,6 +513,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             direct_p99,
             set_rps / direct_rps
         );
+    }
+    // Quietly down: the agents and watches before the servers they talk to.
+    for task in agents.into_values().chain(watches) {
+        task.abort();
     }
     drop(dns);
     Ok(())

@@ -98,6 +98,41 @@ pub(crate) fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// Whether pods get their sandbox here: a root node agent that may make mount namespaces (as
+/// CI runs); what needs a pod's own resolv.conf or volumes at their mountPath needs it.
+pub(crate) fn sandbox_available() -> bool {
+    let namespaces = Command::new("unshare")
+        .args(["--mount", "--uts", "--propagation", "private", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    rustix::process::geteuid().is_root() && namespaces
+}
+
+/// The ClusterIP of member `ctx`'s cluster DNS (Service `kube-system/kube-dns`).
+pub(crate) fn dns_ip(k: &Kubectl, ctx: &str) -> String {
+    k.ok(&[
+        "--context",
+        ctx,
+        "-n",
+        "kube-system",
+        "get",
+        "svc",
+        "kube-dns",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+}
+
+/// `dig @server +short ARGS`: the answer, trimmed.
+pub(crate) fn dig(server: &str, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .args([&format!("@{server}"), "+short", "+time=2", "+tries=2"])
+        .args(args)
+        .output()
+        .expect("dig runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Poll until `f` returns Some, for up to `secs` seconds.
 pub(crate) fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);

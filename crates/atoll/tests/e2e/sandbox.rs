@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::cluster::{DevEnv, wait_for};
+use crate::cluster::{DevEnv, dns_ip, sandbox_available, wait_for};
 use crate::harness::Kubectl;
 
 const APP: &str = r##"
@@ -203,11 +203,7 @@ fn host_mounts_under(dir: &Path) -> Vec<String> {
 
 #[test]
 fn pods_resolve_services_see_their_volumes_and_call_the_api_in_cluster() {
-    let namespaces = std::process::Command::new("unshare")
-        .args(["--mount", "--uts", "--propagation", "private", "true"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !rustix::process::geteuid().is_root() || !namespaces {
+    if !sandbox_available() {
         eprintln!(
             "skipped: the pod sandbox needs a root node agent that may make mount namespaces (CI runs as root)"
         );
@@ -239,17 +235,7 @@ fn pods_resolve_services_see_their_volumes_and_call_the_api_in_cluster() {
     assert_eq!(
         line(&logs, "resolv"),
         "search demo.svc.cluster.local svc.cluster.local cluster.local|nameserver ".to_string()
-            + &k.ok(&[
-                "--context",
-                "member1",
-                "-n",
-                "kube-system",
-                "get",
-                "svc",
-                "kube-dns",
-                "-o",
-                "jsonpath={.spec.clusterIP}",
-            ])
+            + &dns_ip(&k, "member1")
             + "|options ndots:5|",
         "{logs}"
     );

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::cluster::{DevEnv, atoll, json, wait_for};
+use crate::cluster::{DevEnv, atoll, dig, dns_ip, json, wait_for};
 use crate::harness::Kubectl;
 
 const WEB: &str = r#"
@@ -197,25 +197,8 @@ fn exported_services_are_imported_across_the_set() {
         let svc = get(&k, "member3", &["service", "web"])?;
         (svc["metadata"]["labels"]["networking.atoll.io/derived-from"] == "web").then_some(())
     });
-    let dns = k.ok(&[
-        "--context",
-        "member3",
-        "-n",
-        "kube-system",
-        "get",
-        "svc",
-        "kube-dns",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ]);
-    let dig = |args: &[&str]| {
-        let out = std::process::Command::new("dig")
-            .args([&format!("@{dns}"), "+short", "+time=2", "+tries=2"])
-            .args(args)
-            .output()
-            .expect("dig runs");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let dns = dns_ip(&k, "member3");
+    let dig = |args: &[&str]| dig(&dns, args);
     let ip = get(&k, "member3", &["serviceimport", "web"]).expect("the import")["spec"]["ips"][0]
         .as_str()
         .unwrap_or_default()
@@ -568,26 +551,9 @@ fn push_clusters_export_and_import_as_pull_ones_do() {
         })
     };
     let (ip1, ip2) = (pod_ip("member1"), pod_ip("member2"));
-    let dns = k.ok(&[
-        "--context",
-        "member1",
-        "-n",
-        "kube-system",
-        "get",
-        "svc",
-        "kube-dns",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ]);
+    let dns = dns_ip(&k, "member1");
     let dig = |name: &str| {
-        let out = std::process::Command::new("dig")
-            .args([&format!("@{dns}"), "+short", "+time=2", "+tries=2", name])
-            .output()
-            .expect("dig runs");
-        let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(String::from)
-            .collect();
+        let mut ips: Vec<String> = dig(&dns, &[name]).lines().map(String::from).collect();
         ips.sort();
         ips
     };
