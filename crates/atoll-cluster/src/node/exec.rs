@@ -257,7 +257,8 @@ async fn attach_session(ws: Socket, joined: Joined, request: Request, v5: bool) 
         terminal,
         stdin_once,
     } = joined;
-    let (mut sink, mut incoming) = ws.split();
+    let (mut sink, incoming) = ws.split();
+    let mut incoming = incoming.map(|m| m.map(text_as_binary));
     let mut stdin_done = false;
     loop {
         tokio::select! {
@@ -311,6 +312,16 @@ async fn attach_session(ws: Socket, joined: Joined, request: Request, v5: bool) 
     // The caller left: with stdinOnce, the container's input ends with this session.
     if stdin_once && request.stdin && !stdin_done {
         let _ = input.send(None);
+    }
+}
+
+/// A client's text message as the binary one it stands for: the Python client sends `str`
+/// stdin as text frames (the channel's character, then the text), and kube-apiserver reads
+/// both kinds alike.
+fn text_as_binary(m: Message) -> Message {
+    match m {
+        Message::Text(t) => Message::binary(Bytes::copy_from_slice(t.as_bytes())),
+        other => other,
     }
 }
 
@@ -524,7 +535,8 @@ where
         v5,
         who,
     } = session;
-    let (mut sink, mut incoming) = ws.split();
+    let (mut sink, incoming) = ws.split();
+    let mut incoming = incoming.map(|m| m.map(text_as_binary));
     let program = request.command[0].clone();
     let spawned = if request.tty {
         spawn_on_terminal(&command, env, &cwd).map(|(child, master)| (child, Some(master)))
@@ -679,6 +691,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_frames_are_read_as_binary_ones() {
+        let stdin = Message::text("\u{0}echo hi\n");
+        assert_eq!(
+            text_as_binary(stdin),
+            Message::binary(b"\x00echo hi\n".to_vec())
+        );
+        let resize = Message::binary(b"\x04{}".to_vec());
+        assert_eq!(text_as_binary(resize.clone()), resize);
+        assert_eq!(
+            text_as_binary(Message::Ping(Bytes::new())),
+            Message::Ping(Bytes::new())
+        );
+    }
 
     #[test]
     fn the_handshake_answer_is_rfc_6455s() {
