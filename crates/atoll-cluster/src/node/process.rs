@@ -507,6 +507,58 @@ fn spawn_interactive(
 
 /// The environment a container's processes start with, before the container's own: POD_IP
 /// and friends are there for `$(POD_IP)` too.
+/// Images whose ENTRYPOINT their `args` go to, which the process runtime cannot run (it
+/// does not pull images): by repository, without registry, `library/` or tag.
+const ENTRYPOINT_IMAGES: [&str; 9] = [
+    "alpine/socat",
+    "curlimages/curl",
+    "nginx",
+    "postgres",
+    "redis",
+    "mysql",
+    "mongo",
+    "registry.k8s.io/e2e-test-images/agnhost",
+    "e2e-test-images/agnhost",
+];
+
+/// An image reference's repository: `docker.io/library/nginx:1.25` -> `nginx`.
+fn repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    // A tag follows the last `:` after the last `/` (a registry may have a port).
+    let image = match (image.rfind(':'), image.rfind('/')) {
+        (Some(c), Some(s)) if c > s => &image[..c],
+        (Some(c), None) => &image[..c],
+        _ => image,
+    };
+    let image = image.strip_prefix("docker.io/").unwrap_or(image);
+    image.strip_prefix("library/").unwrap_or(image)
+}
+
+/// What a container runs, images not being pulled: `command` with `args`; `args` alone as
+/// the whole command line, the rule that fits most base images (busybox, alpine, debian,
+/// python: no ENTRYPOINT, so `args` replace their CMD); or why nothing can run.
+fn command_line(container: &Container) -> Result<Vec<String>, String> {
+    let command = container.command.clone().unwrap_or_default();
+    let args = container.args.clone().unwrap_or_default();
+    let image = container.image.clone().unwrap_or_default();
+    if !command.is_empty() {
+        return Ok(command.into_iter().chain(args).collect());
+    }
+    if args.is_empty() {
+        return Err(format!(
+            "the process runtime runs a container's command and does not run images; set `command` for container {:?} (image {image:?} is only recorded)",
+            container.name
+        ));
+    }
+    if ENTRYPOINT_IMAGES.contains(&repository(&image)) {
+        return Err(format!(
+            "image {image:?} runs its `args` through an ENTRYPOINT the process runtime does not have; set `command` for container {:?}",
+            container.name
+        ));
+    }
+    Ok(args)
+}
+
 pub(crate) fn base_env(dir: &Path, pod_name: &str, pod_ip: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
         (
@@ -652,27 +704,19 @@ async fn supervise(
         };
         let mut full_env = base_env(&handle.dir, &pod.name_any(), &pod_ip);
         full_env.extend(env.iter().cloned());
-        let mut argv: Vec<String> = container
-            .command
-            .iter()
-            .flatten()
-            .chain(container.args.iter().flatten())
-            .map(|a| env::expand(a, &full_env))
-            .collect();
-        if container.command.as_ref().is_none_or(|c| c.is_empty()) {
-            let image = container.image.clone().unwrap_or_default();
-            handle.update(idx, |c| {
-                c.state = State::Waiting {
-                    reason: "NoCommand".into(),
-                    message: format!(
-                        "the process runtime runs a container's command and does not run images; set `command` for container {:?} (image {image:?} is only recorded)",
-                        container.name
-                    ),
-                }
-            });
-            let _ = stop_rx.changed().await;
-            return;
-        }
+        let mut argv: Vec<String> = match command_line(&container) {
+            Ok(line) => line.iter().map(|a| env::expand(a, &full_env)).collect(),
+            Err(message) => {
+                handle.update(idx, |c| {
+                    c.state = State::Waiting {
+                        reason: "NoCommand".into(),
+                        message,
+                    }
+                });
+                let _ = stop_rx.changed().await;
+                return;
+            }
+        };
         let program = argv.remove(0);
         // In a sandbox the command is started by `unshare` and `atoll __sandbox`.
         let command = match &ctx.sandbox {
@@ -1280,6 +1324,61 @@ fn pod_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_runs_its_command_or_its_args() {
+        let c = |image: &str, command: &[&str], args: &[&str]| Container {
+            name: "c".into(),
+            image: Some(image.into()),
+            command: (!command.is_empty()).then(|| command.iter().map(|s| s.to_string()).collect()),
+            args: (!args.is_empty()).then(|| args.iter().map(|s| s.to_string()).collect()),
+            ..Container::default()
+        };
+        let cases: [(&str, Container, Option<&[&str]>); 6] = [
+            (
+                "command and args",
+                c("busybox", &["sh"], &["-c", "true"]),
+                Some(&["sh", "-c", "true"]),
+            ),
+            (
+                "args alone",
+                c("busybox:1.36", &[], &["sh", "-c", "true"]),
+                Some(&["sh", "-c", "true"]),
+            ),
+            (
+                "args alone, a registry with a port",
+                c("127.0.0.1:5000/debian:12", &[], &["true"]),
+                Some(&["true"]),
+            ),
+            ("neither", c("python:3", &[], &[]), None),
+            (
+                "an image with an entrypoint",
+                c("docker.io/library/nginx:1.25", &[], &["-g", "daemon off;"]),
+                None,
+            ),
+            (
+                "an entrypoint image with a command",
+                c("alpine/socat:1.7.4.4", &["socat"], &["-V"]),
+                Some(&["socat", "-V"]),
+            ),
+        ];
+        for (case, container, want) in cases {
+            let got = command_line(&container);
+            match want {
+                Some(w) => assert_eq!(
+                    got.as_deref().ok(),
+                    Some(&w.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]),
+                    "{case}"
+                ),
+                None => assert!(got.is_err(), "{case}: {got:?}"),
+            }
+        }
+        assert_eq!(
+            repository("registry.k8s.io/e2e-test-images/agnhost:2.53"),
+            "registry.k8s.io/e2e-test-images/agnhost"
+        );
+        assert_eq!(repository("nginx@sha256:abc"), "nginx");
+    }
 
     #[test]
     fn a_group_is_alive_while_a_process_of_it_runs() {

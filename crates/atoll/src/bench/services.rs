@@ -30,7 +30,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
-use super::registration::{Child, bootstrap_token, start_hub, start_server, usage_of};
+use super::registration::{bootstrap_token, start_hub, start_server, usage_of};
 use super::work::{Member, member};
 use super::{BenchArgs, Phase};
 
@@ -132,8 +132,31 @@ async fn until(secs: u64, what: &str, mut pred: impl FnMut() -> bool) -> anyhow:
     }
 }
 
+/// An nginx, stopped as nginx wants (`-s stop`: its master takes its workers down; a killed
+/// master leaves them running).
+struct Nginx {
+    child: std::process::Child,
+    conf: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let stopped = std::process::Command::new("nginx")
+            .args(["-g", "daemon off;", "-c"])
+            .arg(&self.conf)
+            .args(["-s", "stop"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// nginx answering `ok` on each address (port 8080), one worker each.
-fn nginx(dir: &std::path::Path, addresses: &[&str]) -> anyhow::Result<Child> {
+fn nginx(dir: &std::path::Path, addresses: &[&str]) -> anyhow::Result<Nginx> {
     let servers: String = addresses
         .iter()
         .map(|a| format!("server {{ listen {a}:8080; access_log off; location / {{ return 200 \"ok\\n\"; }} }}\n"))
@@ -151,7 +174,7 @@ fn nginx(dir: &std::path::Path, addresses: &[&str]) -> anyhow::Result<Child> {
         .arg(&path)
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    Ok(Child(child))
+    Ok(Nginx { child, conf: path })
 }
 
 /// `wrk` for 10 s with 32 connections: requests per second and p99 latency (ms).

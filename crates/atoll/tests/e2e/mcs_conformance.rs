@@ -14,8 +14,8 @@
 //! answers: the suite's closes with the line unread, so its kernel resets the connection, and
 //! on a loaded machine the reset can overtake the answer at the client (seen here straight to
 //! the pod's IP, with no proxy in between: a failure of the fixture, not of what is tested).
-//! Images are not pulled, so the request pod names its shell loop as `command` where the suite
-//! gives it as `args`.
+//! The request pod is the suite's: its shell loop given as `args` alone runs as the command,
+//! as it does in the netshoot image, which has no ENTRYPOINT.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ fn request_pod() -> Value {
         "metadata": {"name": "request", "labels": {"app": "request"}},
         "spec": {"containers": [{
             "name": "request", "image": "nicolaka/netshoot:v0.15",
-            "command": ["/bin/sh", "-ec", "while :; do echo '.'; sleep 5 ; done"],
+            "args": ["/bin/sh", "-ec", "while :; do echo '.'; sleep 5 ; done"],
         }]},
     })
 }
