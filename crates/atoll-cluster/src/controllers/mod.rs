@@ -269,7 +269,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
         leases_w,
         |_: &Lease| {},
     );
-    drive_some(
+    atoll_runtime::reflect::reflect(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(&format!(
             "endpointslice.kubernetes.io/managed-by!={}",
@@ -447,7 +447,8 @@ pub(crate) fn controller_of<K: Resource>(o: &K, kind: &str) -> Option<String> {
         .map(|r| r.name.clone())
 }
 
-/// Keep a cache in sync and call `on_change` for every object it applies or deletes.
+/// Keep a cache in sync and call `on_change` for every object it applies, deletes or lists
+/// again (`atoll_runtime::reflect`, as the hub's and the agent's caches).
 fn drive<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
@@ -461,26 +462,7 @@ fn drive<K>(
         + Sync
         + 'static,
 {
-    drive_some(api, watcher::Config::default(), writer, on_change);
-}
-
-/// `drive` for the objects a watch configuration selects.
-fn drive_some<K>(
-    api: Api<K>,
-    wc: watcher::Config,
-    writer: reflector::store::Writer<K>,
-    on_change: impl Fn(&K) + Send + 'static,
-) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector::reflector(writer, watcher(api, wc)).default_backoff();
-    consume(stream, true, "cache", on_change);
+    atoll_runtime::reflect::reflect(api, watcher::Config::default(), writer, on_change);
 }
 
 /// Watch without caching, calling `on_change` for every change.
@@ -494,33 +476,14 @@ where
         + Sync
         + 'static,
 {
-    consume(
-        watcher(api, wc).default_backoff(),
-        false,
-        "trigger",
-        on_change,
-    );
-}
-
-/// Call `on_change` for every object a watch reports changed or deleted, and, if `initial`,
-/// for every object it lists when it (re)starts.
-fn consume<K, S>(
-    stream: S,
-    initial: bool,
-    what: &'static str,
-    on_change: impl Fn(&K) + Send + 'static,
-) where
-    K: Send + 'static,
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-{
+    let stream = watcher(api, wc).default_backoff();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => on_change(&o),
-                Ok(watcher::Event::InitApply(o)) if initial => on_change(&o),
                 Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "{what} watch error"),
+                Err(e) => tracing::debug!(error = %e, "trigger watch error"),
             }
         }
     });
