@@ -368,37 +368,24 @@ impl Ctx {
         }
     }
 
+    /// Whether the object this request names is a Service that Atoll derived from a
+    /// multi-cluster service (label `networking.atoll.io/derived-from`).
+    fn names_derived_service(&self) -> bool {
+        self.rt.group.is_empty()
+            && self.rt.resource == "services"
+            && self.rr.subresource.is_none()
+            && self
+                .server
+                .store
+                .get(&self.key(self.name()))
+                .and_then(|e| serde_json::from_slice::<Value>(&e.value).ok())
+                .is_some_and(|o| o.pointer(DERIVED_LABEL_POINTER).is_some())
+    }
+
     /// A Service created where a multi-cluster service's derived Service holds the name takes
     /// the name: the derived one (label `networking.atoll.io/derived-from`, made by Atoll's
     /// agent, which then names it `<name>-clusterset`) is removed first, so a cluster that
     /// starts serving an imported service is not refused its own Service.
-    /// Whether this patch is a user's `kubectl apply` (client-side: a strategic merge patch
-    /// carrying the last-applied configuration; server-side: an apply configuration without
-    /// the derived label) onto a Service that Atoll derived from a multi-cluster service.
-    fn applies_over_derived_service(&self, kind: patch::PatchKind, body: &[u8]) -> bool {
-        if !(self.rt.group.is_empty()
-            && self.rt.resource == "services"
-            && self.rr.subresource.is_none())
-        {
-            return false;
-        }
-        let derived = self
-            .server
-            .store
-            .get(&self.key(self.name()))
-            .and_then(|e| serde_json::from_slice::<Value>(&e.value).ok())
-            .is_some_and(|o| o.pointer(DERIVED_LABEL_POINTER).is_some());
-        if !derived {
-            return false;
-        }
-        match kind {
-            patch::PatchKind::Strategic => kubectl_applied(body).is_some(),
-            patch::PatchKind::Apply => object::decode_body(body, "application/apply-patch+yaml")
-                .is_ok_and(|c| c.pointer(DERIVED_LABEL_POINTER).is_none()),
-            _ => false,
-        }
-    }
-
     async fn make_way_for_service(&self, key: &str) {
         if !(self.rt.group.is_empty() && self.rt.resource == "services") {
             return;
@@ -511,17 +498,31 @@ impl Ctx {
         if body.is_empty() {
             return Err(ApiError::bad_request("the patch body is empty"));
         }
+        // A user's `kubectl apply` of a Service whose name a derived one holds: the user's
+        // Service takes the name, as a create would (the derived one steps aside).
         if kind == patch::PatchKind::Apply {
-            if self.applies_over_derived_service(kind, body) {
+            if self.names_derived_service()
+                && object::decode_body(body, "application/apply-patch+yaml")
+                    .is_ok_and(|c| c.pointer(DERIVED_LABEL_POINTER).is_none())
+            {
                 self.make_way_for_service(&self.key(self.name())).await;
             }
             return patch::server_side_apply(self, body).await;
         }
-        if self.applies_over_derived_service(kind, body)
+        if kind == patch::PatchKind::Strategic
+            && self.names_derived_service()
             && let Some(mut manifest) = kubectl_applied(body)
         {
-            // `kubectl apply` of a Service whose name a derived one holds: the user's Service
-            // takes the name, as a create would (the derived one steps aside).
+            object::check_type_meta(&manifest, &self.rt)?;
+            let name = self.name().to_string();
+            if let Some(n) = meta_str(&manifest, "name")
+                && n != name
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            meta_mut(&mut manifest).insert("name".into(), json!(name));
             let written = self.create_object(&mut manifest).await?;
             return Ok(written.response(StatusCode::OK));
         }
