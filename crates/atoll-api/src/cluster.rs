@@ -333,9 +333,53 @@ pub struct ClusterPropertySpec {
     pub value: String,
 }
 
+/// Whether a cluster is to be sent traffic: its lease renewed within `grace_periods` lease
+/// durations; without a lease seen yet, whether the hub finds it available.
+pub fn lease_live(
+    renewed: Option<k8s_openapi::jiff::Timestamp>,
+    lease_seconds: i32,
+    grace_periods: f64,
+    available: bool,
+    now: k8s_openapi::jiff::Timestamp,
+) -> bool {
+    match renewed {
+        Some(at) => {
+            let age = now.duration_since(at).as_secs_f64();
+            age <= f64::from(lease_seconds.max(1)) * grace_periods
+        }
+        None => available,
+    }
+}
+
+/// Whether the hub finds cluster `mc` available (`ManagedClusterConditionAvailable=True`).
+pub fn is_available(mc: &ManagedCluster) -> bool {
+    mc.is(CONDITION_AVAILABLE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_is_live_while_its_lease_is_within_the_grace() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
+        let ago = |s: i64| Some(now - k8s_openapi::jiff::SignedDuration::from_secs(s));
+        let cases = [
+            ("just renewed", ago(1), 10, 2.0, false, true),
+            ("at the grace", ago(20), 10, 2.0, false, true),
+            ("past the grace", ago(21), 10, 2.0, true, false),
+            ("a longer grace", ago(21), 10, 3.0, false, true),
+            ("no lease: as the hub finds it", None, 10, 2.0, true, true),
+            ("no lease, unavailable", None, 10, 2.0, false, false),
+        ];
+        for (what, renewed, lease, grace, available, want) in cases {
+            assert_eq!(
+                lease_live(renewed, lease, grace, available, now),
+                want,
+                "{what}"
+            );
+        }
+    }
 
     #[test]
     fn a_default_spec_is_what_an_empty_one_decodes_to() {

@@ -24,6 +24,7 @@ pub const KUBELET_SERVING_CERT_ANNOTATION: &str = "node.atoll.io/serving-cert-sh
 
 pub mod cluster;
 pub mod clusterset;
+pub mod ingress;
 pub mod mcs;
 pub mod placement;
 pub mod profile;
@@ -50,6 +51,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         mcs::service_import_crd(),
         mcs::ExportedService::crd(),
         mcs::ImportedService::crd(),
+        ingress::MultiClusterIngress::crd(),
     ]
 }
 

@@ -204,7 +204,24 @@ pub async fn install(client: &Client) -> Result<(), Error> {
              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]},
             {"apiGroups": ["work.atoll.io"], "resources": ["manifestworkreplicasets/status"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["multicluster.x-k8s.io"], "resources": ["clusterprofiles"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["networking.atoll.io"], "resources": ["multiclusteringresses"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]},
+            {"apiGroups": ["networking.atoll.io"], "resources": ["multiclusteringresses/status"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+        ]),
+    )
+    .await?;
+    // What `atoll gateway` reads and writes on the hub (bind it to the gateway's identity): the
+    // ingresses and their status, the exports and where their clusters stand, TLS Secrets.
+    access::apply_cluster_role(
+        client,
+        GATEWAY_ROLE,
+        json!([
+            {"apiGroups": ["networking.atoll.io"], "resources": ["multiclusteringresses", "exportedservices"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["networking.atoll.io"], "resources": ["multiclusteringresses/status"], "verbs": ["get", "patch", "update"]},
+            {"apiGroups": ["cluster.atoll.io"], "resources": ["managedclusters", "managedclustersets", "managedclustersetbindings"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
         ]),
     )
     .await?;
@@ -248,6 +265,8 @@ pub async fn install(client: &Client) -> Result<(), Error> {
 
 /// The ClusterRole a workspace's users get in its namespace.
 pub const WORKSPACE_USER_ROLE: &str = "atoll:workspace-user";
+/// The ClusterRole `atoll gateway` needs on the hub.
+pub const GATEWAY_ROLE: &str = "atoll:gateway";
 
 /// Now as RFC 3339 with seconds, as `metav1.Time` is written.
 pub(crate) fn now_rfc3339() -> String {

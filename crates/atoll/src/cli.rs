@@ -39,7 +39,7 @@ enum Command {
     /// Turn clusters away: deny their pending CSRs and clear hubAcceptsClient.
     Deny(crate::registration::AcceptArgs),
     /// Show state at a glance: `atoll get clusters`, `atoll get works`, `atoll get services
-    /// --clusterset`.
+    /// --clusterset`, `atoll get ingresses`.
     Get(crate::registration::GetArgs),
     /// Cluster sets: `create`, `set` (move a cluster), `bind` (to a namespace), `list`.
     Clusterset(crate::clustersets::ClusterSetArgs),
@@ -53,6 +53,8 @@ enum Command {
     Undeploy(crate::deploy::UndeployArgs),
     /// Serve a cluster's DNS zone (cluster.local) from watches; forward other names.
     Dns(crate::dns::DnsArgs),
+    /// Route outside traffic to exported Services as the hub's MultiClusterIngresses say.
+    Gateway(crate::gateway::GatewayArgs),
     /// Export a member's Service to its cluster set (a ServiceExport).
     Export(crate::services::ExportArgs),
     /// Stop exporting a member's Service.
@@ -83,6 +85,7 @@ impl Args {
             match args.command {
                 Command::Server(a) => crate::server::run(a).await,
                 Command::Dns(a) => crate::dns::run(a).await,
+                Command::Gateway(a) => crate::gateway::run(a).await,
                 Command::Bench(a) => crate::bench::run(a).await,
                 Command::Kubeconfig(a) => crate::kubeconfig::run(a),
                 Command::Node(a) => crate::node::run(a).await,

@@ -12,6 +12,7 @@ mod clustersets;
 mod deploy;
 mod dev;
 mod dns;
+mod gateway;
 mod kubeconfig;
 mod node;
 mod output;

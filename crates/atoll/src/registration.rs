@@ -99,12 +99,13 @@ pub struct AcceptArgs {
 
 #[derive(clap::Args)]
 pub struct GetArgs {
-    /// What to list: `clusters`, `works` or `services --clusterset`.
+    /// What to list: `clusters`, `works`, `services --clusterset` or `ingresses`.
     what: String,
     /// services: the hub's multi-cluster services (the only kind of services it lists).
     #[arg(long)]
     clusterset: bool,
-    /// works: the namespace (a workspace, or a cluster's `atoll-cluster-NAME`); default all.
+    /// works, ingresses: the namespace (a workspace, or a cluster's `atoll-cluster-NAME`);
+    /// default all.
     #[arg(long, short = 'n')]
     namespace: Option<String>,
     #[command(flatten)]
@@ -513,10 +514,15 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         "services" | "service" | "svc" if args.clusterset => {
             return crate::services::get_services(&client).await;
         }
+        "ingresses" | "ingress" | "multiclusteringresses" | "mci" => {
+            return crate::gateway::get_ingresses(&client, args.namespace.as_deref()).await;
+        }
         "services" | "service" | "svc" => bail!(
             "atoll get services lists the hub's multi-cluster services: add --clusterset (a cluster's own Services: kubectl get services)"
         ),
-        other => bail!("atoll get {other}: `clusters`, `works` or `services --clusterset`"),
+        other => {
+            bail!("atoll get {other}: `clusters`, `works`, `services --clusterset` or `ingresses`")
+        }
     }
     let mcs: Api<ManagedCluster> = Api::all(client);
     let list = match mcs.list(&ListParams::default()).await {

@@ -25,7 +25,9 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atoll_api::cluster::{CLUSTER_LEASE, CONDITION_AVAILABLE, ManagedCluster, cluster_namespace};
+use atoll_api::cluster::{
+    CLUSTER_LEASE, ManagedCluster, cluster_namespace, is_available, lease_live,
+};
 use atoll_api::clusterset::CLUSTERSET_LABEL;
 use atoll_api::mcs::{
     CONDITION_CONFLICT, ExportedService, ImportedCluster, ImportedService, ImportedServiceSpec,
@@ -62,24 +64,6 @@ impl Default for ServicesConfig {
             clusterset_ip_range: "127.0.64.0/18".into(),
             grace_periods: 2.0,
         }
-    }
-}
-
-/// Whether a cluster is to be sent traffic: its lease renewed within `grace_periods` lease
-/// durations; without a lease seen yet, whether the hub finds it available.
-fn live(
-    renewed: Option<k8s_openapi::jiff::Timestamp>,
-    lease_seconds: i32,
-    grace_periods: f64,
-    available: bool,
-    now: k8s_openapi::jiff::Timestamp,
-) -> bool {
-    match renewed {
-        Some(at) => {
-            let age = now.duration_since(at).as_secs_f64();
-            age <= f64::from(lease_seconds.max(1)) * grace_periods
-        }
-        None => available,
     }
 }
 
@@ -166,11 +150,11 @@ impl Ctx {
             .and_then(|l| l.spec.as_ref())
             .and_then(|s| s.renew_time.as_ref())
             .map(|t| t.0);
-        live(
+        lease_live(
             renewed,
             mc.spec.lease_duration_seconds,
             self.grace_periods,
-            available(mc),
+            is_available(mc),
             k8s_openapi::jiff::Timestamp::now(),
         )
     }
@@ -307,14 +291,6 @@ fn set_of(mc: &ManagedCluster) -> Option<String> {
         return None;
     }
     mc.labels().get(CLUSTERSET_LABEL).cloned()
-}
-
-fn available(mc: &ManagedCluster) -> bool {
-    mc.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == CONDITION_AVAILABLE && c.status == "True")
-    })
 }
 
 async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Duration>, Error> {
@@ -547,23 +523,6 @@ async fn write_conflict(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_cluster_is_live_while_its_lease_is_within_the_grace() {
-        let now: k8s_openapi::jiff::Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
-        let ago = |s: i64| Some(now - k8s_openapi::jiff::SignedDuration::from_secs(s));
-        let cases = [
-            ("just renewed", ago(1), 10, 2.0, false, true),
-            ("at the grace", ago(20), 10, 2.0, false, true),
-            ("past the grace", ago(21), 10, 2.0, true, false),
-            ("a longer grace", ago(21), 10, 3.0, false, true),
-            ("no lease: as the hub finds it", None, 10, 2.0, true, true),
-            ("no lease, unavailable", None, 10, 2.0, false, false),
-        ];
-        for (what, renewed, lease, grace, available, want) in cases {
-            assert_eq!(live(renewed, lease, grace, available, now), want, "{what}");
-        }
-    }
 
     #[test]
     fn clusterset_ips_are_stable_and_reused_only_when_free() {

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 
 mod cluster;
 mod dns;
+mod gateway;
+mod http;
 mod placement;
 mod registration;
 mod services;
@@ -24,8 +26,8 @@ mod work;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apiserver`, `cluster`, `registration`, `placement`, `work`, `dns` or
-    /// `services`.
+    /// What to measure: `apiserver`, `cluster`, `registration`, `placement`, `work`, `dns`,
+    /// `services` or `gateway`.
     area: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -92,8 +94,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "work" => work::run(args).await,
         "dns" => dns::run(args).await,
         "services" => services::run(args).await,
+        "gateway" => gateway::run(args).await,
         other => anyhow::bail!(
-            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement, work, dns, services"
+            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement, work, dns, services, gateway"
         ),
     }
 }

@@ -132,81 +132,6 @@ async fn until(secs: u64, what: &str, mut pred: impl FnMut() -> bool) -> anyhow:
     }
 }
 
-/// An nginx, stopped as nginx wants (`-s stop`: its master takes its workers down; a killed
-/// master leaves them running).
-struct Nginx {
-    child: std::process::Child,
-    conf: std::path::PathBuf,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let stopped = std::process::Command::new("nginx")
-            .args(["-g", "daemon off;", "-c"])
-            .arg(&self.conf)
-            .args(["-s", "stop"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !stopped {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// nginx answering `ok` on each address (port 8080), one worker each.
-fn nginx(dir: &std::path::Path, addresses: &[&str]) -> anyhow::Result<Nginx> {
-    let servers: String = addresses
-        .iter()
-        .map(|a| format!("server {{ listen {a}:8080; access_log off; location / {{ return 200 \"ok\\n\"; }} }}\n"))
-        .collect();
-    let conf = format!(
-        "worker_processes 1;\npid {pid};\nerror_log {err};\nevents {{ worker_connections 1024; }}\nhttp {{ client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};\n{servers}}}\n",
-        pid = dir.join("nginx.pid").display(),
-        err = dir.join("nginx.err").display(),
-        tmp = dir.display(),
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let child = std::process::Command::new("nginx")
-        .args(["-g", "daemon off;", "-c"])
-        .arg(&path)
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    Ok(Nginx { child, conf: path })
-}
-
-/// `wrk` for 10 s with 32 connections: requests per second and p99 latency (ms).
-fn wrk(url: &str) -> anyhow::Result<(f64, f64)> {
-    let out = std::process::Command::new("wrk")
-        .args(["-t", "1", "-c", "32", "-d", "10s", "--latency", url])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("wrk said no Requests/sec:\n{text}"))?;
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| v.trim().to_string())
-        .and_then(|v| {
-            let (num, unit) =
-                v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-            let n: f64 = num.parse().ok()?;
-            Some(match unit {
-                "us" => n / 1000.0,
-                "ms" => n,
-                "s" => n * 1000.0,
-                _ => n,
-            })
-        })
-        .unwrap_or(0.0);
-    Ok((rps, p99))
-}
-
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for t in ["wrk", "nginx"] {
         super::dns::tool(t)?;
@@ -437,7 +362,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (cpu, rss) = usage_of(&pids);
 
     say("data path: wrk through a ClusterSetIP against wrk straight to an endpoint...");
-    let _nginx = nginx(tmp.path(), &["127.23.0.1", "127.23.0.2"])?;
+    let _nginx = super::http::nginx_ok(tmp.path(), &["127.23.0.1", "127.23.0.2"])?;
     let proxy_member = &members[&names[2 + losses]];
     let controllers = proxy_member.client.clone();
     tokio::spawn(async move {
@@ -484,8 +409,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .is_ok()
     })
     .await?;
-    let (direct_rps, direct_p99) = wrk("http://127.23.0.1:8080/")?;
-    let (set_rps, set_p99) = wrk(&via)?;
+    let direct = super::http::wrk("http://127.23.0.1:8080/", None)?;
+    let (direct_rps, direct_p99) = (direct.rps, direct.p99_ms);
+    let through = super::http::wrk(&via, None)?;
+    let (set_rps, set_p99) = (through.rps, through.p99_ms);
 
     let phase = |name: &'static str, latencies: Vec<Duration>| Phase {
         name,

@@ -6,6 +6,7 @@
 mod cluster;
 mod dns;
 mod durability;
+mod gateway;
 mod harness;
 mod kubectl;
 mod mcs_conformance;

@@ -87,6 +87,9 @@ fn the_readme_tour_runs_as_written() {
         // The pod's own resolver found the Service; its projected token named it.
         "hello.default.svc.cluster.local\n",
         "system:serviceaccount:default:default",
+        // The gateway's status, as `atoll get ingresses` shows it.
+        "multiclusteringress.networking.atoll.io/web condition met",
+        "member1=1,member3=1",
     ] {
         assert!(
             stdout.contains(want),
