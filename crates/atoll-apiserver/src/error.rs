@@ -6,7 +6,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// One field-level problem, as in `Status.details.causes`.
 #[derive(Clone, Debug, PartialEq)]
@@ -283,22 +283,25 @@ impl ApiError {
         }
     }
 
-    /// The `metav1.Status` body.
+    /// The `metav1.Status` body, as a JSON value (inside watch events).
     pub fn status(&self) -> Value {
+        serde_json::to_value(self.status_body()).unwrap_or_default()
+    }
+
+    /// The `metav1.Status` body as kube-apiserver writes it: the Go struct's field order and
+    /// a trailing newline (clients compare these bytes).
+    pub fn status_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(&self.status_body()).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    fn status_body(&self) -> StatusBody<'_> {
         let message = match self {
             // The cause of an internal fault stays in the log.
             ApiError::Internal(_) => "an internal error occurred; see the server log".to_string(),
             other => other.to_string(),
         };
-        let mut status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": self.reason(),
-            "code": self.code().as_u16(),
-        });
         let details = match self {
             ApiError::NotFound { subject, .. }
             | ApiError::AlreadyExists { subject, .. }
@@ -306,36 +309,88 @@ impl ApiError {
             | ApiError::Forbidden { subject, .. }
                 if !subject.kind.is_empty() =>
             {
-                Some(subject_json(subject))
+                Some(StatusDetails::of(subject, &[]))
             }
             ApiError::Invalid {
                 subject, causes, ..
             }
             | ApiError::ApplyConflict {
                 subject, causes, ..
-            } => {
-                let mut d = subject_json(subject);
-                d["causes"] = causes
-                    .iter()
-                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
-                    .collect();
-                Some(d)
-            }
+            } => Some(StatusDetails::of(subject, causes)),
             _ => None,
         };
-        if let Some(d) = details {
-            status["details"] = d;
+        StatusBody {
+            kind: "Status",
+            api_version: "v1",
+            metadata: EmptyMeta {},
+            status: "Failure",
+            message,
+            reason: self.reason(),
+            details,
+            code: self.code().as_u16(),
         }
-        status
     }
 }
 
-fn subject_json(s: &Subject) -> Value {
-    let mut d = json!({"name": s.name, "kind": s.kind});
-    if !s.group.is_empty() {
-        d["group"] = json!(s.group);
+/// `metav1.Status`, its fields in the Go struct's order (`omitempty` as there).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusBody<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: EmptyMeta,
+    status: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    message: String,
+    reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<StatusDetails<'a>>,
+    code: u16,
+}
+
+#[derive(serde::Serialize)]
+struct EmptyMeta {}
+
+/// `metav1.StatusDetails`: name, group, kind (the resource), causes.
+#[derive(serde::Serialize)]
+struct StatusDetails<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    group: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    causes: Vec<StatusCause<'a>>,
+}
+
+impl<'a> StatusDetails<'a> {
+    fn of(s: &'a Subject, causes: &'a [Cause]) -> StatusDetails<'a> {
+        StatusDetails {
+            name: &s.name,
+            group: &s.group,
+            kind: &s.kind,
+            causes: causes
+                .iter()
+                .map(|c| StatusCause {
+                    reason: c.reason,
+                    message: &c.message,
+                    field: &c.field,
+                })
+                .collect(),
+        }
     }
-    d
+}
+
+/// `metav1.StatusCause`: its `Type` is written as `reason`.
+#[derive(serde::Serialize)]
+struct StatusCause<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    field: &'a str,
 }
 
 /// `configmaps` or `widgets.example.com`, as kube-apiserver names a resource in messages.
@@ -352,7 +407,7 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(cause) = &self {
             tracing::error!(%cause, "internal error");
         }
-        let body = self.status().to_string();
+        let body = self.status_bytes();
         (
             self.code(),
             [(http::header::CONTENT_TYPE, "application/json")],
@@ -380,3 +435,46 @@ impl From<atoll_store::StoreError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_bodies_are_the_bytes_kube_apiserver_writes() {
+        // As kube-apiserver 1.33 answers (the Python client's e2e suite compares these).
+        let cases = [
+            (
+                ApiError::already_exists("apps", "deployments", "triple-nginx"),
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"deployments.apps \"triple-nginx\" already exists","reason":"AlreadyExists","details":{"name":"triple-nginx","group":"apps","kind":"deployments"},"code":409}"#,
+            ),
+            (
+                ApiError::already_exists("", "services", "mock-2"),
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"services \"mock-2\" already exists","reason":"AlreadyExists","details":{"name":"mock-2","kind":"services"},"code":409}"#,
+            ),
+            (
+                ApiError::bad_request("no"),
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"no","reason":"BadRequest","code":400}"#,
+            ),
+            (
+                ApiError::invalid(
+                    "",
+                    "ConfigMap",
+                    "c",
+                    vec![Cause::invalid("metadata.name", "C", "must be lower case")],
+                ),
+                r#""details":{"name":"c","kind":"ConfigMap","causes":[{"reason":"FieldValueInvalid","message":"#,
+            ),
+        ];
+        for (err, want) in cases {
+            let bytes = err.status_bytes();
+            let text = String::from_utf8(bytes).expect("UTF-8");
+            assert!(text.ends_with("}\n"), "a trailing newline: {text:?}");
+            assert!(text.contains(want), "{text}\nwants {want}");
+        }
+        // The value form (inside watch events) says the same.
+        let v = ApiError::not_found("", "pods", "p").status();
+        assert_eq!(v["details"]["kind"], "pods");
+        assert_eq!(v["code"], 404);
+    }
+}

@@ -53,7 +53,7 @@ pub struct Endpoint {
     ejected_until: AtomicU64,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
-    pub idle: Arc<Idle>,
+    pub idle: Idle,
     epoch: Instant,
 }
 
@@ -69,7 +69,7 @@ impl Endpoint {
             ejected_until: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            idle: Arc::new(Idle::default()),
+            idle: Idle::default(),
             epoch,
         }
     }

@@ -1,5 +1,6 @@
 //! Upstream HTTP/1.1 connections kept open between requests, per endpoint.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,36 +13,37 @@ use crate::Body;
 /// Idle connections of one endpoint at most; more are closed when their request ends.
 const MAX_IDLE: usize = 256;
 
-/// One endpoint's idle connections, most recently used last.
+/// One endpoint's connections between requests, oldest returned first. A connection is
+/// put back as soon as its answer's headers are in; it is ready again once hyper has read
+/// the answer's body to its end, so the first ready one is taken and the others stay.
 #[derive(Debug, Default)]
 pub struct Idle {
-    conns: Mutex<Vec<SendRequest<Body>>>,
+    conns: Mutex<VecDeque<SendRequest<Body>>>,
 }
 
 impl Idle {
-    /// An open, ready connection, if one is idle.
+    /// An open connection ready for a request, if one is kept.
     pub fn take(&self) -> Option<SendRequest<Body>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(c) = conns.pop() {
+        for _ in 0..conns.len() {
+            let c = conns.pop_front()?;
             if c.is_ready() {
                 return Some(c);
+            }
+            if !c.is_closed() {
+                // Still reading its last answer.
+                conns.push_back(c);
             }
         }
         None
     }
 
-    /// Keep `conn` for the next request once its current one has ended (spawned: the answer's
-    /// body is still being read).
-    pub fn give_back(self: &std::sync::Arc<Self>, mut conn: SendRequest<Body>) {
-        let idle = self.clone();
-        tokio::spawn(async move {
-            if conn.ready().await.is_ok() {
-                let mut conns = idle.conns.lock().unwrap_or_else(|p| p.into_inner());
-                if conns.len() < MAX_IDLE {
-                    conns.push(conn);
-                }
-            }
-        });
+    /// Keep `conn` for a later request (closed when too many are kept).
+    pub fn give_back(&self, conn: SendRequest<Body>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() < MAX_IDLE {
+            conns.push_back(conn);
+        }
     }
 
     pub fn clear(&self) {

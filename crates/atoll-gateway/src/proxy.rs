@@ -128,8 +128,9 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.limits.header_timeout)
-        .max_buf_size(shared.limits.max_header_bytes.max(8192))
-        .max_headers(128);
+        // hyper's default of 100 headers at most; setting another count makes it allocate
+        // the parse's index on every request.
+        .max_buf_size(shared.limits.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -171,18 +172,20 @@ async fn handle(
     scheme: &'static str,
 ) -> Response<Body> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let version = req.version();
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // What the access log says of the request, taken only when there is one.
+    let logged = shared.access_log.as_ref().map(|_| {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        (req.method().clone(), req.version(), target)
+    });
     let host_header = authority(&req);
-    let (resp, served) = forward(&shared, req, peer, scheme, host_header.clone()).await;
+    let (resp, served) = forward(&shared, req, peer, scheme, host_header.as_deref()).await;
     let took = started.elapsed();
     shared.metrics.answered(resp.status().as_u16(), took);
-    if let Some(log) = &shared.access_log {
+    if let (Some(log), Some((method, version, target))) = (&shared.access_log, logged) {
         let upstream = served
             .map(|s| format!("{}/{}", s.cluster, s.addr))
             .unwrap_or_else(|| "-".into());
@@ -241,6 +244,21 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Headers that belong to one connection, not to the message (RFC 9110 7.6.1), and those the
 /// `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages have none of them: one pass over the few headers there are instead of a
+    // lookup of each name.
+    let hop_by_hop = |h: &HeaderName| {
+        *h == header::CONNECTION
+            || *h == header::TE
+            || *h == header::TRAILER
+            || *h == header::TRANSFER_ENCODING
+            || *h == header::PROXY_AUTHORIZATION
+            || *h == header::UPGRADE
+            || h.as_str() == "keep-alive"
+            || h.as_str() == "proxy-connection"
+    };
+    if !keep_upgrade && !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -350,18 +368,18 @@ async fn forward(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     scheme: &'static str,
-    host_header: Option<String>,
+    host_header: Option<&str>,
 ) -> (Response<Body>, Option<Served>) {
-    let Some(host) = host_header.as_deref().and_then(request_host) else {
-        let why = match &host_header {
+    let Some(host) = host_header.and_then(request_host) else {
+        let why = match host_header {
             None => "the request has no Host header".to_string(),
             Some(h) => format!("the Host header {h:?} is not a host name"),
         };
         return (reply(StatusCode::BAD_REQUEST, why), None);
     };
     let config = shared.config();
-    let path = req.uri().path().to_string();
-    let route = match config.table.lookup(&host, &path) {
+    let path = req.uri().path();
+    let route = match config.table.lookup(&host, path) {
         Ok(r) => r.clone(),
         Err(NoRoute::UnknownHost) => {
             return (
@@ -412,10 +430,9 @@ async fn forward(
 
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers, upgrade);
+    let host_value = host_header.and_then(|h| HeaderValue::from_str(h).ok());
     if !headers.contains_key(header::HOST)
-        && let Some(h) = host_header
-            .as_deref()
-            .and_then(|h| HeaderValue::from_str(h).ok())
+        && let Some(h) = host_value.clone()
     {
         headers.insert(header::HOST, h);
     }
@@ -427,10 +444,7 @@ async fn forward(
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-    if let Some(v) = host_header
-        .as_deref()
-        .and_then(|h| HeaderValue::from_str(h).ok())
-    {
+    if let Some(v) = host_value {
         headers.insert("x-forwarded-host", v);
     }
     let uri: Uri = parts
@@ -442,18 +456,16 @@ async fn forward(
         .unwrap_or_else(|_| Uri::from_static("/"));
 
     let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut candidates: Vec<Candidate<'_>> = Vec::with_capacity(route.endpoints.len());
     let mut last_error = String::new();
     for _ in 0..MAX_TRIES {
         let now = Instant::now();
-        let candidates: Vec<Candidate<'_>> = route
-            .endpoints
-            .iter()
-            .map(|u| Candidate {
-                cluster: &u.cluster,
-                usable: u.state.usable(now) && !tried.contains(&u.state.addr),
-                in_flight: u.state.in_flight.load(Ordering::Relaxed),
-            })
-            .collect();
+        candidates.clear();
+        candidates.extend(route.endpoints.iter().map(|u| Candidate {
+            cluster: &u.cluster,
+            usable: u.state.usable(now) && !tried.contains(&u.state.addr),
+            in_flight: u.state.in_flight.load(Ordering::Relaxed),
+        }));
         let turn = route.turn.fetch_add(1, Ordering::Relaxed);
         let Some(i) = pick(&candidates, route.policy, route.prefer.as_deref(), turn) else {
             break;
