@@ -883,6 +883,8 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         "pods/log",
         "pods/status",
         "replicationcontrollers",
+        "replicationcontrollers/status",
+        "replicationcontrollers/scale",
         "services",
         "services/status",
         "serviceaccounts",
@@ -1060,6 +1062,12 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
             &all_rw,
             &["apps"],
             &["replicasets", "deployments", "daemonsets", "statefulsets"],
+        ),
+        rule(&all_rw, &[""], &["replicationcontrollers"]),
+        rule(
+            &["update", "patch"],
+            &[""],
+            &["replicationcontrollers/status"],
         ),
         rule(
             &["update", "patch"],

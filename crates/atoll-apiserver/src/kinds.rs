@@ -505,6 +505,30 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
         },
         Decl {
             review: false,
+            group: "",
+            version: "v1",
+            resource: "replicationcontrollers",
+            kind: "ReplicationController",
+            namespaced: true,
+            short_names: &["rc"],
+            categories: all,
+            status: true,
+            scale: true,
+            name_rule: Subdomain,
+            strategy: typed::<core::ReplicationController>(
+                validate_replication_controller,
+                &[],
+                || {
+                    vec![
+                        Column::int("Desired", "/spec/replicas", "Desired replicas"),
+                        Column::int("Current", "/status/replicas", "Current replicas"),
+                        Column::int("Ready", "/status/readyReplicas", "Ready replicas"),
+                    ]
+                },
+            ),
+        },
+        Decl {
+            review: false,
             group: "apps",
             version: "v1",
             resource: "replicasets",
@@ -1103,6 +1127,45 @@ fn validate_endpointslice(obj: &Value, _: Option<&Value>, causes: &mut Vec<Cause
             "addressType",
             t,
             &["FQDN", "IPv4", "IPv6"],
+        ));
+    }
+}
+
+/// A ReplicationController: its selector is a plain label map (defaulted from the template's
+/// labels), which the template's labels must carry; replicas not negative.
+fn validate_replication_controller(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let selector: Option<std::collections::BTreeMap<String, String>> = obj
+        .pointer("/spec/selector")
+        .and_then(|s| serde_json::from_value(s.clone()).ok());
+    let labels: std::collections::BTreeMap<String, String> = obj
+        .pointer("/spec/template/metadata/labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    match selector {
+        None if obj.pointer("/spec/selector").is_some_and(|s| !s.is_null()) => causes.push(
+            Cause::invalid("spec.selector", "", "must be a map of label keys to values"),
+        ),
+        Some(sel) if sel.is_empty() => causes.push(Cause::required("spec.selector")),
+        None => causes.push(Cause::required("spec.selector")),
+        Some(sel) => {
+            if obj.pointer("/spec/template").is_some_and(|t| !t.is_null())
+                && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+            {
+                causes.push(Cause::invalid(
+                    "spec.template.metadata.labels",
+                    &serde_json::to_string(&labels).unwrap_or_default(),
+                    "`selector` does not match template `labels`",
+                ));
+            }
+        }
+    }
+    if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64)
+        && r < 0
+    {
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            &r.to_string(),
+            "must be greater than or equal to 0",
         ));
     }
 }

@@ -174,7 +174,7 @@ pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
             obj["type"] = json!("Opaque");
         }
     }
-    if rt.kind == "Deployment" || rt.kind == "ReplicaSet" {
+    if rt.kind == "Deployment" || rt.kind == "ReplicaSet" || rt.kind == "ReplicationController" {
         if obj.get("spec").is_some_and(Value::is_object) && obj.pointer("/spec/replicas").is_none()
         {
             obj["spec"]["replicas"] = json!(1);
@@ -331,6 +331,30 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
             default_field(spec, "replicas", json!(1));
             if let Some(pod) = spec.pointer_mut("/template/spec") {
                 default_pod_spec(pod);
+            }
+        }
+        ("", "replicationcontrollers") => {
+            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+                return;
+            };
+            default_field(spec, "replicas", json!(1));
+            // As kube-apiserver: no selector means the template's labels (and no labels on
+            // the controller means its selector's).
+            if spec
+                .get("selector")
+                .is_none_or(|s| s.is_null() || s.as_object().is_some_and(|m| m.is_empty()))
+                && let Some(labels) = spec.pointer("/template/metadata/labels").cloned()
+            {
+                spec["selector"] = labels;
+            }
+            if let Some(pod) = spec.pointer_mut("/template/spec") {
+                default_pod_spec(pod);
+            }
+            let selector = obj.pointer("/spec/selector").cloned();
+            if obj.pointer("/metadata/labels").is_none_or(|l| l.is_null())
+                && let (Some(sel), Some(meta)) = (selector, obj.get_mut("metadata"))
+            {
+                meta["labels"] = sel;
             }
         }
         _ => {}

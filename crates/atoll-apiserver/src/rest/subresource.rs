@@ -258,6 +258,12 @@ impl Ctx {
             .and_then(|p| obj.pointer(p))
             .map(|s| match s {
                 Value::String(s) => s.clone(),
+                // A ReplicationController's selector is a plain label map.
+                Value::Object(m) if self.rt.kind == "ReplicationController" => m
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 other => selector_string(other),
             })
             .unwrap_or_default();

@@ -25,10 +25,10 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::{
     Namespace, Node, PersistentVolumeClaim, Pod, Service, ServiceAccount,
 };
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ReplicationController};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -71,6 +71,7 @@ pub(crate) type Key = (String, String);
 pub(crate) struct Caches {
     pub pods: Store<Pod>,
     pub replicasets: Store<ReplicaSet>,
+    pub replicationcontrollers: Store<ReplicationController>,
     pub deployments: Store<Deployment>,
     pub jobs: Store<Job>,
     pub cronjobs: Store<CronJob>,
@@ -101,6 +102,7 @@ pub(crate) struct Ctx {
 /// Run every controller until the process ends.
 pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let rs_queue = WorkQueue::new();
+    let rc_queue = WorkQueue::new();
     let deploy_queue = WorkQueue::new();
     let job_queue = WorkQueue::new();
     let ds_queue = WorkQueue::new();
@@ -112,6 +114,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
 
     let (pods, pods_w) = reflector::store();
     let (replicasets, rs_w) = reflector::store();
+    let (replicationcontrollers, rc_w) = reflector::store();
     let (deployments, deploy_w) = reflector::store();
     let (jobs, jobs_w) = reflector::store();
     let (daemonsets, ds_w) = reflector::store();
@@ -130,6 +133,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
         caches: Caches {
             pods,
             replicasets,
+            replicationcontrollers,
             deployments,
             jobs,
             cronjobs,
@@ -147,8 +151,9 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     });
 
     {
-        let (rs_q, job_q, ds_q, sts_q, svc_q, ctx2) = (
+        let (rs_q, rc_q, job_q, ds_q, sts_q, svc_q, ctx2) = (
             rs_queue.clone(),
+            rc_queue.clone(),
             job_queue.clone(),
             ds_queue.clone(),
             sts_queue.clone(),
@@ -158,6 +163,9 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
         drive(Api::<Pod>::all(client.clone()), pods_w, move |pod: &Pod| {
             if let Some(owner) = controller_of(pod, "ReplicaSet") {
                 rs_q.add((pod.namespace().unwrap_or_default(), owner));
+            }
+            if let Some(owner) = controller_of(pod, "ReplicationController") {
+                rc_q.add((pod.namespace().unwrap_or_default(), owner));
             }
             if let Some(owner) = controller_of(pod, "Job") {
                 job_q.add((pod.namespace().unwrap_or_default(), owner));
@@ -172,6 +180,14 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
                 svc_q.add(svc);
             }
         });
+    }
+    {
+        let rc_q = rc_queue.clone();
+        drive(
+            Api::<ReplicationController>::all(client.clone()),
+            rc_w,
+            move |rc: &ReplicationController| rc_q.add(key_of(rc)),
+        );
     }
     {
         let (rs_q, d_q) = (rs_queue.clone(), deploy_queue.clone());
@@ -325,6 +341,7 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
         let _ = store.wait_until_ready().await;
     }
     let _ = ctx.caches.replicasets.wait_until_ready().await;
+    let _ = ctx.caches.replicationcontrollers.wait_until_ready().await;
     let _ = ctx.caches.deployments.wait_until_ready().await;
     let _ = ctx.caches.jobs.wait_until_ready().await;
     let _ = ctx.caches.daemonsets.wait_until_ready().await;
@@ -341,6 +358,10 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     let c = ctx.clone();
     rs_queue.run(workers, "replicaset", move |k| {
         replicaset::reconcile(c.clone(), k)
+    });
+    let c = ctx.clone();
+    rc_queue.run(workers, "replicationcontroller", move |k| {
+        replicaset::reconcile_rc(c.clone(), k)
     });
     let c = ctx.clone();
     deploy_queue.run(workers, "deployment", move |k| {
@@ -371,8 +392,9 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
     // A periodic pass catches what no event announced (a lapsed lease, a pod that stopped
     // matching a Service's selector).
     let resync = {
-        let (rs_q, d_q, j_q, ds_q, c_q, st_q, s_q, ctx) = (
+        let (rs_q, rc_q, d_q, j_q, ds_q, c_q, st_q, s_q, ctx) = (
             rs_queue.clone(),
+            rc_queue.clone(),
             deploy_queue.clone(),
             job_queue.clone(),
             ds_queue.clone(),
@@ -389,6 +411,11 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
                     .state()
                     .iter()
                     .for_each(|o| rs_q.add(key_of(o.as_ref())));
+                ctx.caches
+                    .replicationcontrollers
+                    .state()
+                    .iter()
+                    .for_each(|o| rc_q.add(key_of(o.as_ref())));
                 ctx.caches
                     .deployments
                     .state()

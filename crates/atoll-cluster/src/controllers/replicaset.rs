@@ -1,11 +1,11 @@
-//! ReplicaSet: keep `spec.replicas` pods from the template running; report how many are
-//! ready and available.
+//! ReplicaSet and ReplicationController: keep `spec.replicas` pods from the template running;
+//! report how many are ready and available. One loop serves both kinds (a
+//! ReplicationController is a ReplicaSet with a plain label-map selector).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
@@ -15,23 +15,111 @@ use super::{BURST, Ctx, Key, create_pods, delete_pods, pod_of, pods_controlled_b
 use crate::Error;
 use crate::util::{pod_finished, pod_ready, pod_ready_since};
 
-pub(crate) async fn reconcile(
-    ctx: Arc<Ctx>,
-    (namespace, name): Key,
-) -> Result<Option<Duration>, Error> {
+/// What the loop needs of either kind.
+struct Replicas {
+    replicas: i32,
+    template: Option<PodTemplateSpec>,
+    min_ready_seconds: i32,
+    /// The status as the object shows it now (same fields for both kinds).
+    shown: serde_json::Value,
+}
+
+pub(crate) async fn reconcile(ctx: Arc<Ctx>, key: Key) -> Result<Option<Duration>, Error> {
     let Some(rs) = ctx
         .caches
         .replicasets
-        .get(&ObjectRef::new(&name).within(&namespace))
+        .get(&ObjectRef::new(&key.1).within(&key.0))
     else {
         return Ok(None);
     };
-    if rs.metadata.deletion_timestamp.is_some() {
+    let spec = rs.spec.clone().unwrap_or_default();
+    let view = Replicas {
+        replicas: spec.replicas.unwrap_or(1),
+        template: spec.template,
+        min_ready_seconds: spec.min_ready_seconds.unwrap_or(0),
+        shown: rs
+            .status
+            .as_ref()
+            .map(|s| {
+                status_json(
+                    s.replicas,
+                    s.fully_labeled_replicas,
+                    s.ready_replicas,
+                    s.available_replicas,
+                    s.observed_generation,
+                )
+            })
+            .unwrap_or_default(),
+    };
+    keep(ctx, rs.as_ref(), view, "ReplicaSet", key).await
+}
+
+pub(crate) async fn reconcile_rc(ctx: Arc<Ctx>, key: Key) -> Result<Option<Duration>, Error> {
+    let Some(rc) = ctx
+        .caches
+        .replicationcontrollers
+        .get(&ObjectRef::new(&key.1).within(&key.0))
+    else {
+        return Ok(None);
+    };
+    let spec = rc.spec.clone().unwrap_or_default();
+    let view = Replicas {
+        replicas: spec.replicas.unwrap_or(1),
+        template: spec.template,
+        min_ready_seconds: spec.min_ready_seconds.unwrap_or(0),
+        shown: rc
+            .status
+            .as_ref()
+            .map(|s| {
+                status_json(
+                    s.replicas,
+                    s.fully_labeled_replicas,
+                    s.ready_replicas,
+                    s.available_replicas,
+                    s.observed_generation,
+                )
+            })
+            .unwrap_or_default(),
+    };
+    keep(ctx, rc.as_ref(), view, "ReplicationController", key).await
+}
+
+fn status_json(
+    replicas: i32,
+    fully_labeled: Option<i32>,
+    ready: Option<i32>,
+    available: Option<i32>,
+    observed_generation: Option<i64>,
+) -> serde_json::Value {
+    json!({
+        "replicas": replicas,
+        "fullyLabeledReplicas": fully_labeled.unwrap_or(0),
+        "readyReplicas": ready.unwrap_or(0),
+        "availableReplicas": available.unwrap_or(0),
+        "observedGeneration": observed_generation,
+    })
+}
+
+/// Keep `owner`'s pods at its replicas and write its status.
+async fn keep<K>(
+    ctx: Arc<Ctx>,
+    owner: &K,
+    spec: Replicas,
+    kind: &str,
+    (namespace, name): Key,
+) -> Result<Option<Duration>, Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    if owner.meta().deletion_timestamp.is_some() {
         return Ok(None);
     }
-    let uid = rs.uid().unwrap_or_default();
-    let spec = rs.spec.clone().unwrap_or_default();
-    let want = spec.replicas.unwrap_or(1).max(0) as usize;
+    let uid = owner.meta().uid.clone().unwrap_or_default();
+    let want = spec.replicas.max(0) as usize;
     let active = |ctx: &Ctx| -> Vec<Arc<Pod>> {
         pods_controlled_by(ctx, &namespace, &uid)
             .into_iter()
@@ -39,14 +127,14 @@ pub(crate) async fn reconcile(
             .collect()
     };
     let pods = active(&ctx);
-    let owner = format!("ReplicaSet {namespace}/{name}");
+    let who = format!("{kind} {namespace}/{name}");
     if pods.len() < want {
         let missing = (want - pods.len()).min(BURST);
-        let template = pod_of(rs.as_ref(), spec.template.clone());
-        let created = create_pods(&ctx, &namespace, vec![template; missing], &owner).await;
+        let template = pod_of(owner, spec.template.clone());
+        let created = create_pods(&ctx, &namespace, vec![template; missing], &who).await;
         if created.len() < missing {
             return Err(Error::Config(format!(
-                "created {} of {missing} pods for {owner}",
+                "created {} of {missing} pods for {who}",
                 created.len()
             )));
         }
@@ -68,11 +156,11 @@ pub(crate) async fn reconcile(
             .take(pods.len() - want)
             .map(|p| p.name_any())
             .collect();
-        delete_pods(&ctx, &namespace, &victims, &owner).await;
+        delete_pods(&ctx, &namespace, &victims, &who).await;
     }
     // Status from what the cache now shows.
     let pods = active(&ctx);
-    let min_ready = spec.min_ready_seconds.unwrap_or(0).max(0) as f64;
+    let min_ready = spec.min_ready_seconds.max(0) as f64;
     let ready = pods.iter().filter(|p| pod_ready(p)).count() as i32;
     let mut wait_for_available: Option<f64> = None;
     let available = pods
@@ -108,18 +196,8 @@ pub(crate) async fn reconcile(
         "fullyLabeledReplicas": fully_labeled,
         "readyReplicas": ready,
         "availableReplicas": available,
-        "observedGeneration": rs.metadata.generation,
+        "observedGeneration": owner.meta().generation,
     });
-    let current = rs.status.as_ref().map(|s| {
-        json!({
-            "replicas": s.replicas,
-            "fullyLabeledReplicas": s.fully_labeled_replicas.unwrap_or(0),
-            "readyReplicas": s.ready_replicas.unwrap_or(0),
-            "availableReplicas": s.available_replicas.unwrap_or(0),
-            "observedGeneration": s.observed_generation,
-        })
-    });
-    let shown = current.unwrap_or_default();
-    update_status::<ReplicaSet>(&ctx, &namespace, &name, &status, &shown).await?;
+    update_status::<K>(&ctx, &namespace, &name, &status, &spec.shown).await?;
     Ok(wait_for_available.map(|s| Duration::from_secs_f64(s.max(0.0) + 0.05)))
 }

@@ -1971,3 +1971,94 @@ fn the_simulated_runtime_makes_pods_ready_without_processes() {
             .then_some(())
     });
 }
+
+#[test]
+fn replication_controllers_keep_their_pods_and_scale() {
+    let env = DevEnv::up(&["--clusters", "1", "--runtime", "simulated"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    // No selector: kube-apiserver defaults it (and the labels) from the template's labels.
+    let manifest = r#"
+apiVersion: v1
+kind: ReplicationController
+metadata: {name: web}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: web-rc}}
+    spec:
+      containers: [{name: main, image: web:1}]
+"#;
+    k.ok_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), manifest);
+    let rc = json(&k.ok(&[&m1[..], &["get", "rc", "web", "-o", "json"]].concat()));
+    assert_eq!(rc["spec"]["selector"], serde_json::json!({"app": "web-rc"}));
+    assert_eq!(
+        rc["metadata"]["labels"],
+        serde_json::json!({"app": "web-rc"})
+    );
+    let ready = |n: i64| {
+        wait_for(30, &format!("{n} ready replicas"), || {
+            let rc = json(&k.ok(&[&m1[..], &["get", "rc", "web", "-o", "json"]].concat()));
+            (rc["status"]["readyReplicas"].as_i64().unwrap_or(0) == n
+                && running_pods(&k, "member1", "app=web-rc").len() == n as usize)
+                .then_some(())
+        })
+    };
+    ready(2);
+    let row = k.ok(&[&m1[..], &["get", "rc", "web"]].concat());
+    assert!(
+        row.lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()[1..4] == ["2", "2", "2"]),
+        "DESIRED CURRENT READY: {row}"
+    );
+    // The scale subresource, as `kubectl scale` uses it; its selector is the label map.
+    k.ok(&[&m1[..], &["scale", "rc", "web", "--replicas=3"]].concat());
+    ready(3);
+    let scale = json(
+        &k.ok(&[
+            &m1[..],
+            &[
+                "get",
+                "--raw",
+                "/api/v1/namespaces/default/replicationcontrollers/web/scale",
+            ],
+        ]
+        .concat()),
+    );
+    assert_eq!(scale["status"]["selector"], "app=web-rc");
+    assert_eq!(scale["spec"]["replicas"], 3);
+    // A deleted pod is replaced.
+    let victim = running_pods(&k, "member1", "app=web-rc")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    k.ok(&[&m1[..], &["delete", "pod", &victim, "--wait=false"]].concat());
+    wait_for(30, "a replacement pod", || {
+        let pods = running_pods(&k, "member1", "app=web-rc");
+        (pods.len() == 3
+            && pods
+                .iter()
+                .all(|p| p["metadata"]["name"] != victim.as_str()))
+        .then_some(())
+    });
+    // A selector the template does not match is refused, with a message that says so.
+    let bad = manifest.replace("name: web}", "name: bad}").replace(
+        "  replicas: 2\n",
+        "  replicas: 2\n  selector: {app: other}\n",
+    );
+    let out = k.run_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), &bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`selector` does not match template `labels`"),
+        "{err}"
+    );
+    // Its pods go with it.
+    k.ok(&[&m1[..], &["delete", "rc", "web"]].concat());
+    wait_for(30, "the controller's pods to go", || {
+        running_pods(&k, "member1", "app=web-rc")
+            .is_empty()
+            .then_some(())
+    });
+}
