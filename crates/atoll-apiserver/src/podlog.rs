@@ -65,6 +65,8 @@ fn target(ctx: &Ctx, what: &str) -> ApiResult<Target> {
     };
     let (containers, init) = (names("containers"), names("initContainers"));
     let container = match ctx.query.get("container") {
+        // A port-forward is to the pod, whichever container listens.
+        _ if what == "portforward" => String::new(),
         Some(c) if containers.iter().chain(&init).any(|x| x == c) => c.to_string(),
         Some(c) => {
             return Err(ApiError::bad_request(format!(
@@ -250,6 +252,13 @@ pub(crate) async fn exec(ctx: &Ctx, req: axum::extract::Request) -> ApiResult<Re
     stream(ctx, req, "exec").await
 }
 
+/// `pods/portforward` over a WebSocket (`v4.channel.k8s.io`, as the Python client and
+/// kube-apiserver since 1.31 speak it), passed to the node as `exec` is; the node connects
+/// to the pod's ports.
+pub(crate) async fn portforward(ctx: &Ctx, req: axum::extract::Request) -> ApiResult<Response> {
+    stream(ctx, req, "portforward").await
+}
+
 /// `pods/attach`, passed to the node as `exec` is.
 pub(crate) async fn attach(ctx: &Ctx, req: axum::extract::Request) -> ApiResult<Response> {
     stream(ctx, req, "attach").await
@@ -279,6 +288,13 @@ async fn stream(ctx: &Ctx, mut req: axum::extract::Request, what: &str) -> ApiRe
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
+    if upgrade != "websocket" && what == "portforward" {
+        return Err(ApiError::bad_request(if upgrade.starts_with("spdy") {
+            "this server speaks port-forward over WebSockets only (v4.channel.k8s.io), not SPDY"
+        } else {
+            "Upgrade request required"
+        }));
+    }
     if upgrade != "websocket" {
         return Err(ApiError::bad_request(if upgrade.starts_with("spdy") {
             "this server speaks exec and attach over WebSockets only (v5.channel.k8s.io), not SPDY: use kubectl 1.30 or later (and do not set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false)"
@@ -286,14 +302,18 @@ async fn stream(ctx: &Ctx, mut req: axum::extract::Request, what: &str) -> ApiRe
             "Upgrade request required"
         }));
     }
-    let mut path = format!("/{what}/{}/{}/{}?", t.namespace, t.name, t.container);
+    let mut path = if what == "portforward" {
+        format!("/portForward/{}/{}?", t.namespace, t.name)
+    } else {
+        format!("/{what}/{}/{}/{}?", t.namespace, t.name, t.container)
+    };
     let mut params: Vec<String> = ctx
         .query
         .all("command")
         .iter()
         .map(|c| format!("command={}", urlencode(c)))
         .collect();
-    for k in ["stdin", "stdout", "stderr", "tty"] {
+    for k in ["stdin", "stdout", "stderr", "tty", "ports"] {
         if let Some(v) = ctx.query.get(k) {
             params.push(format!("{k}={}", urlencode(v)));
         }

@@ -230,6 +230,9 @@ async fn route(
         Verb::Get | Verb::Create if ctx.rr.subresource.as_deref() == Some("attach") => {
             return crate::podlog::attach(&ctx, req).await;
         }
+        Verb::Get | Verb::Create if ctx.rr.subresource.as_deref() == Some("portforward") => {
+            return crate::podlog::portforward(&ctx, req).await;
+        }
         Verb::Get => ctx.get(),
         Verb::List => ctx.list(),
         Verb::Watch => return watch::serve(ctx),
@@ -565,12 +568,12 @@ impl Ctx {
             "finalize" => self.rt.group.is_empty() && self.rt.resource == "namespaces",
             "token" => self.rt.group.is_empty() && self.rt.resource == "serviceaccounts",
             "approval" => self.is_csr(),
-            "binding" | "log" | "exec" | "attach" => self.is_pods(),
+            "binding" | "log" | "exec" | "attach" | "portforward" => self.is_pods(),
             _ => false,
         };
         let verb_ok = if sub == "token" || sub == "binding" {
             self.rr.verb == Verb::Create
-        } else if sub == "exec" || sub == "attach" {
+        } else if sub == "exec" || sub == "attach" || sub == "portforward" {
             // GET for a WebSocket, POST for SPDY.
             matches!(self.rr.verb, Verb::Get | Verb::Create)
         } else if sub == "log" {

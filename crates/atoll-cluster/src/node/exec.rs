@@ -36,7 +36,7 @@ struct Request {
 }
 
 /// A query value, percent-decoded (`+` is a space, as in a form).
-fn decode(s: &str) -> String {
+pub(super) fn decode(s: &str) -> String {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -202,7 +202,7 @@ pub(crate) async fn serve(
     })
 }
 
-type Socket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+pub(super) type Socket = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
 /// `attach` (the kubelet's `/attach`): the caller joins a running container that keeps stdin
 /// open or has a terminal: its output from now on, its input, its terminal's size.
@@ -352,7 +352,7 @@ fn handshake(
 }
 
 /// Switch the connection to a WebSocket and hand it to `session` once upgraded.
-fn switch<F, Fut>(
+pub(super) fn switch<F, Fut>(
     req: &mut hyper::Request<hyper::body::Incoming>,
     protocol: &'static str,
     key: &[u8],

@@ -91,6 +91,8 @@ impl LogServer {
                             super::exec::serve(&ctx, req).await
                         } else if req.uri().path().starts_with("/attach/") {
                             super::exec::serve_attach(&ctx, req).await
+                        } else if req.uri().path().starts_with("/portForward/") {
+                            super::portforward::serve(&ctx, req).await
                         } else {
                             handle(&ctx, req.uri()).await
                         }

@@ -13,6 +13,7 @@
 mod env;
 mod exec;
 mod logs;
+mod portforward;
 mod probe;
 mod process;
 mod sandbox;

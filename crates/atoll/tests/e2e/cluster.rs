@@ -2062,3 +2062,128 @@ spec:
             .then_some(())
     });
 }
+
+/// A `pods/portforward` session as the Python client speaks it (`v4.channel.k8s.io` over a
+/// WebSocket, over TLS with the kubeconfig's client certificate), in stdlib Python: sends
+/// `line` on each port and prints what came back on each channel.
+const PORT_FORWARD_CLIENT: &str = r#"
+import base64, json, os, socket, ssl, sys, tempfile, time, urllib.parse
+cfg = json.loads(sys.stdin.read())
+cluster, user = cfg['clusters'][0]['cluster'], cfg['users'][0]['user']
+d = tempfile.mkdtemp()
+def file(name, data):
+    path = os.path.join(d, name)
+    open(path, 'wb').write(base64.b64decode(data))
+    return path
+ctx = ssl.create_default_context(cafile=file('ca', cluster['certificate-authority-data']))
+ctx.load_cert_chain(file('crt', user['client-certificate-data']), file('key', user['client-key-data']))
+url = urllib.parse.urlparse(cluster['server'])
+ports = sys.argv[2].split(',')
+s = ctx.wrap_socket(socket.create_connection((url.hostname, url.port), timeout=20), server_hostname=url.hostname)
+s.sendall(('GET /api/v1/namespaces/default/pods/%s/portforward?ports=%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v5.channel.k8s.io,v4.channel.k8s.io\r\n\r\n' % (sys.argv[1], sys.argv[2], url.netloc)).encode())
+buf = b''
+while b'\r\n\r\n' not in buf:
+    buf += s.recv(4096)
+head, buf = buf.split(b'\r\n\r\n', 1)
+assert b' 101 ' in head.split(b'\r\n')[0], head + buf
+assert b'v4.channel.k8s.io' in head, head
+def frames():
+    global buf
+    while True:
+        while len(buf) < 2:
+            buf += s.recv(4096)
+        n = buf[1] & 127
+        off = 2
+        if n == 126:
+            while len(buf) < 4:
+                buf += s.recv(4096)
+            n, off = int.from_bytes(buf[2:4], 'big'), 4
+        while len(buf) < off + n:
+            buf += s.recv(4096)
+        payload, buf = buf[off:off + n], buf[off + n:]
+        yield payload
+def send(channel, data):
+    mask = b'\x01\x02\x03\x04'
+    payload = bytes([channel]) + data
+    s.sendall(bytes([0x82, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+got = {}
+f = frames()
+# First the port number on each channel.
+for i in range(2 * len(ports)):
+    p = next(f)
+    print('init', p[0], p[1] + 256 * p[2])
+for i, port in enumerate(ports):
+    send(2 * i, ('hello %s\n' % port).encode())
+deadline = time.time() + 10
+while time.time() < deadline and len(got) < len(ports):
+    p = next(f)
+    got.setdefault(p[0], b'')
+    got[p[0]] += p[1:]
+    if p[0] % 2 == 0 and not got[p[0]].endswith(b'\n'):
+        del got[p[0]]
+for channel in sorted(got):
+    print('channel', channel, got[channel].decode().strip())
+"#;
+
+#[test]
+fn port_forward_reaches_the_pods_ports_over_a_websocket() {
+    let env = DevEnv::up(&["--clusters", "1"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    // An echo server on 1234 (socat: each connection's lines come back); nothing on 1236.
+    let manifest = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: echo}
+spec:
+  containers:
+  - name: main
+    image: debian
+    command: [sh, -c, "exec socat TCP-LISTEN:1234,bind=$POD_IP,fork,reuseaddr EXEC:cat"]
+    readinessProbe: {tcpSocket: {port: 1234}, periodSeconds: 1}
+"#;
+    k.ok_stdin(&[&m1[..], &["apply", "-f", "-"]].concat(), manifest);
+    wait_for(60, "echo to be Ready", || {
+        let p = json(&k.ok(&[&m1[..], &["get", "pod", "echo", "-o", "json"]].concat()));
+        is_ready(&p).then_some(())
+    });
+    let config = k.ok(&[
+        &m1[..],
+        &["config", "view", "--raw", "--minify", "-o", "json"],
+    ]
+    .concat());
+    let out = Command::new("python3")
+        .args(["-c", PORT_FORWARD_CLIENT, "echo", "1234,1236"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(config.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each channel announced with its port, the echo back on port 1234's data channel, and
+    // the refused port's error on its error channel.
+    for want in [
+        "init 0 1234",
+        "init 1 1234",
+        "init 2 1236",
+        "init 3 1236",
+        "channel 0 hello 1234",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("channel 3 error forwarding port 1236 to pod default/echo")),
+        "{text}"
+    );
+}
