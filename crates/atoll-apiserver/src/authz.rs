@@ -1064,6 +1064,12 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
             &["replicasets", "deployments", "daemonsets", "statefulsets"],
         ),
         rule(&all_rw, &[""], &["replicationcontrollers"]),
+        // The root CA publisher's `kube-root-ca.crt` in every namespace.
+        rule(
+            &["get", "list", "watch", "create", "update", "patch"],
+            &[""],
+            &["configmaps"],
+        ),
         rule(
             &["update", "patch"],
             &[""],

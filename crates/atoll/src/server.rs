@@ -170,6 +170,7 @@ async fn start_controllers(pki: &Pki, url: &str, args: &ServerArgs) -> anyhow::R
     let cfg = atoll_cluster::controllers::ControllerConfig {
         cluster_cidr: args.cluster_cidr.clone(),
         default_toleration_seconds: args.default_toleration_seconds,
+        root_ca: Some(pki.ca_pem.clone()),
         ..Default::default()
     };
     if args.dns_listen.as_deref() != Some("off") {

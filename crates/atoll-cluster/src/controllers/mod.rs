@@ -48,6 +48,9 @@ pub struct ControllerConfig {
     pub default_toleration_seconds: i64,
     /// Concurrent reconciles per controller.
     pub workers: usize,
+    /// The cluster CA (PEM) published in every namespace as ConfigMap `kube-root-ca.crt`,
+    /// as kube-controller-manager's root CA publisher does; none publishes nothing.
+    pub root_ca: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -56,6 +59,7 @@ impl Default for ControllerConfig {
             cluster_cidr: "127.16.0.0/16".into(),
             default_toleration_seconds: 300,
             workers: 8,
+            root_ca: None,
         }
     }
 }
@@ -334,6 +338,20 @@ pub async fn run(client: Client, cfg: ControllerConfig) -> Result<(), Error> {
             Api::<ServiceAccount>::all(client.clone()),
             watcher::Config::default().fields("metadata.name=default"),
             move |sa: &ServiceAccount| n_q.add((String::new(), sa.namespace().unwrap_or_default())),
+        );
+    }
+    if cfg.root_ca.is_some() {
+        // A changed or deleted `kube-root-ca.crt` is put back.
+        let n_q = ns_queue.clone();
+        trigger(
+            Api::<k8s_openapi::api::core::v1::ConfigMap>::all(client.clone()),
+            watcher::Config::default().fields(&format!(
+                "metadata.name={}",
+                serviceaccount::ROOT_CA_CONFIGMAP
+            )),
+            move |cm: &k8s_openapi::api::core::v1::ConfigMap| {
+                n_q.add((String::new(), cm.namespace().unwrap_or_default()))
+            },
         );
     }
 

@@ -2187,3 +2187,78 @@ spec:
         "{text}"
     );
 }
+
+#[test]
+fn every_namespace_gets_the_cluster_ca_as_kube_root_ca_crt() {
+    let env = DevEnv::up(&["--clusters", "1", "--runtime", "simulated"]);
+    let k = env.kubectl();
+    let m1 = ["--context", "member1"];
+    let config = json(
+        &k.ok(&[
+            &m1[..],
+            &["config", "view", "--raw", "--minify", "-o", "json"],
+        ]
+        .concat()),
+    );
+    let ca = {
+        use base64::Engine;
+        let b64 = config["clusters"][0]["cluster"]["certificate-authority-data"]
+            .as_str()
+            .unwrap();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let published = |ns: &str| {
+        let out = k.run(
+            &[
+                &m1[..],
+                &[
+                    "-n",
+                    ns,
+                    "get",
+                    "configmap",
+                    "kube-root-ca.crt",
+                    "-o",
+                    "jsonpath={.data.ca\\.crt}",
+                ],
+            ]
+            .concat(),
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    for ns in ["default", "kube-system"] {
+        let got = wait_for(20, &format!("kube-root-ca.crt in {ns}"), || published(ns));
+        assert_eq!(got.trim(), ca.trim(), "the cluster CA in {ns}");
+    }
+    // A new namespace gets one; a deleted one comes back; an edited one is put right.
+    k.ok(&[&m1[..], &["create", "namespace", "team"]].concat());
+    wait_for(20, "kube-root-ca.crt in team", || published("team"));
+    k.ok(&[
+        &m1[..],
+        &["-n", "team", "delete", "configmap", "kube-root-ca.crt"],
+    ]
+    .concat());
+    wait_for(20, "kube-root-ca.crt back in team", || published("team"));
+    k.ok(&[
+        &m1[..],
+        &[
+            "-n",
+            "team",
+            "patch",
+            "configmap",
+            "kube-root-ca.crt",
+            "-p",
+            r#"{"data":{"ca.crt":"x"}}"#,
+        ],
+    ]
+    .concat());
+    wait_for(20, "kube-root-ca.crt put right in team", || {
+        published("team").filter(|c| c.trim() == ca.trim())
+    });
+}

@@ -11,6 +11,7 @@ mod harness;
 mod kubectl;
 mod mcs_conformance;
 mod placement;
+mod python_client;
 mod rbac;
 mod registration;
 mod sandbox;
