@@ -15,38 +15,7 @@ use std::time::Duration;
 
 use crate::cluster::{DevEnv, json, wait_for};
 use crate::harness::Kubectl;
-
-const WEB: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: demo}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-      - name: web
-        image: python:3
-        command: ["sh", "-c", "mkdir -p /tmp/www && echo CLUSTER > /tmp/www/index.html && exec python3 -m http.server 8080 --bind $POD_IP --directory /tmp/www"]
-        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: demo}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: multicluster.x-k8s.io/v1beta1
-kind: ServiceExport
-metadata: {name: web, namespace: demo}
-"#;
+use crate::services::WEB;
 
 /// member3's services: `api` (files under /api/), `ws` (a WebSocket echo in plain Python) and
 /// `slow` (accepts connections, never answers).
@@ -359,6 +328,27 @@ fn keep_alive_stream(resolve: &str, url: &str, n: usize) -> std::thread::JoinHan
     })
 }
 
+/// The hub's `demo/web` ingress's status and its backend `web`, once the gateway wrote them.
+fn web_status(k: &Kubectl) -> Option<(serde_json::Value, serde_json::Value)> {
+    let mci = json(&k.ok(&[
+        "--context",
+        "hub",
+        "-n",
+        "demo",
+        "get",
+        "mci",
+        "web",
+        "-o",
+        "json",
+    ]));
+    let web = mci["status"]["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["service"] == "web")?
+        .clone();
+    Some((mci["status"].clone(), web))
+}
+
 #[test]
 fn multicluster_ingress_routes_outside_traffic_across_clusters() {
     let env = DevEnv::up(&["--clusters", "3", "--cluster-lease-seconds", "2"]);
@@ -530,24 +520,9 @@ print(round(time.time() - start))
 
     // The status: where the gateway listens and each backend's ready endpoints per cluster.
     let status = wait_for(20, "the web ingress's status", || {
-        let mci = json(&k.ok(&[
-            "--context",
-            "hub",
-            "-n",
-            "demo",
-            "get",
-            "mci",
-            "web",
-            "-o",
-            "json",
-        ]));
-        let web = mci["status"]["backends"]
-            .as_array()?
-            .iter()
-            .find(|b| b["service"] == "web")?
-            .clone();
+        let (status, web) = web_status(&k)?;
         (web["clusters"] == serde_json::json!([{"cluster": "member1", "ready": 1}, {"cluster": "member2", "ready": 1}]))
-            .then_some(mci["status"].clone())
+            .then_some(status)
     });
     assert_eq!(status["loadBalancer"]["ingress"][0]["ip"], "127.0.0.1");
     let programmed = status["conditions"]
@@ -641,22 +616,7 @@ print(round(time.time() - start))
         (answering(&gw, 8) == ["member2"]).then_some(())
     });
     wait_for(20, "member1 with no ready endpoint in the status", || {
-        let mci = json(&k.ok(&[
-            "--context",
-            "hub",
-            "-n",
-            "demo",
-            "get",
-            "mci",
-            "web",
-            "-o",
-            "json",
-        ]));
-        let web = mci["status"]["backends"]
-            .as_array()?
-            .iter()
-            .find(|b| b["service"] == "web")?
-            .clone();
+        let (_, web) = web_status(&k)?;
         (web["clusters"][0] == serde_json::json!({"cluster": "member1", "ready": 0})).then_some(())
     });
 }

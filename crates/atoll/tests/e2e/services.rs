@@ -11,7 +11,9 @@ use serde_json::Value;
 use crate::cluster::{DevEnv, atoll, dig, dns_ip, json, wait_for};
 use crate::harness::Kubectl;
 
-const WEB: &str = r#"
+/// A Deployment answering with its cluster's name (`CLUSTER`, replaced), its Service and
+/// ServiceExport, in namespace `demo`.
+pub(crate) const WEB: &str = r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: demo}
