@@ -24,6 +24,32 @@ struct Replicas {
     shown: serde_json::Value,
 }
 
+/// The view of a ReplicaSet or ReplicationController: their spec and status fields have the
+/// same names (only the selector's type differs, which the loop does not read).
+macro_rules! view_of {
+    ($obj:expr) => {{
+        let spec = $obj.spec.clone().unwrap_or_default();
+        Replicas {
+            replicas: spec.replicas.unwrap_or(1),
+            template: spec.template,
+            min_ready_seconds: spec.min_ready_seconds.unwrap_or(0),
+            shown: $obj
+                .status
+                .as_ref()
+                .map(|s| {
+                    status_json(
+                        s.replicas,
+                        s.fully_labeled_replicas,
+                        s.ready_replicas,
+                        s.available_replicas,
+                        s.observed_generation,
+                    )
+                })
+                .unwrap_or_default(),
+        }
+    }};
+}
+
 pub(crate) async fn reconcile(ctx: Arc<Ctx>, key: Key) -> Result<Option<Duration>, Error> {
     let Some(rs) = ctx
         .caches
@@ -32,25 +58,7 @@ pub(crate) async fn reconcile(ctx: Arc<Ctx>, key: Key) -> Result<Option<Duration
     else {
         return Ok(None);
     };
-    let spec = rs.spec.clone().unwrap_or_default();
-    let view = Replicas {
-        replicas: spec.replicas.unwrap_or(1),
-        template: spec.template,
-        min_ready_seconds: spec.min_ready_seconds.unwrap_or(0),
-        shown: rs
-            .status
-            .as_ref()
-            .map(|s| {
-                status_json(
-                    s.replicas,
-                    s.fully_labeled_replicas,
-                    s.ready_replicas,
-                    s.available_replicas,
-                    s.observed_generation,
-                )
-            })
-            .unwrap_or_default(),
-    };
+    let view = view_of!(rs);
     keep(ctx, rs.as_ref(), view, "ReplicaSet", key).await
 }
 
@@ -62,25 +70,7 @@ pub(crate) async fn reconcile_rc(ctx: Arc<Ctx>, key: Key) -> Result<Option<Durat
     else {
         return Ok(None);
     };
-    let spec = rc.spec.clone().unwrap_or_default();
-    let view = Replicas {
-        replicas: spec.replicas.unwrap_or(1),
-        template: spec.template,
-        min_ready_seconds: spec.min_ready_seconds.unwrap_or(0),
-        shown: rc
-            .status
-            .as_ref()
-            .map(|s| {
-                status_json(
-                    s.replicas,
-                    s.fully_labeled_replicas,
-                    s.ready_replicas,
-                    s.available_replicas,
-                    s.observed_generation,
-                )
-            })
-            .unwrap_or_default(),
-    };
+    let view = view_of!(rc);
     keep(ctx, rc.as_ref(), view, "ReplicationController", key).await
 }
 
