@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod clusterset;
 pub mod ingress;
 pub mod mcs;
+pub mod peering;
 pub mod placement;
 pub mod profile;
 pub mod selector;
@@ -36,7 +37,7 @@ use kube_core::CustomResourceExt;
 
 /// Every CRD Atoll defines, as installed on a hub or member (and written to `deploy/crds/`).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         cluster::managed_cluster_crd(),
         cluster::ClusterProperty::crd(),
         clusterset::ManagedClusterSet::crd(),
@@ -53,6 +54,9 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         mcs::ImportedService::crd(),
         ingress::MultiClusterIngress::crd(),
     ]
+    .into_iter()
+    .chain(peering::crds())
+    .collect()
 }
 
 #[cfg(test)]

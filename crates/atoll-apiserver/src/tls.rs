@@ -281,13 +281,20 @@ impl Pki {
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-        let chain: Vec<CertificateDer<'static>> =
+        let mut chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(self.server_cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
                 .map_err(|e| TlsError::Pem {
                     path: self.dir.join("server.crt"),
                     why: e.to_string(),
                 })?;
+        // The CA goes along with the certificate: a peer holding only its pin (`atoll peer
+        // token`) finds the CA in the handshake, checks the pin, and trusts nothing else.
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()).flatten() {
+            if !chain.contains(&c) {
+                chain.push(c);
+            }
+        }
         let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes()).map_err(|e| {
             TlsError::Pem {
                 path: self.dir.join("server.key"),

@@ -55,6 +55,9 @@ enum Command {
     Dns(crate::dns::DnsArgs),
     /// Route outside traffic to exported Services as the hub's MultiClusterIngresses say.
     Gateway(crate::gateway::GatewayArgs),
+    /// Peering between clusters: `token`, `add`, `request`, `approve`, `refuse`, `offload`,
+    /// `list`, and `controllers` (run in each peering cluster).
+    Peer(crate::peer::PeerArgs),
     /// Export a member's Service to its cluster set (a ServiceExport).
     Export(crate::services::ExportArgs),
     /// Stop exporting a member's Service.
@@ -86,6 +89,7 @@ impl Args {
                 Command::Server(a) => crate::server::run(a).await,
                 Command::Dns(a) => crate::dns::run(a).await,
                 Command::Gateway(a) => crate::gateway::run(a).await,
+                Command::Peer(a) => crate::peer::run(a).await,
                 Command::Bench(a) => crate::bench::run(a).await,
                 Command::Kubeconfig(a) => crate::kubeconfig::run(a),
                 Command::Node(a) => crate::node::run(a).await,

@@ -243,6 +243,7 @@ impl Proc {
                 "node" => "node",
                 "hub" => "hub",
                 "agent" => "agent",
+                "peering" => "peering",
                 _ => "server",
             },
             cluster: v["cluster"].as_str()?.to_string(),
@@ -365,6 +366,25 @@ fn plan(dir: &Path, args: &UpArgs, shape: (u32, u32, &str), base_port: u16) -> V
                 format!("{}s", args.cluster_lease_seconds),
             ],
             log: logs.join(format!("{c}-agent.log")),
+            dir: None,
+            pid: None,
+        });
+    }
+    // Each member's peering controllers: members peer with each other, no hub involved.
+    for c in clusters.iter().skip(1) {
+        procs.push(Proc {
+            name: format!("{c}-peering"),
+            role: "peering",
+            cluster: c.clone(),
+            args: vec![
+                "peer".into(),
+                "controllers".into(),
+                "--kubeconfig".into(),
+                dir.join(c).join("admin.kubeconfig").display().to_string(),
+                "--cluster-id".into(),
+                c.clone(),
+            ],
+            log: logs.join(format!("{c}-peering.log")),
             dir: None,
             pid: None,
         });
@@ -615,7 +635,27 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         let (pid, _) = spawn(&exe, &p.args, &p.log)?;
         p.pid = Some(pid);
     }
+    let mut peering = Vec::new();
+    for p in procs
+        .iter_mut()
+        .filter(|p| p.role == "peering" && p.pid.is_none())
+    {
+        let (pid, offset) = spawn(&exe, &p.args, &p.log)?;
+        p.pid = Some(pid);
+        peering.push((p.cluster.clone(), pid, p.log.clone(), offset));
+    }
     write_state(&dir, base_port, &clusters, &procs)?;
+    for (c, pid, log, offset) in &peering {
+        wait_for_line(
+            *pid,
+            log,
+            *offset,
+            "peering controllers ready",
+            &format!("{c}'s peering controllers"),
+            &dir,
+        )
+        .await?;
+    }
     let kubeconfig = write_kubeconfig(&dir, &clusters)?;
     // Ready: every node Ready with a pod range, in every cluster.
     for c in &clusters {
@@ -918,7 +958,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         .flatten()
         .collect();
     // Nodes first (they stop their pods), then the servers.
-    for role in ["agent", "hub", "node", "server"] {
+    for role in ["peering", "agent", "hub", "node", "server"] {
         let pids: Vec<i64> = procs
             .iter()
             .filter(|p| p["role"] == role)

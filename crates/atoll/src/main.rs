@@ -16,6 +16,7 @@ mod gateway;
 mod kubeconfig;
 mod node;
 mod output;
+mod peer;
 mod registration;
 mod server;
 mod services;

@@ -10,6 +10,7 @@ mod gateway;
 mod harness;
 mod kubectl;
 mod mcs_conformance;
+mod peering;
 mod placement;
 mod python_client;
 mod rbac;

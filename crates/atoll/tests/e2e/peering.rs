@@ -1,0 +1,562 @@
+//! Peering end to end (`dev up --clusters 2`, no hub involved): member1 peers with member2 as
+//! a user would, with `atoll peer` and kubectl. A wrong pin, a wrong token and an expired
+//! token are refused with a condition that says which; a good token gives member1 a peer
+//! identity on member2 that gets 403 outside its tenant and offloaded namespaces; a request
+//! is granted per member2's policy and becomes a virtual node of exactly that capacity; a
+//! Deployment of 4 HTTP servers in an offloaded namespace runs on both sides, every pod
+//! answering curl and listed in its Service's endpoints; a copy deleted in member2 comes back;
+//! a pod beyond the grant stays Pending saying why; a taken remote namespace is refused up
+//! front; when member2 dies the virtual node goes NotReady and the pods are replaced locally.
+
+use std::process::Command;
+
+use crate::cluster::{DevEnv, json, wait_for};
+
+/// `atoll peer ARGS` against the environment's kubeconfig: (success, stdout + stderr).
+fn peer(env: &DevEnv, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .arg("peer")
+        .args(args)
+        .env("KUBECONFIG", env.dir.join("kubeconfig"))
+        .output()
+        .expect("atoll runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn peer_ok(env: &DevEnv, args: &[&str]) -> String {
+    let (ok, out) = peer(env, args);
+    assert!(ok, "atoll peer {args:?} failed: {out}");
+    out
+}
+
+/// The `atoll peer add` line `atoll peer token` prints, as its words.
+fn token_line(env: &DevEnv, ttl: &str) -> Vec<String> {
+    let out = peer_ok(env, &["token", "--context", "member2", "--ttl", ttl]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("atoll peer add "))
+        .unwrap_or_else(|| panic!("no add line: {out}"));
+    line.split_whitespace().skip(3).map(String::from).collect()
+}
+
+fn flag<'a>(words: &'a [String], name: &str) -> &'a str {
+    let i = words
+        .iter()
+        .position(|w| w == name)
+        .unwrap_or_else(|| panic!("{name} in {words:?}"));
+    &words[i + 1]
+}
+
+const SHOP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      tolerations: [{key: virtual-node.atoll.io/not-allowed, operator: Exists}]
+      containers:
+      - name: web
+        image: python:3
+        command: ["sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec python3 -m http.server 8080 --bind $POD_IP --directory /tmp/www"]
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+
+const TOO_BIG: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: big, namespace: shop}
+spec:
+  nodeSelector: {atoll.io/type: virtual-node}
+  tolerations: [{key: virtual-node.atoll.io/not-allowed, operator: Exists}]
+  containers:
+  - name: c
+    image: python:3
+    command: ["sleep", "3600"]
+    resources: {requests: {cpu: "2"}}
+"#;
+
+fn condition(fc: &serde_json::Value, type_: &str) -> (String, String, String) {
+    let c = fc["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_);
+    let s = |k: &str| {
+        c.and_then(|c| c[k].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    (s("status"), s("reason"), s("message"))
+}
+
+/// (name, node, phase, ready, podIP, restarts) of the pods of `shop/web` in member1.
+fn shop_pods(k: &crate::harness::Kubectl) -> Vec<(String, String, String, bool, String, i64)> {
+    let list = json(&k.ok(&[
+        "--context",
+        "member1",
+        "-n",
+        "shop",
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "json",
+    ]));
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["status"]["phase"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                ready,
+                p["status"]["podIP"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["status"]["containerStatuses"][0]["restartCount"]
+                    .as_i64()
+                    .unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn curl(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "3", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn members_peer_and_offload_pods_without_a_hub() {
+    let env = DevEnv::up(&["--clusters", "2", "--default-toleration-seconds", "2"]);
+    let k = env.kubectl();
+    let words = token_line(&env, "1h");
+    let (name, url, token, pin) = (
+        words[0].clone(),
+        flag(&words, "--url").to_string(),
+        flag(&words, "--token").to_string(),
+        flag(&words, "--ca-sha256").to_string(),
+    );
+    assert_eq!(name, "member2");
+
+    // Refusals, each with the condition that says why.
+    let wrong_pin = format!("sha256:{}", "0".repeat(64));
+    let (ok, out) = peer(
+        &env,
+        &[
+            "add",
+            "member2",
+            "--context",
+            "member1",
+            "--url",
+            &url,
+            "--token",
+            &token,
+            "--ca-sha256",
+            &wrong_pin,
+        ],
+    );
+    assert!(!ok && out.contains("presents no CA"), "{out}");
+    let fc = json(&k.ok(&["--context", "member1", "get", "fc", "member2", "-o", "json"]));
+    assert_eq!(condition(&fc, "Authenticated").1, "CAPinMismatch");
+    let wrong_token = format!("{}.{}", &token[..6], "x".repeat(16));
+    let (ok, out) = peer(
+        &env,
+        &[
+            "add",
+            "member2",
+            "--context",
+            "member1",
+            "--url",
+            &url,
+            "--token",
+            &wrong_token,
+            "--ca-sha256",
+            &pin,
+        ],
+    );
+    assert!(
+        !ok && out.contains("does not accept the peering token"),
+        "{out}"
+    );
+    let fc = json(&k.ok(&["--context", "member1", "get", "fc", "member2", "-o", "json"]));
+    assert_eq!(condition(&fc, "Authenticated").1, "TokenInvalid");
+    let expired = token_line(&env, "1s");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (ok, out) = peer(
+        &env,
+        &[
+            "add",
+            "member2",
+            "--context",
+            "member1",
+            "--url",
+            &url,
+            "--token",
+            flag(&expired, "--token"),
+            "--ca-sha256",
+            &pin,
+        ],
+    );
+    assert!(!ok && out.contains("expired"), "{out}");
+
+    // The good token.
+    let out = peer_ok(
+        &env,
+        &[
+            "add",
+            "member2",
+            "--context",
+            "member1",
+            "--url",
+            &url,
+            "--token",
+            &token,
+            "--ca-sha256",
+            &pin,
+        ],
+    );
+    assert!(out.contains("authenticated"), "{out}");
+    let provider_side =
+        json(&k.ok(&["--context", "member2", "get", "fc", "member1", "-o", "json"]));
+    assert_eq!(provider_side["status"]["role"], "Provider");
+    assert_eq!(provider_side["spec"]["discoveredBy"], "IncomingPeering");
+
+    // Negotiation: member2 grants half of its allocatable to peers.
+    let out = peer_ok(
+        &env,
+        &[
+            "request",
+            "member2",
+            "--context",
+            "member1",
+            "--cpu",
+            "1",
+            "--memory",
+            "1Gi",
+        ],
+    );
+    assert!(out.contains("Accepted"), "{out}");
+    let node = wait_for(20, "the virtual node Ready", || {
+        let out = k.run(&[
+            "--context",
+            "member1",
+            "get",
+            "node",
+            "atoll-member2",
+            "-o",
+            "json",
+        ]);
+        let node = serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()?;
+        let ready = node["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        ready.then_some(node)
+    });
+    assert_eq!(node["status"]["capacity"]["cpu"], "1");
+    assert_eq!(node["status"]["capacity"]["memory"], "1Gi");
+    assert_eq!(node["status"]["allocatable"], node["status"]["capacity"]);
+    assert_eq!(node["metadata"]["labels"]["atoll.io/type"], "virtual-node");
+    assert_eq!(
+        node["metadata"]["labels"]["atoll.io/remote-cluster-id"],
+        "member2"
+    );
+    assert_eq!(
+        node["spec"]["taints"][0]["key"],
+        "virtual-node.atoll.io/not-allowed"
+    );
+    let list = peer_ok(&env, &["list", "--context", "member1"]);
+    assert!(
+        list.contains("member2") && list.contains("Consumer") && list.contains("cpu=1"),
+        "{list}"
+    );
+
+    // Offloading: pods on both sides, all answering, all in the Service.
+    k.ok(&["--context", "member1", "create", "namespace", "shop"]);
+    peer_ok(&env, &["offload", "shop", "--context", "member1"]);
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "-n",
+            "shop",
+            "get",
+            "namespaceoffloading",
+            "offloading",
+            "-o",
+            "jsonpath={.status.offloadingPhase}",
+        ],
+        |s| s == "Ready",
+    );
+    let ns = json(&k.ok(&[
+        "--context",
+        "member2",
+        "get",
+        "namespace",
+        "shop-member1",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "baseline"
+    );
+    k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], SHOP);
+    let pods = wait_for(60, "4 web pods Ready on both sides", || {
+        let pods = shop_pods(&k);
+        let remote = pods.iter().filter(|p| p.1 == "atoll-member2").count();
+        (pods.len() == 4 && pods.iter().all(|p| p.3) && remote > 0 && remote < 4).then_some(pods)
+    });
+    for p in &pods {
+        let answer = curl(&format!("http://{}:8080/", p.4)).unwrap_or_default();
+        assert_eq!(answer, p.0, "pod {} on {} answers", p.0, p.1);
+    }
+    let remote_pods = json(&k.ok(&[
+        "--context",
+        "member2",
+        "-n",
+        "shop-member1",
+        "get",
+        "pods",
+        "-o",
+        "json",
+    ]));
+    let remote_names: Vec<&str> = remote_pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    for p in pods.iter().filter(|p| p.1 == "atoll-member2") {
+        assert!(
+            remote_names.contains(&p.0.as_str()),
+            "{} runs in member2: {remote_names:?}",
+            p.0
+        );
+    }
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "-n",
+            "shop",
+            "get",
+            "endpointslices",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].addresses[*]}",
+        ],
+        |s| pods.iter().all(|p| s.split_whitespace().any(|a| a == p.4)),
+    );
+
+    // The peer identity: its tenant and offloaded namespaces, nothing else.
+    let secret = json(&k.ok(&[
+        "--context",
+        "member1",
+        "-n",
+        "atoll-peering",
+        "get",
+        "secret",
+        "member2-identity",
+        "-o",
+        "json",
+    ]));
+    let kubeconfig = {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["kubeconfig"].as_str().unwrap())
+            .unwrap();
+        let path = env.dir.join("peer.kubeconfig");
+        std::fs::write(&path, b).unwrap();
+        path
+    };
+    let as_peer = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    };
+    for args in [
+        &["get", "pods", "-n", "default"][..],
+        &["get", "secrets", "-n", "kube-system"],
+        &["get", "nodes"],
+        &["create", "namespace", "mine"],
+        &["get", "resourcerequests", "-n", "atoll-tenant-someone"],
+        &[
+            "delete",
+            "resourceoffer",
+            "member1",
+            "-n",
+            "atoll-tenant-member1",
+        ],
+        &["get", "pods", "-n", "atoll-peering"],
+        &["get", "clusterroles"],
+    ] {
+        let out = as_peer(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Forbidden"),
+            "the peer identity may {args:?}: {err}"
+        );
+    }
+    for args in [
+        &["get", "resourcerequests", "-n", "atoll-tenant-member1"][..],
+        &["get", "resourceoffers", "-n", "atoll-tenant-member1"],
+        &["get", "pods", "-n", "shop-member1"],
+        &["get", "services", "-n", "shop-member1"],
+    ] {
+        let out = as_peer(args);
+        assert!(
+            out.status.success(),
+            "the peer identity may not {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A copy deleted out of band is made again.
+    let remote_one = pods
+        .iter()
+        .find(|p| p.1 == "atoll-member2")
+        .unwrap()
+        .0
+        .clone();
+    k.ok(&[
+        "--context",
+        "member2",
+        "-n",
+        "shop-member1",
+        "delete",
+        "pod",
+        &remote_one,
+        "--wait=false",
+    ]);
+    wait_for(30, "the copy made again and counted as a restart", || {
+        let p = shop_pods(&k).into_iter().find(|p| p.0 == remote_one)?;
+        (p.3 && p.5 >= 1).then_some(())
+    });
+
+    // A pod beyond the grant waits, saying why.
+    k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], TOO_BIG);
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "-n",
+            "shop",
+            "get",
+            "pod",
+            "big",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}",
+        ],
+        |s| s.contains("Insufficient cpu"),
+    );
+    k.ok(&[
+        "--context",
+        "member1",
+        "-n",
+        "shop",
+        "delete",
+        "pod",
+        "big",
+        "--wait=false",
+    ]);
+
+    // A remote namespace that is taken is refused before anything is made.
+    k.ok(&["--context", "member2", "create", "namespace", "taken"]);
+    k.ok(&["--context", "member1", "create", "namespace", "taken"]);
+    peer_ok(
+        &env,
+        &[
+            "offload",
+            "taken",
+            "--context",
+            "member1",
+            "--mapping",
+            "EnforceSameName",
+        ],
+    );
+    let status = k.eventually(
+        &[
+            "--context",
+            "member1",
+            "-n",
+            "taken",
+            "get",
+            "namespaceoffloading",
+            "offloading",
+            "-o",
+            "json",
+        ],
+        |s| s.contains("NamespaceConflict"),
+    );
+    assert!(
+        status.contains("already exists in provider member2"),
+        "{status}"
+    );
+
+    // member2 dies: its node goes NotReady, the pods there are replaced here.
+    env.sigkill("member2");
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "get",
+            "node",
+            "atoll-member2",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason}",
+        ],
+        |s| s == "ProviderUnreachable",
+    );
+    wait_for(90, "4 web pods Ready, all in member1", || {
+        let pods = shop_pods(&k);
+        (pods.len() == 4 && pods.iter().all(|p| p.3 && p.1 == "member1-node1")).then_some(())
+    });
+    let list = peer_ok(&env, &["list", "--context", "member1"]);
+    assert!(list.contains("ProviderUnreachable"), "{list}");
+}
