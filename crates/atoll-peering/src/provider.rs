@@ -92,6 +92,8 @@ fn tenant_of(caches: &Caches, namespace: &str) -> Option<String> {
         .get(ORIGIN_ANNOTATION)
         .is_none()
         .then_some(())?;
+    // A tenant being removed has no more requests or namespaces.
+    ns.metadata.deletion_timestamp.is_none().then_some(())?;
     let consumer = ns.labels().get(TENANT_LABEL)?.clone();
     (tenant_namespace(&consumer) == namespace).then_some(consumer)
 }
@@ -401,6 +403,38 @@ async fn namespaces_all(
                 }})),
             )
             .await?;
+        }
+    }
+    // Consumers whose tenant namespace is gone are peers no more: their cluster-wide right
+    // and the ForeignCluster made when they came.
+    let tenants: BTreeSet<String> = caches
+        .namespaces
+        .state()
+        .iter()
+        .filter(|ns| ns.annotations().get(ORIGIN_ANNOTATION).is_none())
+        .filter_map(|ns| ns.labels().get(TENANT_LABEL).cloned())
+        .collect();
+    let fcs: Api<ForeignCluster> = Api::all(client.clone());
+    for fc in fcs.list(&Default::default()).await?.items {
+        let id = fc.spec.cluster_id.clone();
+        // Not while it is being admitted (its namespace is made first, but the cache may lag).
+        let settled = fc
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| atoll_runtime::age_seconds(&t.0) > 10.0);
+        if fc.spec.discovered_by == DiscoveredBy::IncomingPeering
+            && !tenants.contains(&id)
+            && fc.metadata.deletion_timestamp.is_none()
+            && settled
+        {
+            tracing::info!(consumer = %id, "the consumer is no longer a peer: removing its ForeignCluster and rights");
+            rbac::unbind_leave(client, &id).await?;
+            match fcs.delete(&fc.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     // Offloaded namespaces nobody asks for any more go, with what runs in them.
@@ -762,6 +796,7 @@ async fn admit(
         .patch(&tenant, &pp, &Patch::Apply(&ns))
         .await?;
     rbac::bind(client, &tenant, rbac::TENANT_ROLE, consumer).await?;
+    rbac::bind_leave(client, consumer).await?;
     let fcs: Api<ForeignCluster> = Api::all(client.clone());
     if fcs.get_opt(consumer).await?.is_none() {
         let fc = ForeignCluster::new(

@@ -110,3 +110,50 @@ pub(crate) async fn bind(
         "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": peer_user(consumer)}],
     })).await
 }
+
+/// The one cluster-scoped right of a peer: to delete its own tenant namespace on the provider,
+/// which ends the peering there (`atoll peer remove` on the consumer); named per consumer.
+pub(crate) fn leave_role(consumer: &str) -> String {
+    format!("atoll:peer:{consumer}")
+}
+
+pub(crate) async fn bind_leave(client: &Client, consumer: &str) -> Result<(), Error> {
+    let name = leave_role(consumer);
+    let labels = json!({atoll_api::peering::TENANT_LABEL: consumer});
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    apply(&roles, &name, json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": labels},
+        "rules": [{"apiGroups": [""], "resources": ["namespaces"],
+                   "resourceNames": [atoll_api::peering::tenant_namespace(consumer)], "verbs": ["get", "delete"]}],
+    })).await?;
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    apply(&bindings, &name, json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": peer_user(consumer)}],
+    })).await
+}
+
+/// Remove consumer `consumer`'s cluster-scoped right.
+pub(crate) async fn unbind_leave(client: &Client, consumer: &str) -> Result<(), Error> {
+    let name = leave_role(consumer);
+    for r in [
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .delete(&name, &Default::default())
+            .await
+            .map(|_| ()),
+        Api::<ClusterRole>::all(client.clone())
+            .delete(&name, &Default::default())
+            .await
+            .map(|_| ()),
+    ] {
+        match r {
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -69,6 +69,18 @@ enum PeerCommand {
     },
     /// On a consumer: offload a namespace to its peers (a NamespaceOffloading).
     Offload(OffloadArgs),
+    /// End a peering, on this cluster's side and on the peer's: as consumer, cordon and
+    /// drain the virtual node, remove the namespaces offloaded there and give up the identity;
+    /// as provider, remove the consumer's tenant and namespaces. Ends clean here also when the
+    /// peer is gone.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        name: String,
+        /// How long to wait for the pods on the virtual node to go, and for the peer.
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+    },
     /// Each peer: role, the state of each step, the grant, the virtual node.
     List {
         #[command(flatten)]
@@ -171,6 +183,11 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
         PeerCommand::Refuse { target, name } => decide(&target, &name, "Refused").await,
         PeerCommand::Offload(a) => offload(a).await,
         PeerCommand::List { target } => list(&target).await,
+        PeerCommand::Remove {
+            target,
+            name,
+            timeout,
+        } => remove(&target, &name, &timeout).await,
     }
 }
 
@@ -651,5 +668,195 @@ async fn list(target: &Target) -> anyhow::Result<()> {
         ]);
     }
     crate::output::print_table(&rows);
+    Ok(())
+}
+
+async fn remove(target: &Target, name: &str, timeout: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+    use kube::api::DeleteParams;
+    let timeout = parse_duration(timeout)?;
+    let (client, _) = client(target).await?;
+    let fcs: Api<ForeignCluster> = Api::all(client.clone());
+    let fc = fcs
+        .get_opt(name)
+        .await?
+        .with_context(|| format!("no peer {name} (`atoll peer list`)"))?;
+    let pid = fc.spec.cluster_id.clone();
+    let me = own_id(&client).await?;
+    let gone = |r: Result<(), kube::Error>| match r {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    };
+    // As its provider: the consumer's tenant (its requests, offers and rights) and the
+    // namespaces offloaded for it go; the controllers collect the rest.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(&tenant_namespace(&pid)).await?.is_some() {
+        gone(
+            namespaces
+                .delete(&tenant_namespace(&pid), &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )?;
+        let offloaded = namespaces
+            .list(
+                &ListParams::default()
+                    .labels(&format!("{}={pid}", atoll_api::peering::TENANT_LABEL)),
+            )
+            .await?;
+        for ns in offloaded.items {
+            gone(
+                namespaces
+                    .delete(&ns.name_any(), &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            )?;
+            println!("namespace/{} deleted (offloaded for {pid})", ns.name_any());
+        }
+        println!(
+            "namespace/{} deleted: {pid} is no longer a consumer here",
+            tenant_namespace(&pid)
+        );
+    }
+    // As its consumer.
+    let node_name = atoll_api::peering::virtual_node_name(name);
+    let nodes: Api<Node> = Api::all(client.clone());
+    if nodes.get_opt(&node_name).await?.is_some() {
+        nodes
+            .patch(
+                &node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"unschedulable": true}})),
+            )
+            .await?;
+        println!("node/{node_name} cordoned");
+    }
+    let identity = Api::<Secret>::namespaced(client.clone(), PEERING_NAMESPACE)
+        .get_opt(&format!("{name}-identity"))
+        .await?
+        .and_then(|s| {
+            s.data?
+                .get("kubeconfig")
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        });
+    // Draining: the pods there are deleted; their controllers make them again elsewhere, and
+    // the peering controllers delete their copies in the provider before letting them go.
+    let pods: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={node_name}"));
+    for p in pods.list(&on_node).await?.items {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace().unwrap_or_default());
+        gone(
+            api.delete(&p.name_any(), &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )?;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = pods.list(&on_node).await?.items;
+        if left.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            eprintln!(
+                "warning: {} pod(s) on {node_name} did not go within {timeout:?} (is {name} unreachable?): removing them here; their copies there go with the namespaces",
+                left.len()
+            );
+            for p in left {
+                let api: Api<Pod> =
+                    Api::namespaced(client.clone(), &p.namespace().unwrap_or_default());
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                };
+                gone(api.delete(&p.name_any(), &dp).await.map(|_| ()))?;
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The controllers stop working on this peering.
+    gone(fcs.delete(name, &DeleteParams::default()).await.map(|_| ()))?;
+    println!("foreigncluster.peering.atoll.io/{name} deleted");
+    // The provider's side, with the identity while it still works: the tenant namespace goes
+    // (and with it everything the provider keeps for this cluster, and the identity's rights).
+    if let Some(kubeconfig) = identity {
+        let ended = async {
+            let (remote, _) = crate::clients::from_yaml(&kubeconfig).await?;
+            let remote_ns: Api<Namespace> = Api::all(remote);
+            match remote_ns
+                .delete(&tenant_namespace(&me), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => anyhow::Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                // The API's own message, not the client's debug dump.
+                Err(kube::Error::Api(e)) => Err(anyhow::anyhow!("{}", e.message)),
+                Err(e) => Err(e.into()),
+            }
+        };
+        match tokio::time::timeout(timeout, ended).await {
+            Ok(Ok(())) => println!(
+                "{name}: tenant namespace {} deleted; the identity of {me} there has no rights left",
+                tenant_namespace(&me)
+            ),
+            Ok(Err(e)) => eprintln!(
+                "warning: cannot end the peering on {name} ({e:#}): its admin ends it with `atoll peer remove {me}` there"
+            ),
+            Err(_) => eprintln!(
+                "warning: {name} does not answer: its admin ends the peering with `atoll peer remove {me}` there"
+            ),
+        }
+    }
+    // What this cluster kept for the peering.
+    gone(
+        nodes
+            .delete(&node_name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "kube-node-lease");
+    gone(
+        leases
+            .delete(&node_name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    gone(
+        namespaces
+            .delete(&peer_namespace(&pid), &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), PEERING_NAMESPACE);
+    for s in [format!("{name}-identity"), format!("{name}-token")] {
+        gone(
+            secrets
+                .delete(&s, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )?;
+    }
+    let nsos: Api<NamespaceOffloading> = Api::all(client.clone());
+    for nso in nsos.list(&ListParams::default()).await?.items {
+        let Some(status) = &nso.status else { continue };
+        if status.clusters.iter().any(|c| c.cluster_id == pid) {
+            let clusters: Vec<_> = status
+                .clusters
+                .iter()
+                .filter(|c| c.cluster_id != pid)
+                .collect();
+            let api: Api<NamespaceOffloading> =
+                Api::namespaced(client.clone(), &nso.namespace().unwrap_or_default());
+            api.patch_status(
+                OFFLOADING_NAME,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {"clusters": clusters}})),
+            )
+            .await?;
+        }
+    }
+    println!("peering with {name} removed");
     Ok(())
 }

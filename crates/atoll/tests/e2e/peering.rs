@@ -559,4 +559,131 @@ fn members_peer_and_offload_pods_without_a_hub() {
     });
     let list = peer_ok(&env, &["list", "--context", "member1"]);
     assert!(list.contains("ProviderUnreachable"), "{list}");
+
+    // member2 back: `atoll peer remove` on member1 ends the peering on both sides.
+    let (ok, out) = crate::cluster::atoll(&env.dir, &["dev", "up"]);
+    assert!(ok, "{out}");
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "get",
+            "node",
+            "atoll-member2",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        |s| s == "True",
+    );
+    let out = peer_ok(&env, &["remove", "member2", "--context", "member1"]);
+    assert!(
+        out.contains("peering with member2 removed") && out.contains("no rights left"),
+        "{out}"
+    );
+    assert_clean_consumer(&k);
+    wait_for(30, "member2 keeps nothing for member1", || {
+        let ns = k.ok(&["--context", "member2", "get", "namespaces", "-o", "name"]);
+        let fc = k.ok(&["--context", "member2", "get", "fc", "-o", "name"]);
+        let roles = k.ok(&["--context", "member2", "get", "clusterroles", "-o", "name"]);
+        (!ns.contains("atoll-tenant-member1")
+            && !ns.contains("shop-member1")
+            && fc.trim().is_empty()
+            && !roles.contains("atoll:peer:member1"))
+        .then_some(())
+    });
+    // The identity is refused from now on.
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "resourcerequests", "-n", "atoll-tenant-member1"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the old identity still reads its tenant namespace"
+    );
+
+    // Peered again, then member2 dies: removing the peering ends clean here anyway.
+    let words = token_line(&env, "1h");
+    peer_ok(
+        &env,
+        &[
+            "add",
+            "member2",
+            "--context",
+            "member1",
+            "--url",
+            &url,
+            "--token",
+            flag(&words, "--token"),
+            "--ca-sha256",
+            &pin,
+        ],
+    );
+    peer_ok(
+        &env,
+        &[
+            "request",
+            "member2",
+            "--context",
+            "member1",
+            "--cpu",
+            "500m",
+            "--memory",
+            "256Mi",
+        ],
+    );
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "get",
+            "node",
+            "atoll-member2",
+            "-o",
+            "jsonpath={.status.capacity.cpu}",
+        ],
+        |s| s == "500m",
+    );
+    env.sigkill("member2");
+    let out = peer_ok(
+        &env,
+        &[
+            "remove",
+            "member2",
+            "--context",
+            "member1",
+            "--timeout",
+            "3s",
+        ],
+    );
+    assert!(
+        out.contains("does not answer") || out.contains("cannot end the peering"),
+        "{out}"
+    );
+    assert_clean_consumer(&k);
+}
+
+/// member1 keeps nothing of its peering with member2.
+fn assert_clean_consumer(k: &crate::harness::Kubectl) {
+    wait_for(15, "member1 keeps nothing of the peering", || {
+        let nodes = k.ok(&["--context", "member1", "get", "nodes", "-o", "name"]);
+        let fc = k.ok(&["--context", "member1", "get", "fc", "-o", "name"]);
+        let secrets = k.ok(&[
+            "--context",
+            "member1",
+            "-n",
+            "atoll-peering",
+            "get",
+            "secrets",
+            "-o",
+            "name",
+        ]);
+        let ns = k.ok(&["--context", "member1", "get", "namespaces", "-o", "name"]);
+        (!nodes.contains("atoll-member2")
+            && fc.trim().is_empty()
+            && !secrets.contains("member2")
+            && !ns.contains("atoll-peer-member2"))
+        .then_some(())
+    });
 }
