@@ -4,8 +4,8 @@
 //! mirrored, the virtual node and its lease, the namespaces offloaded there, and the pods.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atoll_api::peering::{
@@ -34,6 +34,31 @@ pub(crate) struct Shared {
     pub(crate) offloadings: Store<NamespaceOffloading>,
     pub(crate) requests: Store<ResourceRequest>,
     pub(crate) kick: Arc<Notify>,
+    /// Where each offloaded pod's copy is: (namespace, pod) -> (virtual node, remote namespace).
+    pub(crate) homes: Mutex<HashMap<(String, String), (String, String)>>,
+    /// How to reach each virtual node's provider.
+    pub(crate) upstreams: Mutex<HashMap<String, crate::vkubelet::Upstream>>,
+    /// The virtual kubelet endpoint (port, certificate SHA-256).
+    pub(crate) kubelet: Option<(u16, String)>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Where the copy of consumer pod `ns/pod` is.
+    pub(crate) fn locate(
+        &self,
+        ns: &str,
+        pod: &str,
+    ) -> Option<(crate::vkubelet::Upstream, String)> {
+        let (node, remote_ns) = lock(&self.homes)
+            .get(&(ns.to_string(), pod.to_string()))?
+            .clone();
+        let up = lock(&self.upstreams).get(&node)?.clone();
+        Some((up, remote_ns))
+    }
 }
 
 pub(crate) async fn run(local: Client, cfg: Arc<PeeringConfig>) -> Result<(), Error> {
@@ -69,13 +94,30 @@ pub(crate) async fn run(local: Client, cfg: Arc<PeeringConfig>) -> Result<(), Er
         w,
         move |_| k.notify_waiters(),
     );
+    // The virtual kubelet endpoint, found through the pods' homes filled in below.
+    let slot: Arc<std::sync::OnceLock<std::sync::Weak<Shared>>> =
+        Arc::new(std::sync::OnceLock::new());
+    let finder = slot.clone();
+    let locate: Arc<crate::vkubelet::Locator> =
+        Arc::new(move |ns: &str, pod: &str| finder.get()?.upgrade()?.locate(ns, pod));
+    let kubelet = match crate::vkubelet::start(&cfg.ca_pem, locate).await {
+        Ok(e) => Some((e.port, e.cert_sha256)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no virtual kubelet endpoint: logs and exec of offloaded pods will fail");
+            None
+        }
+    };
     let shared = Arc::new(Shared {
         local: local.clone(),
         cfg,
         offloadings,
         requests,
         kick,
+        homes: Mutex::new(HashMap::new()),
+        upstreams: Mutex::new(HashMap::new()),
+        kubelet,
     });
+    let _ = slot.set(Arc::downgrade(&shared));
     let _ = fcs.wait_until_ready().await;
     let mut tasks: HashMap<String, atoll_runtime::AbortOnDrop> = HashMap::new();
     loop {
@@ -155,6 +197,14 @@ async fn peer(shared: Arc<Shared>, name: String) {
         let Some(id) = identity.as_ref() else {
             continue;
         };
+        match crate::vkubelet::Upstream::from_kubeconfig(&id.kubeconfig) {
+            Ok(up) => {
+                lock(&shared.upstreams).insert(virtual_node_name(&name), up);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %name, error = %e, "cannot reach its pods' logs and exec")
+            }
+        }
         status.consumer = true;
         status.set(condition(
             CONDITION_AUTHENTICATED,
@@ -501,6 +551,7 @@ fn selected(nso: &NamespaceOffloading, fc: &ForeignCluster) -> bool {
         labels: &BTreeMap::new(),
         taints: &[],
         not_ready: None,
+        kubelet: None,
     });
     if sel.node_selector_terms.is_empty() {
         return true;
@@ -577,6 +628,7 @@ async fn keep_node(
         labels: &labels,
         taints: &taints,
         not_ready: not_ready.as_ref().map(|(r, m)| (*r, m.clone())),
+        kubelet: shared.kubelet.as_ref().map(|(p, sha)| (*p, sha.as_str())),
     };
     let existing = nodes.get_opt(&node_name).await?;
     let mut desired = vnode::node(&inputs);
@@ -598,8 +650,13 @@ async fn keep_node(
                 .unwrap_or_default(),
         );
         desired["spec"]["taints"] = json!(t);
+        let mut meta = json!({"labels": desired["metadata"]["labels"]});
+        if !desired["metadata"]["annotations"].is_null() {
+            meta["annotations"] = desired["metadata"]["annotations"].clone();
+        }
+        let patch = json!({"metadata": meta, "spec": desired["spec"]});
         nodes
-            .patch(&node_name, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": desired["metadata"]["labels"]}, "spec": desired["spec"]})))
+            .patch(&node_name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     } else {
         let node: Node = serde_json::from_value(desired).map_err(crate::Error::config)?;

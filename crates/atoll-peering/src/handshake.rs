@@ -257,6 +257,7 @@ pub(crate) async fn info_with(client: &Client, url: &str) -> Result<ProviderInfo
 /// The identity a consumer holds on a provider.
 pub(crate) struct PeerIdentity {
     pub(crate) client: Client,
+    pub(crate) kubeconfig: String,
     pub(crate) not_after: i64,
     pub(crate) not_before: i64,
 }
@@ -339,6 +340,7 @@ pub(crate) async fn saved(local: &Client, peer: &str) -> Option<PeerIdentity> {
     let client = client_of(&kubeconfig).await.ok()?;
     Some(PeerIdentity {
         client,
+        kubeconfig,
         not_after,
         not_before,
     })
@@ -512,6 +514,7 @@ pub(crate) async fn request_identity(
     let (not_before, not_after) = validity(&kubeconfig).unwrap_or((0, i64::MAX));
     Ok(PeerIdentity {
         client,
+        kubeconfig,
         not_after,
         not_before,
     })

@@ -30,6 +30,7 @@ pub mod pin;
 mod provider;
 mod rbac;
 pub mod reflect;
+mod vkubelet;
 pub mod vnode;
 
 use std::time::Duration;

@@ -108,6 +108,10 @@ pub(crate) async fn run(
                 }
                 continue;
             };
+            crate::consumer::lock(&shared.homes).insert(
+                (ns.clone(), name.clone()),
+                (node.clone(), remote_ns.clone()),
+            );
             let remote = remotes
                 .get(remote_ns)
                 .and_then(|r| r.store.get(&ObjectRef::new(&name).within(remote_ns)));
@@ -238,6 +242,13 @@ pub(crate) async fn run(
             }
         }
         deleting.retain(|uid, _| live_uids.contains(uid));
+        {
+            let here: BTreeSet<(String, String)> = locals
+                .iter()
+                .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+                .collect();
+            crate::consumer::lock(&shared.homes).retain(|k, (n, _)| *n != node || here.contains(k));
+        }
         recreations.retain(|uid, _| live_uids.contains(uid));
         seen.retain(|uid| live_uids.contains(uid));
         // Copies of pods that are gone here go there.

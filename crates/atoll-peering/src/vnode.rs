@@ -26,6 +26,9 @@ pub struct Inputs<'a> {
     pub taints: &'a [Taint],
     /// Why the node may not be Ready, if it may not: `(reason, message)`.
     pub not_ready: Option<(&'a str, String)>,
+    /// The virtual kubelet's endpoint (port, SHA-256 of its certificate), where the API server
+    /// asks for logs and exec.
+    pub kubelet: Option<(u16, &'a str)>,
 }
 
 /// Why a node with these inputs is not Ready, given what is known about the provider.
@@ -133,7 +136,8 @@ pub fn ready_condition(
 pub fn node(inputs: &Inputs) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": inputs.node_name, "labels": labels(inputs)},
+        "metadata": {"name": inputs.node_name, "labels": labels(inputs),
+                     "annotations": inputs.kubelet.map(|(_, sha)| json!({atoll_api::KUBELET_SERVING_CERT_ANNOTATION: sha}))},
         "spec": {"taints": taints(inputs)},
     })
 }
@@ -145,7 +149,11 @@ pub fn status(inputs: &Inputs, ready: NodeCondition) -> Value {
         "capacity": res,
         "allocatable": res,
         "conditions": [ready],
-        "addresses": [{"type": "Hostname", "address": inputs.node_name}],
+        "addresses": match inputs.kubelet {
+            Some(_) => json!([{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": inputs.node_name}]),
+            None => json!([{"type": "Hostname", "address": inputs.node_name}]),
+        },
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": inputs.kubelet.map_or(0, |(p, _)| p)}},
         "nodeInfo": {
             "architecture": std::env::consts::ARCH, "operatingSystem": "linux",
             "osImage": format!("Atoll virtual node (provider {})", inputs.provider_id),
@@ -185,8 +193,13 @@ mod tests {
             labels: &labels,
             taints: &extra,
             not_ready: None,
+            kubelet: Some((10250, "ab")),
         };
         let node = node(&inputs);
+        assert_eq!(
+            node["metadata"]["annotations"][atoll_api::KUBELET_SERVING_CERT_ANNOTATION],
+            "ab"
+        );
         assert_eq!(node["metadata"]["labels"]["atoll.io/type"], "virtual-node");
         assert_eq!(
             node["metadata"]["labels"]["atoll.io/remote-cluster-id"],
@@ -204,6 +217,8 @@ mod tests {
         );
         assert_eq!(status["allocatable"], status["capacity"]);
         assert_eq!(status["conditions"][0]["status"], "True");
+        assert_eq!(status["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+        assert_eq!(status["addresses"][0]["address"], "127.0.0.1");
     }
 
     #[test]

@@ -354,6 +354,41 @@ fn members_peer_and_offload_pods_without_a_hub() {
         let answer = curl(&format!("http://{}:8080/", p.4)).unwrap_or_default();
         assert_eq!(answer, p.0, "pod {} on {} answers", p.0, p.1);
     }
+    // `kubectl logs` and `exec` reach the remote container (through the virtual node's kubelet).
+    let remote_one = pods
+        .iter()
+        .find(|p| p.1 == "atoll-member2")
+        .unwrap()
+        .0
+        .clone();
+    let logs = k.ok(&["--context", "member1", "-n", "shop", "logs", &remote_one]);
+    assert!(logs.contains("\"GET / HTTP/1.1\" 200"), "{logs}");
+    let hostname = k.ok(&[
+        "--context",
+        "member1",
+        "-n",
+        "shop",
+        "exec",
+        &remote_one,
+        "--",
+        "hostname",
+    ]);
+    assert_eq!(hostname.trim(), remote_one);
+    let echoed = k.ok_stdin(
+        &[
+            "--context",
+            "member1",
+            "-n",
+            "shop",
+            "exec",
+            "-i",
+            &remote_one,
+            "--",
+            "cat",
+        ],
+        "through the peering\n",
+    );
+    assert_eq!(echoed, "through the peering\n");
     let remote_pods = json(&k.ok(&[
         "--context",
         "member2",
@@ -458,12 +493,6 @@ fn members_peer_and_offload_pods_without_a_hub() {
     }
 
     // A copy deleted out of band is made again.
-    let remote_one = pods
-        .iter()
-        .find(|p| p.1 == "atoll-member2")
-        .unwrap()
-        .0
-        .clone();
     k.ok(&[
         "--context",
         "member2",
