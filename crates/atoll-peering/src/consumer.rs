@@ -118,6 +118,20 @@ pub(crate) async fn run(local: Client, cfg: Arc<PeeringConfig>) -> Result<(), Er
         kubelet,
     });
     let _ = slot.set(Arc::downgrade(&shared));
+    // The pod webhook of offloaded namespaces, and the labels that call it.
+    let store = shared.offloadings.clone();
+    let lookup: Arc<crate::webhook::Lookup> = Arc::new(move |ns: &str| {
+        let nso = store
+            .get(&reflector::ObjectRef::new(atoll_api::peering::OFFLOADING_NAME).within(ns))?;
+        Some((
+            nso.spec.pod_offloading_strategy,
+            nso.spec.cluster_selector.clone(),
+        ))
+    });
+    if let Err(e) = crate::webhook::start(&local, lookup).await {
+        tracing::warn!(error = %e, "no pod webhook: pods of offloaded namespaces need the virtual-node toleration themselves");
+    }
+    tokio::spawn(label_namespaces(shared.clone()));
     let _ = fcs.wait_until_ready().await;
     let mut tasks: HashMap<String, atoll_runtime::AbortOnDrop> = HashMap::new();
     loop {
@@ -812,5 +826,63 @@ impl Status {
         {
             tracing::debug!(peer = %fc.name_any(), error = %e, "cannot write the ForeignCluster status");
         }
+    }
+}
+
+/// Keep [`crate::webhook::STRATEGY_LABEL`] on exactly the namespaces with a NamespaceOffloading.
+async fn label_namespaces(shared: Arc<Shared>) {
+    use crate::webhook::STRATEGY_LABEL;
+    let namespaces: Api<Namespace> = Api::all(shared.local.clone());
+    loop {
+        let _ = shared.offloadings.wait_until_ready().await;
+        let want: HashMap<String, String> = shared
+            .offloadings
+            .state()
+            .iter()
+            .filter(|n| {
+                n.name_any() == atoll_api::peering::OFFLOADING_NAME
+                    && n.metadata.deletion_timestamp.is_none()
+            })
+            .map(|n| {
+                let strategy = serde_json::to_value(n.spec.pod_offloading_strategy)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                (n.namespace().unwrap_or_default(), strategy)
+            })
+            .collect();
+        let labelled = namespaces
+            .list(&ListParams::default().labels(STRATEGY_LABEL))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        for ns in &labelled {
+            if !want.contains_key(&ns.name_any()) {
+                let patch = json!({"metadata": {"labels": {STRATEGY_LABEL: null}}});
+                let _ = namespaces
+                    .patch(
+                        &ns.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await;
+            }
+        }
+        for (ns, strategy) in &want {
+            let has = labelled
+                .iter()
+                .find(|n| n.name_any() == *ns)
+                .and_then(|n| n.labels().get(STRATEGY_LABEL).cloned());
+            if has.as_deref() != Some(strategy.as_str()) {
+                let patch = json!({"metadata": {"labels": {STRATEGY_LABEL: strategy}}});
+                if let Err(e) = namespaces
+                    .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    tracing::debug!(namespace = %ns, error = %e, "cannot label an offloaded namespace");
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), shared.kick.notified()).await;
     }
 }

@@ -32,6 +32,7 @@ mod rbac;
 pub mod reflect;
 mod vkubelet;
 pub mod vnode;
+pub mod webhook;
 
 use std::time::Duration;
 

@@ -64,7 +64,6 @@ spec:
   template:
     metadata: {labels: {app: web}}
     spec:
-      tolerations: [{key: virtual-node.atoll.io/not-allowed, operator: Exists}]
       containers:
       - name: web
         image: python:3
@@ -343,6 +342,20 @@ fn members_peer_and_offload_pods_without_a_hub() {
     assert_eq!(
         ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
         "baseline"
+    );
+    // The webhook gives the pods the virtual-node toleration (LocalAndRemote): the manifest
+    // is an ordinary one.
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "get",
+            "namespace",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.labels.peering\\.atoll\\.io/pod-offloading}",
+        ],
+        |s| s == "LocalAndRemote",
     );
     k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], SHOP);
     let pods = wait_for(60, "4 web pods Ready on both sides", || {
