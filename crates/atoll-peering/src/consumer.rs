@@ -132,6 +132,11 @@ pub(crate) async fn run(local: Client, cfg: Arc<PeeringConfig>) -> Result<(), Er
         tracing::warn!(error = %e, "no pod webhook: pods of offloaded namespaces need the virtual-node toleration themselves");
     }
     tokio::spawn(label_namespaces(shared.clone()));
+    tokio::spawn(crate::search::run(
+        local.clone(),
+        shared.cfg.cluster_id.clone(),
+        Duration::from_secs(10),
+    ));
     let _ = fcs.wait_until_ready().await;
     let mut tasks: HashMap<String, atoll_runtime::AbortOnDrop> = HashMap::new();
     loop {
@@ -807,7 +812,19 @@ impl Status {
                 json!({"local": l, "remote": r})
             }
         });
-        let new = json!({"role": role, "tenantNamespace": tenant, "conditions": self.conditions});
+        // `Discovered` is the browser's (search.rs): as it is now, not as it was read.
+        let latest = api.get_opt(&fc.name_any()).await.ok().flatten();
+        let fc = latest.as_ref().unwrap_or(fc);
+        let mut conditions = self.conditions.clone();
+        conditions.retain(|c| c.type_ != atoll_api::peering::CONDITION_DISCOVERED);
+        if let Some(d) = fc.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == atoll_api::peering::CONDITION_DISCOVERED)
+        }) {
+            conditions.insert(0, d.clone());
+        }
+        let new = json!({"role": role, "tenantNamespace": tenant, "conditions": conditions});
         let old = serde_json::to_value(&fc.status).unwrap_or_default();
         let mut want = new.clone();
         if want["tenantNamespace"].is_null() {
@@ -820,7 +837,10 @@ impl Status {
             .patch_status(
                 &fc.name_any(),
                 &PatchParams::default(),
-                &Patch::Merge(&json!({"status": new})),
+                // Only over what was just read: the browser's writes in between are kept.
+                &Patch::Merge(
+                    &json!({"metadata": {"resourceVersion": fc.resource_version()}, "status": new}),
+                ),
             )
             .await
         {

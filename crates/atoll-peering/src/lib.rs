@@ -22,6 +22,7 @@
 //! peer identity on the provider: what works between embedded clusters works between real ones.
 
 mod consumer;
+pub mod discovery;
 pub mod grant;
 mod handshake;
 pub mod naming;
@@ -30,6 +31,7 @@ pub mod pin;
 mod provider;
 mod rbac;
 pub mod reflect;
+pub mod search;
 mod vkubelet;
 pub mod vnode;
 pub mod webhook;

@@ -81,6 +81,24 @@ enum PeerCommand {
         #[arg(long, default_value = "30s")]
         timeout: String,
     },
+    /// Print the DNS records that publish this cluster (and the peers it knows) under a domain,
+    /// as a zone file for any DNS server.
+    Zone {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        domain: String,
+    },
+    /// Browse a DNS domain for peers once: what is published becomes ForeignClusters.
+    Discover {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        domain: String,
+        /// The DNS server to ask (IP:PORT; default: the first nameserver of /etc/resolv.conf).
+        #[arg(long)]
+        dns: Option<String>,
+    },
     /// Each peer: role, the state of each step, the grant, the virtual node.
     List {
         #[command(flatten)]
@@ -183,6 +201,12 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
         PeerCommand::Refuse { target, name } => decide(&target, &name, "Refused").await,
         PeerCommand::Offload(a) => offload(a).await,
         PeerCommand::List { target } => list(&target).await,
+        PeerCommand::Zone { target, domain } => zone(&target, &domain).await,
+        PeerCommand::Discover {
+            target,
+            domain,
+            dns,
+        } => discover(&target, &domain, dns.as_deref()).await,
         PeerCommand::Remove {
             target,
             name,
@@ -858,5 +882,69 @@ async fn remove(target: &Target, name: &str, timeout: &str) -> anyhow::Result<()
         }
     }
     println!("peering with {name} removed");
+    Ok(())
+}
+
+async fn zone(target: &Target, domain: &str) -> anyhow::Result<()> {
+    let (client, _) = client(target).await?;
+    let info = Api::<ConfigMap>::namespaced(client.clone(), "kube-public")
+        .get_opt(atoll_peering::INFO_CONFIGMAP)
+        .await?
+        .and_then(|c| c.data)
+        .context(
+            "this cluster runs no peering controllers (kube-public/atoll-peering is missing)",
+        )?;
+    let field = |k: &str| info.get(k).cloned().unwrap_or_default();
+    let mut clusters = vec![atoll_peering::discovery::Published {
+        cluster_id: field("clusterID"),
+        api_server_url: field("apiServerURL"),
+        ca_sha256: field("caSHA256"),
+    }];
+    for fc in Api::<ForeignCluster>::all(client)
+        .list(&ListParams::default())
+        .await?
+        .items
+    {
+        if !fc.spec.api_server_url.is_empty() && !fc.spec.ca_sha256.is_empty() {
+            clusters.push(atoll_peering::discovery::Published {
+                cluster_id: fc.spec.cluster_id.clone(),
+                api_server_url: fc.spec.api_server_url.clone(),
+                ca_sha256: fc.spec.ca_sha256.clone(),
+            });
+        }
+    }
+    print!(
+        "{}",
+        atoll_peering::discovery::zone(domain, &clusters).map_err(anyhow::Error::msg)?
+    );
+    Ok(())
+}
+
+async fn discover(target: &Target, domain: &str, dns: Option<&str>) -> anyhow::Result<()> {
+    let (client, _) = client(target).await?;
+    let server: std::net::SocketAddr = match dns {
+        Some(d) => d
+            .parse()
+            .with_context(|| format!("--dns {d:?}: want IP:PORT (127.0.0.1:5353)"))?,
+        None => atoll_peering::discovery::system_resolver()
+            .context("no nameserver in /etc/resolv.conf: give --dns IP:PORT")?,
+    };
+    let (found, broken) = atoll_peering::discovery::browse(domain, server)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    for b in &broken {
+        eprintln!("warning: skipped {b}");
+    }
+    let me = own_id(&client).await?;
+    atoll_peering::search::record(&client, domain, &found, &me, false).await?;
+    let mut rows = vec![["NAME", "URL", "CA-SHA256"].map(String::from).to_vec()];
+    for p in found.iter().filter(|p| p.cluster_id != me) {
+        rows.push(vec![
+            p.cluster_id.clone(),
+            p.api_server_url.clone(),
+            p.ca_sha256.clone(),
+        ]);
+    }
+    crate::output::print_table(&rows);
     Ok(())
 }

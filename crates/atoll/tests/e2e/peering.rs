@@ -8,6 +8,7 @@
 //! a pod beyond the grant stays Pending saying why; a taken remote namespace is refused up
 //! front; when member2 dies the virtual node goes NotReady and the pods are replaced locally.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::cluster::{DevEnv, json, wait_for};
@@ -728,4 +729,235 @@ fn assert_clean_consumer(k: &crate::harness::Kubectl) {
             && !ns.contains("atoll-peer-member2"))
         .then_some(())
     });
+}
+
+/// NSD serving `zone` for `domain` on a free loopback port, stopped when dropped.
+struct Nsd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nsd(dir: &std::path::Path, domain: &str, zone: &str) -> Nsd {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(format!("{domain}.zone")), zone).unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nsd.conf"),
+        format!(
+            "server:\n  ip-address: 127.0.0.1@{port}\n  server-count: 1\n  username: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  logfile: \"{d}/nsd.log\"\nremote-control:\n  control-enable: no\nzone:\n  name: {domain}\n  zonefile: {domain}.zone\n"
+        ),
+    )
+    .unwrap();
+    let bin = if Path::new("/usr/sbin/nsd").exists() {
+        "/usr/sbin/nsd"
+    } else {
+        "nsd"
+    };
+    let child = Command::new(bin)
+        .args(["-d", "-c"])
+        .arg(dir.join("nsd.conf"))
+        .spawn()
+        .expect("nsd runs (Debian package nsd)");
+    wait_for(10, "NSD answering", || {
+        let out = Command::new("dig")
+            .args([
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "@127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "SOA",
+                domain,
+            ])
+            .output()
+            .ok()?;
+        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+    });
+    Nsd { child, port }
+}
+
+#[test]
+fn peers_are_found_over_dns_and_peered_by_name() {
+    let env = DevEnv::up(&["--clusters", "2"]);
+    let k = env.kubectl();
+    // member2 publishes itself; NSD serves what `atoll peer zone` printed.
+    let zone = peer_ok(
+        &env,
+        &["zone", "--domain", "peers.test", "--context", "member2"],
+    );
+    assert!(
+        zone.contains("PTR member2._atoll-peering._tcp.peers.test."),
+        "{zone}"
+    );
+    let dns = nsd(&env.dir.join("nsd"), "peers.test", &zone);
+    let server = format!("127.0.0.1:{}", dns.port);
+    let ptr = Command::new("dig")
+        .args([
+            "+short",
+            "@127.0.0.1",
+            "-p",
+            &dns.port.to_string(),
+            "PTR",
+            "peers.test",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ptr.stdout).trim(),
+        "member2._atoll-peering._tcp.peers.test."
+    );
+
+    // One browse by hand.
+    let out = peer_ok(
+        &env,
+        &[
+            "discover",
+            "--domain",
+            "peers.test",
+            "--dns",
+            &server,
+            "--context",
+            "member1",
+        ],
+    );
+    assert!(
+        out.contains("member2") && out.contains("https://127.0.0.1:"),
+        "{out}"
+    );
+    let fc = json(&k.ok(&["--context", "member1", "get", "fc", "member2", "-o", "json"]));
+    assert_eq!(fc["spec"]["discoveredBy"], "DNS");
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "get",
+            "fc",
+            "member2",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Discovered\")].status}",
+        ],
+        |s| s == "True",
+    );
+    let token = token_line(&env, "1h");
+    assert_eq!(
+        fc["spec"]["caSHA256"].as_str(),
+        Some(flag(&token, "--ca-sha256"))
+    );
+    assert_eq!(
+        fc["spec"]["apiServerURL"].as_str(),
+        Some(flag(&token, "--url"))
+    );
+    // Without a token it says what to do.
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "get",
+            "fc",
+            "member2",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Authenticated\")].reason}",
+        ],
+        |s| s == "NoToken",
+    );
+
+    // A SearchDomain finds it again once gone, and says so.
+    k.ok(&["--context", "member1", "delete", "fc", "member2"]);
+    k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], &format!(
+        "apiVersion: peering.atoll.io/v1alpha1\nkind: SearchDomain\nmetadata: {{name: peers}}\nspec: {{domain: peers.test, server: \"{server}\"}}\n"
+    ));
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "get",
+            "fc",
+            "member2",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Discovered\")].reason}",
+        ],
+        |s| s == "FoundByDNS",
+    );
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "get",
+            "searchdomain",
+            "peers",
+            "-o",
+            "jsonpath={.status.found}",
+        ],
+        |s| s == "1",
+    );
+
+    // Peered by name, with the token alone (URL and pin from DNS).
+    let out = peer_ok(
+        &env,
+        &[
+            "add",
+            "member2",
+            "--token",
+            flag(&token, "--token"),
+            "--context",
+            "member1",
+        ],
+    );
+    assert!(out.contains("authenticated"), "{out}");
+
+    // No longer published: marked, not deleted.
+    drop(dns);
+    let empty = nsd(
+        &env.dir.join("nsd2"),
+        "peers.test",
+        &format!("{}\n", zone.lines().take(5).collect::<Vec<_>>().join("\n")),
+    );
+    let server = format!("127.0.0.1:{}", empty.port);
+    k.ok(&[
+        "--context",
+        "member1",
+        "patch",
+        "searchdomain",
+        "peers",
+        "--type=merge",
+        "-p",
+        &format!("{{\"spec\":{{\"server\":\"{server}\"}}}}"),
+    ]);
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "get",
+            "fc",
+            "member2",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Discovered\")].reason}",
+        ],
+        |s| s == "Vanished",
+    );
+    k.eventually(
+        &[
+            "--context",
+            "member1",
+            "get",
+            "fc",
+            "member2",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Authenticated\")].status}",
+        ],
+        |s| s == "True",
+    );
 }
