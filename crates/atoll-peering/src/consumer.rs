@@ -275,6 +275,9 @@ async fn peer(shared: Arc<Shared>, name: String) {
             )));
         }
         status.write(&fcs, &fc).await;
+        // While a request is on its way (asked, not yet a Ready node), look again soon: the
+        // provider answers within moments, and its offer is read, not watched.
+        let on_its_way = status.pending();
         // Renew the certificate at 80% of its life.
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
         if now > id.not_before + (id.not_after - id.not_before) * 4 / 5 {
@@ -294,7 +297,12 @@ async fn peer(shared: Arc<Shared>, name: String) {
                 }
             }
         }
-        let _ = tokio::time::timeout(shared.cfg.probe_period, shared.kick.notified()).await;
+        let wait = if on_its_way {
+            Duration::from_millis(50)
+        } else {
+            shared.cfg.probe_period
+        };
+        let _ = tokio::time::timeout(wait, shared.kick.notified()).await;
     }
 }
 
@@ -768,6 +776,22 @@ impl Status {
             provider,
             tenant: None,
         }
+    }
+
+    /// Whether resources were asked for and the virtual node is not Ready yet (and nothing
+    /// says why it will not be).
+    fn pending(&self) -> bool {
+        let get = |t: &str| self.conditions.iter().find(|c| c.type_ == t);
+        let negotiated = get(CONDITION_NEGOTIATED);
+        let asked = negotiated.is_some_and(|c| {
+            c.reason != "NoRequest"
+                && c.reason != "NothingLeft"
+                && c.reason != "RefusedByAdmin"
+                && c.reason != "AwaitingApproval"
+        });
+        let node_ready = get(CONDITION_VIRTUAL_NODE_READY).is_some_and(|c| c.status == "True");
+        let reachable = get(CONDITION_REACHABLE).is_some_and(|c| c.status == "True");
+        asked && reachable && !node_ready
     }
 
     fn set(&mut self, c: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) {

@@ -5,8 +5,8 @@
 //! when the provider does not answer), and a copy deleted out of band is made again.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atoll_api::peering::{
@@ -50,9 +50,9 @@ pub(crate) async fn run(
         kick.clone(),
     );
     let mut remotes: HashMap<String, Remote> = HashMap::new();
-    let mut recreations: HashMap<String, i64> = HashMap::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut deleting: HashMap<String, Instant> = HashMap::new();
+    let recreations: Mutex<HashMap<String, i64>> = Mutex::default();
+    let seen: Mutex<BTreeSet<String>> = Mutex::default();
+    let deleting: Mutex<HashMap<String, Instant>> = Mutex::default();
     loop {
         let up = reachable.load(Ordering::Relaxed);
         // Consumer namespace -> provider namespace, for namespaces the provider has ready.
@@ -91,157 +91,30 @@ pub(crate) async fn run(
             });
         }
         let locals = pods.state();
-        let mut live_uids: BTreeSet<String> = BTreeSet::new();
-        for pod in &locals {
-            let uid = pod.uid().unwrap_or_default();
-            live_uids.insert(uid.clone());
-            let ns = pod.namespace().unwrap_or_default();
-            let name = pod.name_any();
-            let local_api: Api<Pod> = Api::namespaced(shared.local.clone(), &ns);
-            let Some(remote_ns) = mapping.get(&ns) else {
-                if pod.metadata.deletion_timestamp.is_some() {
-                    force_delete(&local_api, pod).await;
-                } else {
-                    pending(&local_api, pod, "OffloadingBackOff", &format!(
-                        "namespace {ns} is not offloaded to provider {pid}: create NamespaceOffloading {OFFLOADING_NAME} in it (`atoll peer offload {ns}`) and wait for its phase Ready"
-                    )).await;
-                }
-                continue;
+        let live_uids: BTreeSet<String> =
+            locals.iter().map(|p| p.uid().unwrap_or_default()).collect();
+        // The pods are handled side by side: a thousand status writes one after another
+        // would hold each reflection back by all the others.
+        {
+            let cx = PodCx {
+                shared: &shared,
+                provider: &provider,
+                pid: &pid,
+                me: &me,
+                node: &node,
+                up,
+                mapping: &mapping,
+                remotes: &remotes,
+                deleting: &deleting,
+                recreations: &recreations,
+                seen: &seen,
             };
-            crate::consumer::lock(&shared.homes).insert(
-                (ns.clone(), name.clone()),
-                (node.clone(), remote_ns.clone()),
-            );
-            let remote = remotes
-                .get(remote_ns)
-                .and_then(|r| r.store.get(&ObjectRef::new(&name).within(remote_ns)));
-            let remote_api: Api<Pod> = Api::namespaced(provider.clone(), remote_ns);
-            let local_json = serde_json::to_value(pod.as_ref()).unwrap_or_default();
-            let remote_json = remote
-                .as_ref()
-                .map(|r| serde_json::to_value(r.as_ref()).unwrap_or_default());
-            let ours = remote_json
-                .as_ref()
-                .is_some_and(|r| reflect::is_copy_of(r, &uid));
-            if !up {
-                let have = serde_json::to_value(&pod.status).unwrap_or_default();
-                let want = reflect::unreachable_status(&have, &pid, &crate::now_rfc3339());
-                let differs = want
-                    .as_object()
-                    .is_some_and(|w| w.iter().any(|(k, v)| have.get(k) != Some(v)));
-                if differs {
-                    let _ = local_api
-                        .patch_status(
-                            &name,
-                            &PatchParams::default(),
-                            &Patch::Merge(&json!({"status": want})),
-                        )
-                        .await;
-                }
-            }
-            if pod.metadata.deletion_timestamp.is_some() {
-                let since = *deleting.entry(uid.clone()).or_insert_with(Instant::now);
-                if ours && up {
-                    let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
-                    let dp = DeleteParams {
-                        grace_period_seconds: Some(grace.max(0) as u32),
-                        ..Default::default()
-                    };
-                    if remote
-                        .as_ref()
-                        .is_some_and(|r| r.metadata.deletion_timestamp.is_none())
-                    {
-                        let _ = remote_api.delete(&name, &dp).await;
-                    }
-                } else if !ours && up {
-                    force_delete(&local_api, pod).await;
-                } else if since.elapsed() > DELETE_DEADLINE {
-                    tracing::warn!(pod = %format!("{ns}/{name}"), provider = %pid, "the provider does not answer: removing the pod here without its copy, which goes when the provider is back");
-                    force_delete(&local_api, pod).await;
-                }
-                continue;
-            }
-            if !up {
-                continue;
-            }
-            match (&remote_json, ours) {
-                (None, _) => {
-                    // Made again only if the copy was there and went (a copy just made may
-                    // not be in the watch yet).
-                    if seen.remove(&uid) {
-                        *recreations.entry(uid.clone()).or_default() += 1;
-                        tracing::info!(pod = %format!("{ns}/{name}"), "its copy in the provider went: making it again");
-                    }
-                    if let Err(e) = reflect_dependencies(
-                        &shared.local,
-                        &provider,
-                        &local_json,
-                        &ns,
-                        remote_ns,
-                        &me,
-                    )
-                    .await
-                    {
-                        tracing::debug!(pod = %name, error = %e, "cannot reflect what the pod uses");
-                    }
-                    let copy = reflect::remote_pod(&local_json, remote_ns, &me);
-                    match serde_json::from_value::<Pod>(copy) {
-                        Ok(copy) => match remote_api.create(&PostParams::default(), &copy).await {
-                            Ok(_) => {}
-                            Err(kube::Error::Api(e)) if e.code == 409 => {}
-                            Err(kube::Error::Api(e))
-                                if e.code == 403 || e.code == 422 || e.code == 400 =>
-                            {
-                                pending(
-                                    &local_api,
-                                    pod,
-                                    "OffloadingRefused",
-                                    &format!("provider {pid} refuses the pod: {}", e.message),
-                                )
-                                .await;
-                            }
-                            Err(e) => {
-                                tracing::debug!(pod = %name, error = %e, "cannot create the pod's copy")
-                            }
-                        },
-                        Err(e) => {
-                            tracing::warn!(pod = %name, error = %e, "cannot make the pod's copy")
-                        }
-                    }
-                }
-                (Some(r), false) => {
-                    if r["metadata"]["labels"][TENANT_LABEL].as_str() == Some(me.as_str()) {
-                        // A copy of an earlier pod of that name: it goes, this one's follows.
-                        let _ = remote_api.delete(&name, &DeleteParams::default()).await;
-                    } else {
-                        pending(&local_api, pod, "NameConflict", &format!("provider {pid} has a pod {remote_ns}/{name} that is not a copy of this one")).await;
-                    }
-                }
-                (Some(r), true) => {
-                    seen.insert(uid.clone());
-                    let want = reflect::local_status(
-                        &r["status"],
-                        recreations.get(&uid).copied().unwrap_or(0),
-                    );
-                    let have = serde_json::to_value(&pod.status).unwrap_or_default();
-                    let differs = want
-                        .as_object()
-                        .is_some_and(|w| w.iter().any(|(k, v)| have.get(k) != Some(v)));
-                    if differs
-                        && let Err(e) = local_api
-                            .patch_status(
-                                &name,
-                                &PatchParams::default(),
-                                &Patch::Merge(&json!({"status": want})),
-                            )
-                            .await
-                    {
-                        tracing::debug!(pod = %name, error = %e, "cannot reflect the pod's status");
-                    }
-                }
-            }
+            use futures::StreamExt;
+            futures::stream::iter(locals.iter())
+                .for_each_concurrent(32, |pod| one_pod(&cx, pod))
+                .await;
         }
-        deleting.retain(|uid, _| live_uids.contains(uid));
+        crate::consumer::lock(&deleting).retain(|uid, _| live_uids.contains(uid));
         {
             let here: BTreeSet<(String, String)> = locals
                 .iter()
@@ -249,8 +122,8 @@ pub(crate) async fn run(
                 .collect();
             crate::consumer::lock(&shared.homes).retain(|k, (n, _)| *n != node || here.contains(k));
         }
-        recreations.retain(|uid, _| live_uids.contains(uid));
-        seen.retain(|uid| live_uids.contains(uid));
+        crate::consumer::lock(&recreations).retain(|uid, _| live_uids.contains(uid));
+        crate::consumer::lock(&seen).retain(|uid| live_uids.contains(uid));
         // Copies of pods that are gone here go there.
         if up && pods.wait_until_ready().await.is_ok() {
             for r in remotes.values() {
@@ -272,6 +145,190 @@ pub(crate) async fn run(
         }
         remotes.retain(|ns, _| mapping.values().any(|m| m == ns));
         let _ = tokio::time::timeout(Duration::from_secs(1), kick.notified()).await;
+    }
+}
+
+/// What handling one pod needs.
+struct PodCx<'a> {
+    shared: &'a Arc<Shared>,
+    provider: &'a Client,
+    pid: &'a str,
+    me: &'a str,
+    node: &'a str,
+    up: bool,
+    mapping: &'a HashMap<String, String>,
+    remotes: &'a HashMap<String, Remote>,
+    deleting: &'a Mutex<HashMap<String, Instant>>,
+    recreations: &'a Mutex<HashMap<String, i64>>,
+    seen: &'a Mutex<BTreeSet<String>>,
+}
+
+/// One consumer pod on the virtual node: its copy made, kept, or removed, and its status.
+async fn one_pod(cx: &PodCx<'_>, pod: &Arc<Pod>) {
+    let PodCx {
+        shared,
+        provider,
+        pid,
+        me,
+        node,
+        up,
+        mapping,
+        remotes,
+        deleting,
+        recreations,
+        seen,
+    } = *cx;
+    let uid = pod.uid().unwrap_or_default();
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let local_api: Api<Pod> = Api::namespaced(shared.local.clone(), &ns);
+    let Some(remote_ns) = mapping.get(&ns) else {
+        if pod.metadata.deletion_timestamp.is_some() {
+            force_delete(&local_api, pod).await;
+        } else {
+            pending(&local_api, pod, "OffloadingBackOff", &format!(
+                    "namespace {ns} is not offloaded to provider {pid}: create NamespaceOffloading {OFFLOADING_NAME} in it (`atoll peer offload {ns}`) and wait for its phase Ready"
+                )).await;
+        }
+        return;
+    };
+    crate::consumer::lock(&shared.homes).insert(
+        (ns.clone(), name.clone()),
+        (node.to_string(), remote_ns.clone()),
+    );
+    let remote = remotes
+        .get(remote_ns)
+        .and_then(|r| r.store.get(&ObjectRef::new(&name).within(remote_ns)));
+    let remote_api: Api<Pod> = Api::namespaced(provider.clone(), remote_ns);
+    let local_json = serde_json::to_value(pod.as_ref()).unwrap_or_default();
+    let remote_json = remote
+        .as_ref()
+        .map(|r| serde_json::to_value(r.as_ref()).unwrap_or_default());
+    let ours = remote_json
+        .as_ref()
+        .is_some_and(|r| reflect::is_copy_of(r, &uid));
+    if !up {
+        let have = serde_json::to_value(&pod.status).unwrap_or_default();
+        let want = reflect::unreachable_status(&have, pid, &crate::now_rfc3339());
+        let differs = want
+            .as_object()
+            .is_some_and(|w| w.iter().any(|(k, v)| have.get(k) != Some(v)));
+        if differs {
+            let _ = local_api
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"status": want})),
+                )
+                .await;
+        }
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        let since = *crate::consumer::lock(deleting)
+            .entry(uid.clone())
+            .or_insert_with(Instant::now);
+        if ours && up {
+            let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
+            let dp = DeleteParams {
+                grace_period_seconds: Some(grace.max(0) as u32),
+                ..Default::default()
+            };
+            if remote
+                .as_ref()
+                .is_some_and(|r| r.metadata.deletion_timestamp.is_none())
+            {
+                let _ = remote_api.delete(&name, &dp).await;
+            }
+        } else if !ours && up {
+            force_delete(&local_api, pod).await;
+        } else if since.elapsed() > DELETE_DEADLINE {
+            tracing::warn!(pod = %format!("{ns}/{name}"), provider = %pid, "the provider does not answer: removing the pod here without its copy, which goes when the provider is back");
+            force_delete(&local_api, pod).await;
+        }
+        return;
+    }
+    if !up {
+        return;
+    }
+    match (&remote_json, ours) {
+        (None, _) => {
+            // Made again only if the copy was there and went (a copy just made may
+            // not be in the watch yet).
+            if crate::consumer::lock(seen).remove(&uid) {
+                *crate::consumer::lock(recreations)
+                    .entry(uid.clone())
+                    .or_default() += 1;
+                tracing::info!(pod = %format!("{ns}/{name}"), "its copy in the provider went: making it again");
+            }
+            if let Err(e) =
+                reflect_dependencies(&shared.local, provider, &local_json, &ns, remote_ns, me).await
+            {
+                tracing::debug!(pod = %name, error = %e, "cannot reflect what the pod uses");
+            }
+            let copy = reflect::remote_pod(&local_json, remote_ns, me);
+            match serde_json::from_value::<Pod>(copy) {
+                Ok(copy) => match remote_api.create(&PostParams::default(), &copy).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 || e.code == 400 => {
+                        pending(
+                            &local_api,
+                            pod,
+                            "OffloadingRefused",
+                            &format!("provider {pid} refuses the pod: {}", e.message),
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod = %name, error = %e, "cannot create the pod's copy")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(pod = %name, error = %e, "cannot make the pod's copy")
+                }
+            }
+        }
+        (Some(r), false) => {
+            if r["metadata"]["labels"][TENANT_LABEL].as_str() == Some(me) {
+                // A copy of an earlier pod of that name: it goes, this one's follows.
+                let _ = remote_api.delete(&name, &DeleteParams::default()).await;
+            } else {
+                pending(
+                    &local_api,
+                    pod,
+                    "NameConflict",
+                    &format!(
+                        "provider {pid} has a pod {remote_ns}/{name} that is not a copy of this one"
+                    ),
+                )
+                .await;
+            }
+        }
+        (Some(r), true) => {
+            crate::consumer::lock(seen).insert(uid.clone());
+            let want = reflect::local_status(
+                &r["status"],
+                crate::consumer::lock(recreations)
+                    .get(&uid)
+                    .copied()
+                    .unwrap_or(0),
+            );
+            let have = serde_json::to_value(&pod.status).unwrap_or_default();
+            let differs = want
+                .as_object()
+                .is_some_and(|w| w.iter().any(|(k, v)| have.get(k) != Some(v)));
+            if differs
+                && let Err(e) = local_api
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"status": want})),
+                    )
+                    .await
+            {
+                tracing::debug!(pod = %name, error = %e, "cannot reflect the pod's status");
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod cluster;
 mod dns;
 mod gateway;
 mod http;
+mod peering;
 mod placement;
 mod registration;
 mod services;
@@ -27,7 +28,7 @@ mod work;
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// What to measure: `apiserver`, `cluster`, `registration`, `placement`, `work`, `dns`,
-    /// `services` or `gateway`.
+    /// `services`, `gateway` or `peering`.
     area: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -95,8 +96,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "dns" => dns::run(args).await,
         "services" => services::run(args).await,
         "gateway" => gateway::run(args).await,
+        "peering" => peering::run(args).await,
         other => anyhow::bail!(
-            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement, work, dns, services, gateway"
+            "unknown benchmark area {other:?}; available: apiserver, cluster, registration, placement, work, dns, services, gateway, peering"
         ),
     }
 }

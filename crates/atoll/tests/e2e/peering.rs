@@ -784,7 +784,7 @@ fn nsd(dir: &std::path::Path, domain: &str, zone: &str) -> Nsd {
             ])
             .output()
             .ok()?;
-        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+        (String::from_utf8_lossy(&out.stdout).starts_with(&format!("ns.{domain}."))).then_some(())
     });
     Nsd { child, port }
 }
