@@ -63,7 +63,7 @@ pub fn check(csr: &CertificateSigningRequest) -> Result<(String, Requester), Str
             "usages {usages:?} are not those of a client certificate"
         ));
     }
-    let (cn, orgs) = subject(&spec.request.0)?;
+    let (cn, orgs) = atoll_runtime::request_subject(&spec.request.0)?;
     let want_orgs: BTreeSet<String> = [cluster_group(&name), CLUSTERS_GROUP.to_string()].into();
     if cn != agent_user(&name) || orgs != want_orgs {
         return Err(format!(
@@ -82,28 +82,6 @@ pub fn check(csr: &CertificateSigningRequest) -> Result<(String, Requester), Str
             "requested by {username:?}, which is neither a bootstrap identity nor cluster {name:?}'s agent"
         ))
     }
-}
-
-/// The CN and the set of O of a PEM certificate request.
-fn subject(pem: &[u8]) -> Result<(String, BTreeSet<String>), String> {
-    use x509_parser::prelude::FromDer;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
-    let (_, req) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
-            .map_err(|e| format!("not a certificate request: {e}"))?;
-    let subject = &req.certification_request_info.subject;
-    let cn = subject
-        .iter_common_name()
-        .filter_map(|a| a.as_str().ok())
-        .collect::<Vec<_>>();
-    let [cn] = cn.as_slice() else {
-        return Err("the subject must have exactly one CN".into());
-    };
-    let orgs = subject
-        .iter_organization()
-        .filter_map(|a| a.as_str().ok().map(String::from))
-        .collect();
-    Ok((cn.to_string(), orgs))
 }
 
 /// Whether the CSR already has an `Approved` or `Denied` condition.

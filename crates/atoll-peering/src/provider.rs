@@ -608,28 +608,6 @@ async fn decide(
     Ok(())
 }
 
-/// The subject (CN, O) of a PEM certificate request.
-fn subject(pem: &[u8]) -> Result<(String, BTreeSet<String>), String> {
-    use x509_parser::prelude::FromDer;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
-    let (_, req) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
-            .map_err(|e| format!("not a certificate request: {e}"))?;
-    let subject = &req.certification_request_info.subject;
-    let cn: Vec<&str> = subject
-        .iter_common_name()
-        .filter_map(|a| a.as_str().ok())
-        .collect();
-    let [cn] = cn.as_slice() else {
-        return Err("the subject must have exactly one CN".into());
-    };
-    let orgs = subject
-        .iter_organization()
-        .filter_map(|a| a.as_str().ok().map(String::from))
-        .collect();
-    Ok((cn.to_string(), orgs))
-}
-
 /// Whether the request's form is a peer identity's: the consumer it claims, or why not.
 pub(crate) fn check_form(csr: &CertificateSigningRequest) -> Result<String, String> {
     let consumer = csr
@@ -660,7 +638,7 @@ pub(crate) fn check_form(csr: &CertificateSigningRequest) -> Result<String, Stri
             "usages {usages:?} are not those of a client certificate"
         ));
     }
-    let (cn, orgs) = subject(&spec.request.0)?;
+    let (cn, orgs) = atoll_runtime::request_subject(&spec.request.0)?;
     let want: BTreeSet<String> = [PEERS_GROUP.to_string()].into();
     if cn != peer_user(&consumer) || orgs != want {
         return Err(format!(

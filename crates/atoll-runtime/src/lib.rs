@@ -123,6 +123,29 @@ pub fn certificate_subject(der: &[u8]) -> Option<(String, Vec<String>)> {
     Some((user, groups))
 }
 
+/// The CN and the set of O of a PEM certificate request (a CSR's `spec.request`): the user and
+/// groups it asks for; an error if it does not parse or has not exactly one CN.
+pub fn request_subject(pem: &[u8]) -> Result<(String, std::collections::BTreeSet<String>), String> {
+    use x509_parser::prelude::FromDer;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
+    let (_, req) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+            .map_err(|e| format!("not a certificate request: {e}"))?;
+    let subject = &req.certification_request_info.subject;
+    let cn = subject
+        .iter_common_name()
+        .filter_map(|a| a.as_str().ok())
+        .collect::<Vec<_>>();
+    let [cn] = cn.as_slice() else {
+        return Err("the subject must have exactly one CN".into());
+    };
+    let orgs = subject
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok().map(String::from))
+        .collect();
+    Ok((cn.to_string(), orgs))
+}
+
 /// How the user of a kubeconfig authenticates.
 pub enum Credentials<'a> {
     /// A client certificate and its key, both PEM.

@@ -97,7 +97,9 @@ pub async fn ensure_cluster_id(member: &Client, name: &str) {
         return;
     }
     let props: Api<ClusterProperty> = Api::all(member.clone());
-    for _ in 0..100 {
+    // A CRD is served once established, which a busy API server may take seconds to do; the
+    // claim is worth the wait (30 s at most).
+    for _ in 0..600 {
         match props.get_opt(CLUSTER_ID_PROPERTY).await {
             Ok(Some(_)) => return,
             Ok(None) => {

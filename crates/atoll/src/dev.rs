@@ -635,27 +635,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         let (pid, _) = spawn(&exe, &p.args, &p.log)?;
         p.pid = Some(pid);
     }
-    let mut peering = Vec::new();
-    for p in procs
-        .iter_mut()
-        .filter(|p| p.role == "peering" && p.pid.is_none())
-    {
-        let (pid, offset) = spawn(&exe, &p.args, &p.log)?;
-        p.pid = Some(pid);
-        peering.push((p.cluster.clone(), pid, p.log.clone(), offset));
-    }
     write_state(&dir, base_port, &clusters, &procs)?;
-    for (c, pid, log, offset) in &peering {
-        wait_for_line(
-            *pid,
-            log,
-            *offset,
-            "peering controllers ready",
-            &format!("{c}'s peering controllers"),
-            &dir,
-        )
-        .await?;
-    }
     let kubeconfig = write_kubeconfig(&dir, &clusters)?;
     // Ready: every node Ready with a pod range, in every cluster.
     for c in &clusters {
@@ -732,6 +712,29 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     if clusters.len() > 1 {
         accept_members(&dir, &hub_kubeconfig, &clusters[1..]).await?;
+    }
+    // The peering controllers last: they install their CRDs and roles while nothing else is
+    // starting (CRDs applied at once with the agents' slowed their joining).
+    let mut peering = Vec::new();
+    for p in procs
+        .iter_mut()
+        .filter(|p| p.role == "peering" && p.pid.is_none())
+    {
+        let (pid, offset) = spawn(&exe, &p.args, &p.log)?;
+        p.pid = Some(pid);
+        peering.push((p.cluster.clone(), pid, p.log.clone(), offset));
+    }
+    write_state(&dir, base_port, &clusters, &procs)?;
+    for (c, pid, log, offset) in &peering {
+        wait_for_line(
+            *pid,
+            log,
+            *offset,
+            "peering controllers ready",
+            &format!("{c}'s peering controllers"),
+            &dir,
+        )
+        .await?;
     }
     let took = started.elapsed().as_secs_f64();
     println!(

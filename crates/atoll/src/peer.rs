@@ -14,7 +14,7 @@ use atoll_api::peering::{
     tenant_namespace,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -319,37 +319,14 @@ async fn token(target: &Target, ttl: &str) -> anyhow::Result<()> {
         .context("this cluster runs no peering controllers (kube-public/atoll-peering is missing): start `atoll peer controllers` against it first")?;
     let id = info.get("clusterID").cloned().unwrap_or_default();
     let url = info.get("apiServerURL").cloned().unwrap_or(server);
-    let mut bytes = [0u8; 22];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let text: String = bytes
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect();
-    let (tid, secret) = text.split_at(6);
-    let expiration = k8s_openapi::jiff::Timestamp::now()
-        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
-            ttl.as_secs() as i64
-        ))
-        .context("--ttl is too long")?
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let token_secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": format!("bootstrap-token-{tid}"), "namespace": "kube-system"},
-        "type": "bootstrap.kubernetes.io/token",
-        "stringData": {
-            "token-id": tid, "token-secret": secret, "expiration": expiration,
-            "usage-bootstrap-authentication": "true",
-            "auth-extra-groups": PEERING_BOOTSTRAP_GROUP,
-            "description": "atoll peer token: one consumer may peer with this cluster",
-        },
-    }))?;
-    Api::<Secret>::namespaced(client, "kube-system")
-        .create(&PostParams::default(), &token_secret)
-        .await
-        .context("cannot create the token Secret in kube-system")?;
-    println!("atoll peer add {id} --url {url} --token {tid}.{secret} --ca-sha256 {pin}");
+    let token = crate::registration::mint_bootstrap_token(
+        &client,
+        ttl,
+        PEERING_BOOTSTRAP_GROUP,
+        "atoll peer token: one consumer may peer with this cluster",
+    )
+    .await?;
+    println!("atoll peer add {id} --url {url} --token {token} --ca-sha256 {pin}");
     Ok(())
 }
 

@@ -196,6 +196,47 @@ pub async fn hub(args: HubArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Create a bootstrap token (`<id>.<secret>`, a Secret in `kube-system`) that expires after
+/// `ttl` and carries `extra_groups`; returns the token.
+pub async fn mint_bootstrap_token(
+    client: &Client,
+    ttl: Duration,
+    extra_groups: &str,
+    description: &str,
+) -> anyhow::Result<String> {
+    let mut bytes = [0u8; 22];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let text: String = bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
+    let (id, secret) = text.split_at(6);
+    let expiration = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+            ttl.as_secs() as i64
+        ))
+        .context("--ttl is too long")?
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let token_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "stringData": {
+            "token-id": id, "token-secret": secret, "expiration": expiration,
+            "usage-bootstrap-authentication": "true",
+            "auth-extra-groups": extra_groups,
+            "description": description,
+        },
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), "kube-system")
+        .create(&PostParams::default(), &token_secret)
+        .await
+        .context("cannot create the bootstrap token Secret in kube-system")?;
+    Ok(format!("{id}.{secret}"))
+}
+
 /// A bootstrap token Secret in kube-system and a kubeconfig that uses it; with `clusterset`,
 /// the joining cluster lands in that set (and only the caller's right to join it lets them mint
 /// such a token, which the hub's webhook checks too).
@@ -235,37 +276,13 @@ pub async fn token(
             atoll_api::clusterset::BOOTSTRAP_SET_GROUP_PREFIX
         );
     }
-    let mut bytes = [0u8; 22];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let text: String = bytes
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect();
-    let (id, secret) = text.split_at(6);
-    let expiration = k8s_openapi::jiff::Timestamp::now()
-        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
-            ttl.as_secs() as i64
-        ))
-        .context("--ttl is too long")?
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let token_secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
-        "type": "bootstrap.kubernetes.io/token",
-        "stringData": {
-            "token-id": id, "token-secret": secret, "expiration": expiration,
-            "usage-bootstrap-authentication": "true",
-            "auth-extra-groups": extra_groups,
-            "description": "atoll hub token: joins one cluster",
-        },
-    }))?;
-    let secrets: Api<Secret> = Api::namespaced(client, "kube-system");
-    secrets
-        .create(&PostParams::default(), &token_secret)
-        .await
-        .context("cannot create the bootstrap token Secret in kube-system")?;
+    let token = mint_bootstrap_token(
+        &client,
+        ttl,
+        &extra_groups,
+        "atoll hub token: joins one cluster",
+    )
+    .await?;
     let (server, ca) = atoll_runtime::kubeconfig_cluster(&std::fs::read_to_string(kubeconfig)?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", kubeconfig.display()))?;
     Ok(atoll_runtime::kubeconfig(
@@ -273,7 +290,7 @@ pub async fn token(
         &server,
         &ca,
         "bootstrap",
-        atoll_runtime::Credentials::Token(&format!("{id}.{secret}")),
+        atoll_runtime::Credentials::Token(&token),
     ))
 }
 

@@ -274,7 +274,7 @@ fn pods_resolve_services_see_their_volumes_and_call_the_api_in_cluster() {
         &DNS_POD.replace("ATOLL", env!("CARGO_BIN_EXE_atoll")),
     );
     let web_ip = m(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
-    wait_for(60, "atoll dns in a pod to answer", || {
+    wait_for(120, "atoll dns in a pod to answer", || {
         let ip = m(&["get", "pod", "dns", "-o", "jsonpath={.status.podIP}"]);
         if ip.is_empty() {
             return None;
