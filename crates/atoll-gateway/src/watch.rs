@@ -10,11 +10,10 @@ use atoll_api::cluster::{CLUSTER_LEASE, ManagedCluster};
 use atoll_api::clusterset::{ManagedClusterSet, ManagedClusterSetBinding};
 use atoll_api::ingress::MultiClusterIngress;
 use atoll_api::mcs::ExportedService;
-use atoll_runtime::reflect::reflect;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
@@ -47,12 +46,7 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
-    let changed = changed.clone();
-    reflect(Api::<K>::all(client.clone()), wc, writer, move |_| {
-        changed.notify_one()
-    });
-    store
+    atoll_runtime::reflect::notifying_store(Api::<K>::all(client.clone()), wc, changed)
 }
 
 pub(crate) fn start(client: Client, shared: Arc<Shared>, grace_periods: f64) -> Watched {

@@ -47,23 +47,7 @@ pub fn check(csr: &CertificateSigningRequest) -> Result<(String, Requester), Str
         .cloned()
         .ok_or_else(|| format!("no {CSR_CLUSTER_LABEL} label"))?;
     let spec = &csr.spec;
-    if spec.signer_name != CLIENT_SIGNER {
-        return Err(format!(
-            "signer {:?} is not {CLIENT_SIGNER}",
-            spec.signer_name
-        ));
-    }
-    let usages = spec.usages.clone().unwrap_or_default();
-    if !usages.iter().any(|u| u == "client auth")
-        || usages.iter().any(|u| {
-            !["client auth", "digital signature", "key encipherment"].contains(&u.as_str())
-        })
-    {
-        return Err(format!(
-            "usages {usages:?} are not those of a client certificate"
-        ));
-    }
-    let (cn, orgs) = atoll_runtime::request_subject(&spec.request.0)?;
+    let (cn, orgs) = atoll_runtime::client_csr_subject(spec)?;
     let want_orgs: BTreeSet<String> = [cluster_group(&name), CLUSTERS_GROUP.to_string()].into();
     if cn != agent_user(&name) || orgs != want_orgs {
         return Err(format!(

@@ -47,12 +47,7 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
-    let kick = kick.clone();
-    atoll_runtime::reflect::reflect(Api::<K>::all(client.clone()), wc, writer, move |_| {
-        kick.notify_one()
-    });
-    store
+    atoll_runtime::reflect::notifying_store(Api::<K>::all(client.clone()), wc, kick)
 }
 
 pub(crate) async fn run(client: Client, cfg: Arc<PeeringConfig>) -> Result<(), Error> {
@@ -71,12 +66,19 @@ pub(crate) async fn run(client: Client, cfg: Arc<PeeringConfig>) -> Result<(), E
     };
     let _ = caches.namespaces.wait_until_ready().await;
     let _ = caches.nodes.wait_until_ready().await;
+    let mut last_gc = std::time::Instant::now();
     loop {
         if let Err(e) = negotiate_all(&client, &cfg, &caches).await {
             tracing::warn!(error = %e, "negotiating peering requests");
         }
         if let Err(e) = namespaces_all(&client, &cfg, &caches).await {
             tracing::warn!(error = %e, "keeping offloaded namespaces");
+        }
+        if last_gc.elapsed() >= Duration::from_secs(5) {
+            last_gc = std::time::Instant::now();
+            if let Err(e) = collect_gone_consumers(&client, &caches).await {
+                tracing::warn!(error = %e, "collecting gone consumers");
+            }
         }
         // Renewals and the odd missed event: at least once a second.
         let _ = tokio::time::timeout(Duration::from_secs(1), kick.notified()).await;
@@ -405,8 +407,30 @@ async fn namespaces_all(
             .await?;
         }
     }
-    // Consumers whose tenant namespace is gone are peers no more: their cluster-wide right
-    // and the ForeignCluster made when they came.
+    // Offloaded namespaces nobody asks for any more go, with what runs in them.
+    for ns in caches.namespaces.state() {
+        if ns.annotations().get(ORIGIN_ANNOTATION).is_some()
+            && !wanted.contains(&ns.name_any())
+            && ns.metadata.deletion_timestamp.is_none()
+        {
+            tracing::info!(namespace = %ns.name_any(), "removing a namespace no longer offloaded");
+            match namespaces
+                .delete(&ns.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Consumers whose tenant namespace is gone are peers no more: their cluster-wide right and
+/// the ForeignCluster made when they came go. (Every few seconds, not on every change: it
+/// lists the ForeignClusters.)
+async fn collect_gone_consumers(client: &Client, caches: &Caches) -> Result<(), Error> {
     let tenants: BTreeSet<String> = caches
         .namespaces
         .state()
@@ -431,23 +455,6 @@ async fn namespaces_all(
             tracing::info!(consumer = %id, "the consumer is no longer a peer: removing its ForeignCluster and rights");
             rbac::unbind_leave(client, &id).await?;
             match fcs.delete(&fc.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    // Offloaded namespaces nobody asks for any more go, with what runs in them.
-    for ns in caches.namespaces.state() {
-        if ns.annotations().get(ORIGIN_ANNOTATION).is_some()
-            && !wanted.contains(&ns.name_any())
-            && ns.metadata.deletion_timestamp.is_none()
-        {
-            tracing::info!(namespace = %ns.name_any(), "removing a namespace no longer offloaded");
-            match namespaces
-                .delete(&ns.name_any(), &DeleteParams::default())
-                .await
-            {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -621,24 +628,7 @@ pub(crate) fn check_form(csr: &CertificateSigningRequest) -> Result<String, Stri
             "cluster id {consumer:?} is too long for a tenant namespace"
         ));
     }
-    let spec = &csr.spec;
-    if spec.signer_name != "kubernetes.io/kube-apiserver-client" {
-        return Err(format!(
-            "signer {:?} is not kubernetes.io/kube-apiserver-client",
-            spec.signer_name
-        ));
-    }
-    let usages = spec.usages.clone().unwrap_or_default();
-    if !usages.iter().any(|u| u == "client auth")
-        || usages.iter().any(|u| {
-            !["client auth", "digital signature", "key encipherment"].contains(&u.as_str())
-        })
-    {
-        return Err(format!(
-            "usages {usages:?} are not those of a client certificate"
-        ));
-    }
-    let (cn, orgs) = atoll_runtime::request_subject(&spec.request.0)?;
+    let (cn, orgs) = atoll_runtime::client_csr_subject(&csr.spec)?;
     let want: BTreeSet<String> = [PEERS_GROUP.to_string()].into();
     if cn != peer_user(&consumer) || orgs != want {
         return Err(format!(

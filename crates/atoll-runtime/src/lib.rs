@@ -123,6 +123,28 @@ pub fn certificate_subject(der: &[u8]) -> Option<(String, Vec<String>)> {
     Some((user, groups))
 }
 
+/// The user and groups a CSR asks for, if it is a request for a client certificate of the
+/// API server (`kubernetes.io/kube-apiserver-client`, client-auth usages only); else why not.
+pub fn client_csr_subject(
+    spec: &k8s_openapi::api::certificates::v1::CertificateSigningRequestSpec,
+) -> Result<(String, std::collections::BTreeSet<String>), String> {
+    const SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+    if spec.signer_name != SIGNER {
+        return Err(format!("signer {:?} is not {SIGNER}", spec.signer_name));
+    }
+    let usages = spec.usages.clone().unwrap_or_default();
+    if !usages.iter().any(|u| u == "client auth")
+        || usages.iter().any(|u| {
+            !["client auth", "digital signature", "key encipherment"].contains(&u.as_str())
+        })
+    {
+        return Err(format!(
+            "usages {usages:?} are not those of a client certificate"
+        ));
+    }
+    request_subject(&spec.request.0)
+}
+
 /// The CN and the set of O of a PEM certificate request (a CSR's `spec.request`): the user and
 /// groups it asks for; an error if it does not parse or has not exactly one CN.
 pub fn request_subject(pem: &[u8]) -> Result<(String, std::collections::BTreeSet<String>), String> {

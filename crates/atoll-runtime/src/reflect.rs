@@ -41,3 +41,25 @@ pub fn reflect<K>(
         }
     });
 }
+
+/// A store of what `wc` selects, kept by [`reflect`], that wakes `changed` on every change:
+/// the caches of controllers that rebuild or reconcile on any change.
+pub fn notifying_store<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    changed: &std::sync::Arc<tokio::sync::Notify>,
+) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let changed = changed.clone();
+    reflect(api, wc, writer, move |_| changed.notify_one());
+    store
+}
