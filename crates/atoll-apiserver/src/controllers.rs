@@ -14,6 +14,7 @@ use crate::ApiServer;
 use crate::authz::RbacChange;
 
 mod gc;
+mod quota;
 use crate::error::{ApiError, ApiResult};
 use crate::object::{decode_stored, finalizers_of, meta_str};
 use crate::registry::ResourceType;
@@ -523,6 +524,7 @@ pub fn spawn(server: Arc<ApiServer>, rbac: RbacCache) {
     tokio::spawn(rbac_loop(server.clone(), rbac));
     tokio::spawn(crd_loop(server.clone()));
     tokio::spawn(namespace_loop(server.clone()));
+    tokio::spawn(quota::quota_loop(server.clone()));
     tokio::spawn(gc::gc_loop(server));
 }
 

@@ -151,7 +151,7 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             status: true,
             scale: false,
             name_rule: Label,
-            strategy: typed::<core::Namespace>(no_validation, &["status.phase"], || {
+            strategy: typed::<core::Namespace>(validate_namespace, &["status.phase"], || {
                 vec![Column::text(
                     "Status",
                     "/status/phase",
@@ -306,6 +306,54 @@ pub fn builtin() -> Vec<Arc<ResourceType>> {
             scale: false,
             name_rule: Subdomain,
             strategy: typed::<core::Endpoints>(no_validation, &[], no_columns),
+        },
+        Decl {
+            review: false,
+            group: "",
+            version: "v1",
+            resource: "resourcequotas",
+            kind: "ResourceQuota",
+            namespaced: true,
+            short_names: &["quota"],
+            categories: &[],
+            status: true,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::ResourceQuota>(validate_quota, &[], || {
+                vec![
+                    Column::computed("Age", crate::table::age_cell, "Time since creation"),
+                    Column::computed(
+                        "Request",
+                        crate::table::quota_requests,
+                        "Used and hard amounts of what is requested",
+                    ),
+                    Column::computed(
+                        "Limit",
+                        crate::table::quota_limits,
+                        "Used and hard amounts of limits",
+                    ),
+                ]
+            }),
+        },
+        Decl {
+            review: false,
+            group: "",
+            version: "v1",
+            resource: "limitranges",
+            kind: "LimitRange",
+            namespaced: true,
+            short_names: &["limits"],
+            categories: &[],
+            status: false,
+            scale: false,
+            name_rule: Subdomain,
+            strategy: typed::<core::LimitRange>(validate_limit_range, &[], || {
+                vec![Column::text(
+                    "Created At",
+                    "/metadata/creationTimestamp",
+                    "When the LimitRange was created",
+                )]
+            }),
         },
         Decl {
             review: false,
@@ -1284,6 +1332,18 @@ fn validate_job(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
 
 /// A claim: access modes and a size; once bound, what it asked for stays (but for a larger
 /// size).
+fn validate_quota(obj: &Value, _: Option<&Value>, causes: &mut Vec<Cause>) {
+    crate::quota::validate(obj, causes);
+}
+
+fn validate_limit_range(obj: &Value, _: Option<&Value>, causes: &mut Vec<Cause>) {
+    crate::limitrange::validate(obj, causes);
+}
+
+fn validate_namespace(obj: &Value, _: Option<&Value>, causes: &mut Vec<Cause>) {
+    crate::podsecurity::validate_namespace(obj, causes);
+}
+
 fn validate_pvc(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     let modes = obj
         .pointer("/spec/accessModes")

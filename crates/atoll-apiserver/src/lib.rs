@@ -20,13 +20,16 @@ pub mod error;
 pub mod impersonation;
 pub use atoll_runtime::jsonpath;
 pub mod kinds;
+pub mod limitrange;
 mod managed;
 pub mod noderestriction;
 pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod podlog;
+pub mod podsecurity;
 pub mod protobuf;
+pub mod quota;
 pub mod registry;
 pub mod request;
 pub mod rest;
@@ -106,6 +109,9 @@ pub struct ApiServer {
     kubelet_client: Option<podlog::KubeletClient>,
     /// Recent events' objects, decoded once for every selective watch.
     pub(crate) watch_decoded: watch::DecodeCache,
+    /// Held while admission charges quotas: creates side by side in one server take turns
+    /// instead of retrying each other's compare-and-swap on the same quota.
+    pub(crate) quota_charges: tokio::sync::Mutex<()>,
 }
 
 impl ApiServer {
@@ -133,6 +139,7 @@ impl ApiServer {
             authorizer: authz::Authorizer::default(),
             kubelet_client,
             watch_decoded: Default::default(),
+            quota_charges: Default::default(),
             audit,
         });
         controllers::load_crds(&server)?;

@@ -25,6 +25,7 @@ use crate::tls::Identity;
 use crate::{ApiServer, discovery, patch, validation, watch};
 
 mod delete;
+mod plugins;
 mod read;
 mod subresource;
 mod write;
@@ -272,8 +273,17 @@ async fn route(
         .unwrap_or_else(|p| p.into_inner())
         .iter()
     {
-        // RFC 7234 warn-code 299 with an agent of "-", as kube-apiserver writes them.
-        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        // RFC 7234 warn-code 299 with an agent of "-", the text a quoted-string with `"` and
+        // `\` escaped and control characters left out, as kube-apiserver writes them.
+        let quoted: String = w
+            .chars()
+            .filter(|c| !c.is_control())
+            .flat_map(|c| match c {
+                '"' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let text = format!("299 - \"{quoted}\"");
         if let Ok(v) = http::HeaderValue::from_str(&text) {
             resp.headers_mut().append(http::header::WARNING, v);
         }

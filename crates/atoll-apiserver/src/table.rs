@@ -389,6 +389,38 @@ pub fn ready_of_replicas(obj: &Value) -> Value {
     Value::String(format!("{ready}/{want}"))
 }
 
+/// A quota's `requests.cpu: 500m/2, pods: 3/10` (kubectl's REQUEST column: everything
+/// but limits).
+pub fn quota_requests(quota: &Value) -> Value {
+    quota_cell(quota, false)
+}
+
+/// A quota's `limits.cpu: 1/4` (kubectl's LIMIT column).
+pub fn quota_limits(quota: &Value) -> Value {
+    quota_cell(quota, true)
+}
+
+fn quota_cell(quota: &Value, limits: bool) -> Value {
+    let hard = quota
+        .pointer("/status/hard")
+        .or_else(|| quota.pointer("/spec/hard"))
+        .and_then(Value::as_object);
+    let used = quota.pointer("/status/used");
+    let cells: Vec<String> = hard
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("limits.") == limits)
+        .map(|(k, h)| {
+            let u = used
+                .and_then(|u| u.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("0");
+            format!("{k}: {u}/{}", h.as_str().unwrap_or_default())
+        })
+        .collect();
+    Value::String(cells.join(", "))
+}
+
 /// Access modes as kubectl abbreviates them: RWO, ROX, RWX, RWOP.
 pub fn access_modes(obj: &Value) -> Value {
     let modes: Vec<&str> = obj

@@ -70,6 +70,9 @@ pub fn remote_pod(local: &Value, remote_ns: &str, consumer_id: &str) -> Value {
                 if let Some(Value::Array(mounts)) = c.get_mut("volumeMounts") {
                     mounts.retain(|m| !is_token_volume(m["name"].as_str().unwrap_or_default()));
                 }
+                if list != "ephemeralContainers" {
+                    declare_requests(c);
+                }
             }
         }
     }
@@ -78,6 +81,29 @@ pub fn remote_pod(local: &Value, remote_ns: &str, consumer_id: &str) -> Value {
         "metadata": {"name": name, "namespace": remote_ns, "labels": labels, "annotations": annotations},
         "spec": spec,
     })
+}
+
+/// Give a container explicit requests of 0 for the CPU and memory it declares nothing of.
+/// The provider's ResourceQuota holds the peer to its grant in requests, and refuses
+/// containers that leave them out (Kubernetes' rule); the consumer's scheduler counted such a
+/// container as asking for nothing on the virtual node, and the provider now counts it the
+/// same, so the two sides agree on what the grant holds.
+fn declare_requests(c: &mut Value) {
+    let limits = c.pointer("/resources/limits").cloned();
+    for k in ["cpu", "memory"] {
+        if limits.as_ref().and_then(|l| l.get(k)).is_some()
+            || c.pointer(&format!("/resources/requests/{k}")).is_some()
+        {
+            continue;
+        }
+        if !c["resources"].is_object() {
+            c["resources"] = json!({});
+        }
+        if !c["resources"]["requests"].is_object() {
+            c["resources"]["requests"] = json!({});
+        }
+        c["resources"]["requests"][k] = json!("0");
+    }
 }
 
 /// The consumer pod's status from its copy's: phase, conditions, IPs, container states, with
@@ -205,6 +231,23 @@ mod tests {
         );
         assert!(is_copy_of(&copy, "u-1"));
         assert!(!is_copy_of(&copy, "u-2"));
+        assert_eq!(
+            spec["containers"][0]["resources"],
+            json!({"requests": {"cpu": "0", "memory": "0"}}),
+            "what the consumer's scheduler counted as nothing is declared as nothing"
+        );
+    }
+
+    #[test]
+    fn declared_requests_and_limits_are_kept() {
+        let mut pod = local();
+        pod["spec"]["containers"][0]["resources"] =
+            json!({"requests": {"cpu": "250m"}, "limits": {"memory": "1Gi"}});
+        let copy = remote_pod(&pod, "shop-member1", "member1");
+        assert_eq!(
+            copy["spec"]["containers"][0]["resources"],
+            json!({"requests": {"cpu": "250m"}, "limits": {"memory": "1Gi"}})
+        );
     }
 
     #[test]

@@ -322,9 +322,11 @@ impl Ctx {
                 crate::managed::shape_of(&self.rt),
             );
         }
+        self.limit_defaults(obj);
         let mutated = self.admission("CREATE", Some(obj), None, true).await?;
         let mut obj = self.admit(mutated.unwrap_or_else(|| std::mem::take(obj)), None)?;
         self.admission("CREATE", Some(&obj), None, false).await?;
+        self.admit_create(&obj, dry_run).await?;
         let ip = crate::services::allocate(&self.server, &self.rt, &mut obj, dry_run)?;
         if dry_run {
             if let Some(ip) = ip {

@@ -505,6 +505,41 @@ fn members_peer_and_offload_pods_without_a_hub() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // Even straight to the provider's API, the peer gets no more than its grant and no
+    // privileged pods: the offloaded namespace's ResourceQuota and Pod Security level.
+    for (manifest, refusal) in [
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: greedy}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    resources: {requests: {cpu: \"2\", memory: 1Mi}}\n",
+            "exceeded quota: atoll-peering-grant, requested: requests.cpu=2",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: root}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    resources: {requests: {cpu: 1m, memory: 1Mi}}\n    securityContext: {privileged: true}\n",
+            "violates PodSecurity \"baseline:latest\": privileged",
+        ),
+    ] {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["-n", "shop-member1", "create", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Forbidden") && err.contains(refusal),
+            "the provider lets the peer create {manifest}: {err}"
+        );
+    }
 
     // A copy deleted out of band is made again.
     k.ok(&[
