@@ -48,6 +48,8 @@ pub struct Zone {
     pub flavor: Flavor,
     /// The clusterset zone served beside this one.
     clusterset: Option<Box<Zone>>,
+    /// The peering domain served beside this one (`peering.rs`).
+    peering: Option<Name>,
 }
 
 impl Zone {
@@ -63,6 +65,7 @@ impl Zone {
             ns_addresses,
             flavor: Flavor::Cluster,
             clusterset: None,
+            peering: None,
         })
     }
 
@@ -75,6 +78,32 @@ impl Zone {
         clusterset.flavor = Flavor::ClusterSet;
         self.clusterset = Some(Box::new(clusterset));
         Ok(self)
+    }
+
+    /// This zone with a peering domain beside it, publishing the clusters the server knows.
+    pub fn with_peering(mut self, domain: &str) -> Result<Zone, String> {
+        let text = format!("{}.", domain.trim_matches('.').to_ascii_lowercase());
+        if text == "." {
+            return Err("the peering domain must not be the root".into());
+        }
+        let name =
+            Name::from_ascii(&text).map_err(|e| format!("peering domain {domain:?}: {e}"))?;
+        let taken =
+            std::iter::once(&self.origin).chain(self.clusterset.as_ref().map(|c| &c.origin));
+        for zone in taken {
+            if zone.zone_of(&name) || name.zone_of(zone) {
+                return Err(format!(
+                    "the peering domain {domain:?} overlaps the zone {zone}"
+                ));
+            }
+        }
+        self.peering = Some(name);
+        Ok(self)
+    }
+
+    /// The peering domain served beside this zone, if any.
+    pub fn peering(&self) -> Option<&Name> {
+        self.peering.as_ref()
     }
 
     /// The clusterset zone served beside this one, if any.
@@ -158,6 +187,18 @@ pub fn resolve(zone: &Zone, index: &Index, qname: &Name, qtype: RecordType) -> R
         && clusterset.origin.zone_of(&lname)
     {
         return Resolution::Answer(in_zone(clusterset, index, qname, &lname, qtype));
+    }
+    if let Some(domain) = &zone.peering
+        && domain.zone_of(&lname)
+    {
+        return Resolution::Answer(crate::peering::answer(
+            domain,
+            &zone.ns_addresses,
+            index.peers(),
+            index.generation(),
+            &lname,
+            qtype,
+        ));
     }
     if let Some(ip) = reverse_address(&lname) {
         let names = index.reverse(&ip);

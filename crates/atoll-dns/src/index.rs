@@ -91,6 +91,8 @@ pub struct Index {
     /// Imported slices by (namespace, slice name), and per import their names.
     mcs_slices: HashMap<Key, Slice>,
     mcs_by_import: HashMap<Key, BTreeSet<String>>,
+    /// The clusters the peering domain publishes, sorted by id.
+    peers: Vec<crate::peering::Peer>,
     generation: u64,
 }
 
@@ -114,6 +116,20 @@ pub fn dashed(ip: &IpAddr) -> String {
 impl Index {
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    pub fn peers(&self) -> &[crate::peering::Peer] {
+        &self.peers
+    }
+
+    /// Replace the clusters the peering domain publishes (one per id).
+    pub fn set_peers(&mut self, mut peers: Vec<crate::peering::Peer>) {
+        peers.sort();
+        peers.dedup_by(|a, b| a.cluster_id == b.cluster_id);
+        if peers != self.peers {
+            self.peers = peers;
+            self.generation += 1;
+        }
     }
 
     pub fn service_count(&self) -> usize {

@@ -11,6 +11,7 @@ pub mod answer;
 pub mod forward;
 pub mod index;
 pub mod metrics;
+pub mod peering;
 mod server;
 mod watch;
 pub mod wire;
@@ -55,6 +56,9 @@ pub struct Options {
     pub metrics_listen: Option<SocketAddr>,
     /// Threads reading the UDP socket.
     pub udp_threads: usize,
+    /// The peering domain to publish the cluster and its ForeignClusters under; `None`:
+    /// not served.
+    pub peering_domain: Option<String>,
 }
 
 impl Default for Options {
@@ -67,6 +71,7 @@ impl Default for Options {
             ns_addresses: vec![],
             metrics_listen: None,
             udp_threads: 1,
+            peering_domain: None,
         }
     }
 }
@@ -130,6 +135,9 @@ pub async fn start(
     if let Some(clusterset) = &opts.clusterset_zone {
         zone = zone.with_clusterset(clusterset).map_err(Error::Config)?;
     }
+    if let Some(domain) = &opts.peering_domain {
+        zone = zone.with_peering(domain).map_err(Error::Config)?;
+    }
     let upstreams = match &opts.upstreams {
         Some(u) => u.clone(),
         None => {
@@ -149,6 +157,9 @@ pub async fn start(
         Some(a) => Some(server::serve_metrics(dns.clone(), a).await?),
         None => None,
     };
+    if dns.zone.peering().is_some() {
+        watch::peers(client.clone(), dns.clone());
+    }
     let ready = watch::start(client, dns.clone());
     match tokio::time::timeout(sync_timeout, ready).await {
         Ok(Ok(())) => {}

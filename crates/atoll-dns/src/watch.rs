@@ -198,3 +198,102 @@ fn spawn<K>(
         }
     });
 }
+
+/// The clusters of the peering domain: this cluster, as `kube-public/atoll-peering` (which
+/// the peering controllers write) describes it, and every ForeignCluster with an API server
+/// URL and CA pin. Both watches retry quietly while the cluster has no peering (no such
+/// ConfigMap, no ForeignCluster CRD); the server does not wait for them.
+pub(crate) fn peers(client: kube::Client, dns: Arc<Dns>) {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use crate::peering::Peer;
+
+    const INFO_CONFIGMAP: &str = "atoll-peering";
+    let resource = kube::api::ApiResource {
+        group: "peering.atoll.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "peering.atoll.io/v1alpha1".into(),
+        kind: "ForeignCluster".into(),
+        plural: "foreignclusters".into(),
+    };
+    let foreign: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+    let info: Api<ConfigMap> = Api::namespaced(client, "kube-public");
+    tokio::spawn(async move {
+        let own = watcher(
+            info,
+            watcher::Config::default().fields(&format!("metadata.name={INFO_CONFIGMAP}")),
+        )
+        .default_backoff()
+        .map(|e| e.map(Either::Own));
+        let known = watcher(foreign, watcher::Config::default())
+            .default_backoff()
+            .map(|e| e.map(Either::Foreign));
+        let mut events = futures::stream::select(own.boxed(), known.boxed());
+        let mut this: Option<Peer> = None;
+        let mut others: BTreeMap<String, Peer> = BTreeMap::new();
+        let mut listing: Option<BTreeMap<String, Peer>> = None;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(Either::Own(e)) => match e {
+                    watcher::Event::Apply(cm) | watcher::Event::InitApply(cm) => {
+                        let data = cm.data.unwrap_or_default();
+                        let get = |k: &str| data.get(k).map(String::as_str).unwrap_or_default();
+                        this = Peer::new(get("clusterID"), get("apiServerURL"), get("caSHA256"));
+                    }
+                    watcher::Event::Delete(_) => this = None,
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                },
+                Ok(Either::Foreign(e)) => {
+                    let peer_of = |o: &kube::api::DynamicObject| {
+                        let spec = &o.data["spec"];
+                        let field = |k: &str| spec[k].as_str().unwrap_or_default().to_string();
+                        Peer::new(
+                            &field("clusterID"),
+                            &field("apiServerURL"),
+                            &field("caSHA256"),
+                        )
+                        .map(|p| (o.name_any(), p))
+                    };
+                    match e {
+                        watcher::Event::Init => listing = Some(BTreeMap::new()),
+                        watcher::Event::InitApply(o) => {
+                            if let (Some(l), Some((name, p))) = (listing.as_mut(), peer_of(&o)) {
+                                l.insert(name, p);
+                            }
+                        }
+                        watcher::Event::InitDone => others = listing.take().unwrap_or_default(),
+                        watcher::Event::Apply(o) => match peer_of(&o) {
+                            Some((name, p)) => {
+                                others.insert(name, p);
+                            }
+                            None => {
+                                others.remove(&o.name_any());
+                            }
+                        },
+                        watcher::Event::Delete(o) => {
+                            others.remove(&o.name_any());
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "peering watch (no peering here yet?); retrying");
+                    continue;
+                }
+            }
+            let mut all: Vec<Peer> = others.values().cloned().collect();
+            // The cluster's own record first: a ForeignCluster never stands in for it.
+            if let Some(p) = &this {
+                all.retain(|o| o.cluster_id != p.cluster_id);
+                all.push(p.clone());
+            }
+            dns.index_mut().set_peers(all);
+        }
+    });
+}
+
+enum Either<A, B> {
+    Own(A),
+    Foreign(B),
+}

@@ -14,6 +14,9 @@ pub struct DnsArgs {
     /// (in-cluster, as a Deployment of it runs).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current one).
+    #[arg(long, requires = "kubeconfig")]
+    context: Option<String>,
     /// Address for UDP and TCP (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:53")]
     listen: SocketAddr,
@@ -32,11 +35,19 @@ pub struct DnsArgs {
     /// Threads answering UDP queries.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Publish this cluster and the ForeignClusters it knows under this domain, for peers'
+    /// discovery over DNS (PTR, SRV, TXT and address records, as `atoll peer zone` prints).
+    #[arg(long)]
+    peering_domain: Option<String>,
 }
 
 pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let client = match &args.kubeconfig {
-        Some(path) => crate::clients::from_path(path).await?.0,
+        Some(path) => {
+            crate::clients::from_flags(Some(path), args.context.as_deref())
+                .await?
+                .0
+        }
         None => crate::clients::in_cluster()?.0,
     };
     let opts = atoll_dns::Options {
@@ -47,6 +58,7 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
         ns_addresses: vec![],
         metrics_listen: args.metrics_listen,
         udp_threads: args.threads,
+        peering_domain: args.peering_domain.clone(),
     };
     let running = atoll_dns::start(client, opts, Duration::from_secs(60))
         .await
@@ -55,8 +67,13 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
         .metrics_addr
         .map(|a| format!(", metrics on http://{a}/metrics"))
         .unwrap_or_default();
+    let peering = args
+        .peering_domain
+        .as_ref()
+        .map(|d| format!(", peering domain {d}"))
+        .unwrap_or_default();
     println!(
-        "atoll dns ready on {} (zone {}{metrics})",
+        "atoll dns ready on {} (zone {}{peering}{metrics})",
         running.addr, args.zone
     );
     crate::clients::terminated().await;

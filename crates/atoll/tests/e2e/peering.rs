@@ -767,6 +767,16 @@ fn assert_clean_consumer(k: &crate::harness::Kubectl) {
 }
 
 /// NSD serving `zone` for `domain` on a free loopback port, stopped when dropped.
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Nsd {
     child: std::process::Child,
     port: u16,
@@ -909,10 +919,76 @@ fn peers_are_found_over_dns_and_peered_by_name() {
         |s| s == "NoToken",
     );
 
-    // A SearchDomain finds it again once gone, and says so.
+    // `atoll dns --peering-domain` publishes the same records from member2's own API: its
+    // peering ConfigMap and the ForeignClusters it knows (none yet).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["dns", "--kubeconfig"])
+        .arg(env.dir.join("kubeconfig"))
+        .args([
+            "--context",
+            "member2",
+            "--listen",
+            "127.0.0.1:0",
+            "--peering-domain",
+            "peers.test",
+            "--upstream",
+            &server,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _atoll_dns = Killed(child);
+    assert!(line.contains("peering domain peers.test"), "{line}");
+    let own = line
+        .split_whitespace()
+        .skip_while(|w| *w != "on")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let (own_ip, own_port) = own.rsplit_once(':').unwrap();
+    let dig = |at: (&str, &str), args: &[&str]| {
+        let out = Command::new("dig")
+            .args([
+                "+short",
+                "+time=2",
+                "+tries=2",
+                &format!("@{}", at.0),
+                "-p",
+                at.1,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let nsd_at = ("127.0.0.1", dns.port.to_string());
+    for question in [
+        &["PTR", "peers.test"][..],
+        &["SRV", "member2._atoll-peering._tcp.peers.test"],
+        &["TXT", "member2._atoll-peering._tcp.peers.test"],
+        &["A", "member2.peers.test"],
+    ] {
+        let ours = wait_for(20, "atoll dns publishing member2", || {
+            let a = dig((own_ip, own_port), question);
+            (!a.is_empty()).then_some(a)
+        });
+        assert_eq!(
+            ours,
+            dig((nsd_at.0, &nsd_at.1), question),
+            "atoll dns and NSD answer {question:?} alike"
+        );
+    }
+
+    // A SearchDomain finds it again once gone, and says so: this time from atoll dns.
     k.ok(&["--context", "member1", "delete", "fc", "member2"]);
     k.ok_stdin(&["--context", "member1", "apply", "-f", "-"], &format!(
-        "apiVersion: peering.atoll.io/v1alpha1\nkind: SearchDomain\nmetadata: {{name: peers}}\nspec: {{domain: peers.test, server: \"{server}\"}}\n"
+        "apiVersion: peering.atoll.io/v1alpha1\nkind: SearchDomain\nmetadata: {{name: peers}}\nspec: {{domain: peers.test, server: \"{own}\"}}\n"
     ));
     k.eventually(
         &[
