@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use atoll_api::peering::{
     CONDITION_AUTHENTICATED, CONDITION_NEGOTIATED, CONDITION_REACHABLE,
-    CONDITION_VIRTUAL_NODE_READY, ForeignCluster, MANAGER, NamespaceOffloading, ORIGIN_ANNOTATION,
-    PHASE_ACCEPTED, PeeringEnabled, REMOTE_CLUSTER_ID_LABEL, ResourceOffer, ResourceRequest,
-    TENANT_LABEL, peer_namespace, tenant_namespace, virtual_node_name,
+    CONDITION_VIRTUAL_NODE_READY, ForeignCluster, MANAGER, NamespaceOffloading, OFFLOADING_NAME,
+    ORIGIN_ANNOTATION, PHASE_ACCEPTED, PeeringEnabled, REMOTE_CLUSTER_ID_LABEL, ResourceOffer,
+    ResourceRequest, TENANT_LABEL, peer_namespace, tenant_namespace, virtual_node_name,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
@@ -47,6 +47,32 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Consumer namespace -> provider namespace, for the namespaces provider `pid` has ready.
+    pub(crate) fn mapping(&self, pid: &str) -> HashMap<String, String> {
+        self.offloadings
+            .state()
+            .iter()
+            .filter(|n| n.name_any() == OFFLOADING_NAME)
+            .filter_map(|n| {
+                let c = n
+                    .status
+                    .as_ref()?
+                    .clusters
+                    .iter()
+                    .find(|c| c.cluster_id == pid)?;
+                c.conditions
+                    .iter()
+                    .any(|x| x.type_ == "Ready" && x.status == "True")
+                    .then(|| {
+                        (
+                            n.namespace().unwrap_or_default(),
+                            c.remote_namespace.clone(),
+                        )
+                    })
+            })
+            .collect()
+    }
+
     /// Where the copy of consumer pod `ns/pod` is.
     pub(crate) fn locate(
         &self,
@@ -158,7 +184,7 @@ async fn peer(shared: Arc<Shared>, name: String) {
     let mut identity: Option<PeerIdentity> = None;
     let mut backoff = Duration::from_millis(200);
     let reachable = Arc::new(AtomicBool::new(false));
-    let mut offload: Option<atoll_runtime::AbortOnDrop> = None;
+    let mut offload: Option<[atoll_runtime::AbortOnDrop; 2]> = None;
     loop {
         let fc = match fcs.get_opt(&name).await {
             Ok(Some(fc)) => fc,
@@ -265,14 +291,20 @@ async fn peer(shared: Arc<Shared>, name: String) {
             tracing::warn!(peer = %name, error = %e, "cannot keep the virtual node");
         }
         if offload.is_none() {
-            offload = Some(atoll_runtime::AbortOnDrop(tokio::spawn(
-                crate::offload::run(
+            offload = Some([
+                atoll_runtime::AbortOnDrop(tokio::spawn(crate::offload::run(
                     shared.clone(),
                     fc.clone(),
                     id.client.clone(),
                     reachable.clone(),
-                ),
-            )));
+                ))),
+                atoll_runtime::AbortOnDrop(tokio::spawn(crate::services::run(
+                    shared.clone(),
+                    fc.clone(),
+                    id.client.clone(),
+                    reachable.clone(),
+                ))),
+            ]);
         }
         status.write(&fcs, &fc).await;
         // While a request is on its way (asked, not yet a Ready node), look again soon: the

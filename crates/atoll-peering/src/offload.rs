@@ -55,30 +55,7 @@ pub(crate) async fn run(
     let deleting: Mutex<HashMap<String, Instant>> = Mutex::default();
     loop {
         let up = reachable.load(Ordering::Relaxed);
-        // Consumer namespace -> provider namespace, for namespaces the provider has ready.
-        let mapping: HashMap<String, String> = shared
-            .offloadings
-            .state()
-            .iter()
-            .filter(|n| n.name_any() == OFFLOADING_NAME)
-            .filter_map(|n| {
-                let c = n
-                    .status
-                    .as_ref()?
-                    .clusters
-                    .iter()
-                    .find(|c| c.cluster_id == pid)?;
-                c.conditions
-                    .iter()
-                    .any(|x| x.type_ == "Ready" && x.status == "True")
-                    .then(|| {
-                        (
-                            n.namespace().unwrap_or_default(),
-                            c.remote_namespace.clone(),
-                        )
-                    })
-            })
-            .collect();
+        let mapping = shared.mapping(&pid);
         for remote_ns in mapping.values() {
             remotes.entry(remote_ns.clone()).or_insert_with(|| {
                 let (store, writer) = reflector::store::<Pod>();
@@ -333,12 +310,42 @@ async fn one_pod(cx: &PodCx<'_>, pod: &Arc<Pod>) {
 }
 
 /// A reflector into `writer` that kicks `kick` on every change, stopped when the handle drops.
-fn watch_into(
-    api: Api<Pod>,
+/// A store of what `api` and `wc` watch, `kick` told of every change; the watch ends when
+/// the returned guard is dropped.
+pub(crate) fn watched<K>(
+    api: Api<K>,
     wc: watcher::Config,
-    writer: reflector::store::Writer<Pod>,
+    kick: &Arc<Notify>,
+) -> (Store<K>, atoll_runtime::AbortOnDrop)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let task = watch_into(api, wc, writer, kick.clone());
+    (store, task)
+}
+
+fn watch_into<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    writer: reflector::store::Writer<K>,
     kick: Arc<Notify>,
-) -> atoll_runtime::AbortOnDrop {
+) -> atoll_runtime::AbortOnDrop
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     use futures::StreamExt;
     use kube::runtime::WatchStreamExt;
     atoll_runtime::AbortOnDrop(tokio::spawn(async move {
@@ -347,7 +354,7 @@ fn watch_into(
         while let Some(event) = stream.next().await {
             match event {
                 Ok(_) => kick.notify_one(),
-                Err(e) => tracing::debug!(error = %e, "watching pods"),
+                Err(e) => tracing::debug!(error = %e, "watching for the virtual kubelet"),
             }
         }
     }))

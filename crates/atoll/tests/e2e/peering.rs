@@ -439,6 +439,90 @@ fn members_peer_and_offload_pods_without_a_hub() {
         ],
         |s| pods.iter().all(|p| s.split_whitespace().any(|a| a == p.4)),
     );
+    // The Service is in member2 too, every pod behind it: member2's controller lists the
+    // copies there, and member1's own pods come in a reflected slice.
+    k.eventually(
+        &[
+            "--context",
+            "member2",
+            "-n",
+            "shop-member1",
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.spec.ports[0].port} {.spec.selector.app} {.metadata.labels.peering\\.atoll\\.io/tenant}",
+        ],
+        |s| s == "80 web member1",
+    );
+    k.eventually(
+        &[
+            "--context",
+            "member2",
+            "-n",
+            "shop-member1",
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].addresses[*]}",
+        ],
+        |s| {
+            let mut got: Vec<&str> = s.split_whitespace().collect();
+            got.sort();
+            let mut want: Vec<&str> = pods.iter().map(|p| p.4.as_str()).collect();
+            want.sort();
+            got == want
+        },
+    );
+    // A Service that goes here goes there.
+    k.ok(&[
+        "--context",
+        "member1",
+        "-n",
+        "shop",
+        "create",
+        "service",
+        "clusterip",
+        "extra",
+        "--tcp=81:8080",
+    ]);
+    k.eventually(
+        &[
+            "--context",
+            "member2",
+            "-n",
+            "shop-member1",
+            "get",
+            "services",
+            "-o",
+            "name",
+        ],
+        |s| s.contains("service/extra"),
+    );
+    k.ok(&[
+        "--context",
+        "member1",
+        "-n",
+        "shop",
+        "delete",
+        "service",
+        "extra",
+    ]);
+    k.eventually(
+        &[
+            "--context",
+            "member2",
+            "-n",
+            "shop-member1",
+            "get",
+            "services",
+            "-o",
+            "name",
+        ],
+        |s| !s.contains("service/extra") && s.contains("service/web"),
+    );
 
     // The peer identity: its tenant and offloaded namespaces, nothing else.
     let secret = json(&k.ok(&[
