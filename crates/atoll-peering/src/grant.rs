@@ -174,9 +174,91 @@ pub fn negotiate(
     }
 }
 
+/// The ResourceQuota key a grant's resource is enforced by: `pods`, else `requests.<name>`.
+pub fn quota_key(resource: &str) -> String {
+    if resource == "pods" {
+        resource.to_string()
+    } else {
+        format!("requests.{resource}")
+    }
+}
+
+/// What one offloaded namespace of a consumer may hold of its `grant`, given what it uses
+/// (`here`) and what the consumer's other offloaded namespaces use (`elsewhere`): the grant
+/// less the others' use, and never less than it holds already. Quotas are per namespace; so
+/// split, their sum stays within the grant however the consumer spreads its pods (up to what
+/// is created between two recounts).
+pub fn namespace_share(grant: &Amounts, here: &Amounts, elsewhere: &Amounts) -> Amounts {
+    grant
+        .iter()
+        .map(|(k, g)| {
+            let others = elsewhere.get(k).copied().unwrap_or(0);
+            let own = here.get(k).copied().unwrap_or(0);
+            (k.clone(), (g - others).max(own).max(0))
+        })
+        .collect()
+}
+
+/// A quota's `status.used` in grant terms (`requests.cpu` as `cpu`, CPU in millicores).
+pub fn quota_used(used: &BTreeMap<String, Quantity>) -> Amounts {
+    used.iter()
+        .filter_map(|(k, q)| {
+            let resource = if k == "pods" {
+                k.as_str()
+            } else {
+                k.strip_prefix("requests.")?
+            };
+            Some((resource.to_string(), amount(resource, &q.0)?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grant_is_split_across_a_consumers_namespaces() {
+        let a = |pairs: &[(&str, i64)]| -> Amounts {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let grant = a(&[("cpu", 2000), ("pods", 10)]);
+        for (here, elsewhere, want) in [
+            (a(&[]), a(&[]), a(&[("cpu", 2000), ("pods", 10)])),
+            (
+                a(&[("cpu", 500)]),
+                a(&[("cpu", 1200), ("pods", 4)]),
+                a(&[("cpu", 800), ("pods", 6)]),
+            ),
+            // Over already (created between two recounts): it keeps what it holds, no more.
+            (
+                a(&[("cpu", 900)]),
+                a(&[("cpu", 1500)]),
+                a(&[("cpu", 900), ("pods", 10)]),
+            ),
+        ] {
+            assert_eq!(
+                namespace_share(&grant, &here, &elsewhere),
+                want,
+                "{here:?} {elsewhere:?}"
+            );
+        }
+        let used: BTreeMap<String, Quantity> = [
+            ("requests.cpu", "1500m"),
+            ("requests.memory", "1Gi"),
+            ("pods", "3"),
+            ("limits.cpu", "4"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v.into())))
+        .collect();
+        assert_eq!(
+            quota_used(&used),
+            a(&[("cpu", 1500), ("memory", 1 << 30), ("pods", 3)])
+        );
+        assert_eq!(quota_key("cpu"), "requests.cpu");
+        assert_eq!(quota_key("pods"), "pods");
+    }
 
     fn a(pairs: &[(&str, &str)]) -> Amounts {
         pairs

@@ -15,7 +15,7 @@ use atoll_api::peering::{
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -35,6 +35,9 @@ struct Caches {
     offloadings: Store<NamespaceOffloading>,
     nodes: Store<Node>,
     namespaces: Store<Namespace>,
+    /// The grant quotas of offloaded namespaces, for their use (read on the loop's tick: a
+    /// change of use is not worth a pass of its own).
+    quotas: Store<ResourceQuota>,
 }
 
 fn watch<K>(client: &Client, wc: watcher::Config, kick: &Arc<Notify>) -> Store<K>
@@ -62,6 +65,11 @@ pub(crate) async fn run(client: Client, cfg: Arc<PeeringConfig>) -> Result<(), E
             &client,
             watcher::Config::default().labels(TENANT_LABEL),
             &kick,
+        ),
+        quotas: watch(
+            &client,
+            watcher::Config::default().labels(TENANT_LABEL),
+            &Arc::new(Notify::new()),
         ),
     };
     let _ = caches.namespaces.wait_until_ready().await;
@@ -321,6 +329,22 @@ async fn namespaces_all(
 ) -> Result<(), Error> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut wanted: BTreeSet<String> = BTreeSet::new();
+    // What each consumer's offloaded namespaces use of its grant.
+    let mut used: BTreeMap<String, BTreeMap<String, Amounts>> = BTreeMap::new();
+    for q in caches.quotas.state() {
+        if q.name_any() != QUOTA_NAME {
+            continue;
+        }
+        let (Some(consumer), Some(u)) = (
+            q.labels().get(TENANT_LABEL),
+            q.status.as_ref().and_then(|s| s.used.as_ref()),
+        ) else {
+            continue;
+        };
+        used.entry(consumer.clone())
+            .or_default()
+            .insert(q.namespace().unwrap_or_default(), grant::quota_used(u));
+    }
     for nso in caches.offloadings.state() {
         let tenant_ns = nso.namespace().unwrap_or_default();
         let Some(consumer) = tenant_of(caches, &tenant_ns) else {
@@ -361,7 +385,30 @@ async fn namespaces_all(
                     ))
                 } else {
                     wanted.insert(remote.clone());
-                    ensure_offloaded(client, &remote, &consumer, &origin, &grant).await?;
+                    let theirs = used.get(&consumer);
+                    let here = theirs
+                        .and_then(|u| u.get(&remote))
+                        .cloned()
+                        .unwrap_or_default();
+                    let mut elsewhere = Amounts::new();
+                    for (ns, u) in theirs.into_iter().flatten() {
+                        if *ns != remote {
+                            grant::add(&mut elsewhere, u);
+                        }
+                    }
+                    let share = grant::namespace_share(&grant, &here, &elsewhere);
+                    let quota = caches
+                        .quotas
+                        .get(&reflector::ObjectRef::new(QUOTA_NAME).within(&remote));
+                    ensure_offloaded(
+                        client,
+                        &remote,
+                        &consumer,
+                        &origin,
+                        &share,
+                        quota.as_deref(),
+                    )
+                    .await?;
                     Ok(remote)
                 }
             }
@@ -483,6 +530,7 @@ async fn ensure_offloaded(
     consumer: &str,
     origin: &str,
     grant: &Amounts,
+    quota: Option<&ResourceQuota>,
 ) -> Result<(), Error> {
     let pp = PatchParams::apply(MANAGER).force();
     let ns = json!({
@@ -501,16 +549,13 @@ async fn ensure_offloaded(
     // The grant holds in every namespace of the consumer (ResourceQuota keys for requests).
     let hard: BTreeMap<String, String> = grant
         .iter()
-        .map(|(k, v)| {
-            let key = if k == "pods" {
-                k.clone()
-            } else {
-                format!("requests.{k}")
-            };
-            (key, grant::quantity(k, *v).0)
-        })
+        .map(|(k, v)| (grant::quota_key(k), grant::quantity(k, *v).0))
         .collect();
-    if !hard.is_empty() {
+    let current: Option<BTreeMap<String, String>> = quota
+        .and_then(|q| q.spec.as_ref())
+        .and_then(|s| s.hard.as_ref())
+        .map(|h| h.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect());
+    if !hard.is_empty() && current.as_ref() != Some(&hard) {
         let quota = json!({
             "apiVersion": "v1", "kind": "ResourceQuota",
             "metadata": {"name": QUOTA_NAME, "namespace": remote, "labels": {TENANT_LABEL: consumer}},

@@ -589,23 +589,12 @@ fn members_peer_and_offload_pods_without_a_hub() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // Even straight to the provider's API, the peer gets no more than its grant and no
-    // privileged pods: the offloaded namespace's ResourceQuota and Pod Security level.
-    for (manifest, refusal) in [
-        (
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: greedy}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    resources: {requests: {cpu: \"2\", memory: 1Mi}}\n",
-            "exceeded quota: atoll-peering-grant, requested: requests.cpu=2",
-        ),
-        (
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: root}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    resources: {requests: {cpu: 1m, memory: 1Mi}}\n    securityContext: {privileged: true}\n",
-            "violates PodSecurity \"baseline:latest\": privileged",
-        ),
-    ] {
+    let peer_create = |ns: &str, manifest: &str| {
         use std::io::Write;
         let mut child = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&kubeconfig)
-            .args(["-n", "shop-member1", "create", "-f", "-"])
+            .args(["-n", ns, "create", "-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -618,12 +607,77 @@ fn members_peer_and_offload_pods_without_a_hub() {
             .write_all(manifest.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let sleeper = |name: &str, cpu: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, \"3600\"]\n    resources: {{requests: {{cpu: \"{cpu}\", memory: 1Mi}}}}\n"
+        )
+    };
+    // Even straight to the provider's API, the peer gets no more than its grant and no
+    // privileged pods: the offloaded namespace's ResourceQuota and Pod Security level.
+    for (manifest, refusal) in [
+        (
+            sleeper("greedy", "2"),
+            "exceeded quota: atoll-peering-grant, requested: requests.cpu=2",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: root}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    resources: {requests: {cpu: 1m, memory: 1Mi}}\n    securityContext: {privileged: true}\n".to_string(),
+            "violates PodSecurity \"baseline:latest\": privileged",
+        ),
+    ] {
+        let (ok, err) = peer_create("shop-member1", &manifest);
         assert!(
-            !out.status.success() && err.contains("Forbidden") && err.contains(refusal),
+            !ok && err.contains("Forbidden") && err.contains(refusal),
             "the provider lets the peer create {manifest}: {err}"
         );
     }
+    // Nor by spreading pods over its namespaces: what one uses of the grant the others'
+    // quotas lose.
+    let (ok, err) = peer_create("shop-member1", &sleeper("half", "600m"));
+    assert!(ok, "{err}");
+    k.ok(&["--context", "member1", "create", "namespace", "shop2"]);
+    peer_ok(&env, &["offload", "shop2", "--context", "member1"]);
+    k.eventually(
+        &[
+            "--context",
+            "member2",
+            "-n",
+            "shop2-member1",
+            "get",
+            "quota",
+            "atoll-peering-grant",
+            "-o",
+            "jsonpath={.spec.hard.requests\\.cpu}",
+        ],
+        |s| s == "400m",
+    );
+    let (ok, err) = peer_create("shop2-member1", &sleeper("other-half", "600m"));
+    assert!(
+        !ok && err.contains("exceeded quota: atoll-peering-grant, requested: requests.cpu=600m"),
+        "{err}"
+    );
+    k.ok(&[
+        "--context",
+        "member2",
+        "-n",
+        "shop-member1",
+        "delete",
+        "pod",
+        "half",
+        "--wait=false",
+    ]);
+    k.ok(&[
+        "--context",
+        "member1",
+        "delete",
+        "namespace",
+        "shop2",
+        "--wait=false",
+    ]);
 
     // A copy deleted out of band is made again.
     k.ok(&[
