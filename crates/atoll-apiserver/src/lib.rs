@@ -109,9 +109,8 @@ pub struct ApiServer {
     kubelet_client: Option<podlog::KubeletClient>,
     /// Recent events' objects, decoded once for every selective watch.
     pub(crate) watch_decoded: watch::DecodeCache,
-    /// Held while admission charges quotas: creates side by side in one server take turns
-    /// instead of retrying each other's compare-and-swap on the same quota.
-    pub(crate) quota_charges: tokio::sync::Mutex<()>,
+    /// Creates waiting for their ResourceQuota charge, committed in batches.
+    pub(crate) quota_charges: rest::QuotaCharges,
 }
 
 impl ApiServer {

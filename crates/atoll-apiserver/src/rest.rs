@@ -31,6 +31,7 @@ mod subresource;
 mod write;
 
 pub use delete::DeleteOptions;
+pub use plugins::QuotaCharges;
 pub use subresource::set_pointer;
 
 /// Entry point for every request.

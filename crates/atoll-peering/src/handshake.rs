@@ -489,7 +489,7 @@ pub(crate) async fn request_identity(
             ));
         }
         tokio::time::sleep(poll).await;
-        poll = (poll * 2).min(Duration::from_secs(1));
+        poll = (poll * 2).min(Duration::from_millis(250));
     };
     let (client, kubeconfig) = client(
         url,

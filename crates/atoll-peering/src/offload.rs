@@ -32,6 +32,17 @@ struct Remote {
     _task: atoll_runtime::AbortOnDrop,
 }
 
+/// Pods whose object (consumer namespace, name) or copy (provider namespace, name) changed
+/// since the last pass.
+#[derive(Default)]
+struct Dirty {
+    local: std::collections::HashSet<(String, String)>,
+    remote: std::collections::HashSet<(String, String)>,
+}
+
+/// How often every pod is looked at, changed or not (deadlines, missed events).
+const FULL_PASS: Duration = Duration::from_secs(5);
+
 pub(crate) async fn run(
     shared: Arc<Shared>,
     fc: ForeignCluster,
@@ -42,13 +53,23 @@ pub(crate) async fn run(
     let pid = fc.spec.cluster_id.clone();
     let me = shared.cfg.cluster_id.clone();
     let kick = Arc::new(Notify::new());
+    let dirty: Arc<Mutex<Dirty>> = Arc::default();
     let (pods, writer) = reflector::store::<Pod>();
-    let _local_watch = watch_into(
-        Api::<Pod>::all(shared.local.clone()),
-        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-        writer,
-        kick.clone(),
-    );
+    let _local_watch = {
+        let dirty = dirty.clone();
+        watch_into(
+            Api::<Pod>::all(shared.local.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            writer,
+            kick.clone(),
+            move |p: &Pod| {
+                crate::consumer::lock(&dirty)
+                    .local
+                    .insert((p.namespace().unwrap_or_default(), p.name_any()));
+            },
+        )
+    };
+    let mut last_full: Option<(Instant, bool, HashMap<String, String>)> = None;
     let mut remotes: HashMap<String, Remote> = HashMap::new();
     let recreations: Mutex<HashMap<String, i64>> = Mutex::default();
     let seen: Mutex<BTreeSet<String>> = Mutex::default();
@@ -61,13 +82,44 @@ pub(crate) async fn run(
                 let (store, writer) = reflector::store::<Pod>();
                 let api = Api::<Pod>::namespaced(provider.clone(), remote_ns);
                 let wc = watcher::Config::default().labels(&format!("{TENANT_LABEL}={me}"));
+                let dirty = dirty.clone();
                 Remote {
                     store,
-                    _task: watch_into(api, wc, writer, kick.clone()),
+                    _task: watch_into(api, wc, writer, kick.clone(), move |p: &Pod| {
+                        crate::consumer::lock(&dirty)
+                            .remote
+                            .insert((p.namespace().unwrap_or_default(), p.name_any()));
+                    }),
                 }
             });
         }
         let locals = pods.state();
+        // Only the pods whose object or copy changed, but all of them every few seconds
+        // and whenever reachability or the offloaded namespaces change: a pass over a
+        // thousand pods for each change of one would hold every reflection back.
+        let full = last_full.as_ref().is_none_or(|(at, was_up, was_mapping)| {
+            at.elapsed() >= FULL_PASS || *was_up != up || *was_mapping != mapping
+        });
+        let changed = std::mem::take(&mut *crate::consumer::lock(&dirty));
+        if full {
+            last_full = Some((Instant::now(), up, mapping.clone()));
+        }
+        let todo: Vec<&Arc<Pod>> = if full {
+            locals.iter().collect()
+        } else {
+            locals
+                .iter()
+                .filter(|p| {
+                    let ns = p.namespace().unwrap_or_default();
+                    let name = p.name_any();
+                    changed.local.contains(&(ns.clone(), name.clone()))
+                        || mapping
+                            .get(&ns)
+                            .is_some_and(|r| changed.remote.contains(&(r.clone(), name)))
+                        || p.metadata.deletion_timestamp.is_some()
+                })
+                .collect()
+        };
         let live_uids: BTreeSet<String> =
             locals.iter().map(|p| p.uid().unwrap_or_default()).collect();
         // The pods are handled side by side: a thousand status writes one after another
@@ -87,7 +139,7 @@ pub(crate) async fn run(
                 seen: &seen,
             };
             use futures::StreamExt;
-            futures::stream::iter(locals.iter())
+            futures::stream::iter(todo)
                 .for_each_concurrent(32, |pod| one_pod(&cx, pod))
                 .await;
         }
@@ -309,7 +361,6 @@ async fn one_pod(cx: &PodCx<'_>, pod: &Arc<Pod>) {
     }
 }
 
-/// A reflector into `writer` that kicks `kick` on every change, stopped when the handle drops.
 /// A store of what `api` and `wc` watch, `kick` told of every change; the watch ends when
 /// the returned guard is dropped.
 pub(crate) fn watched<K>(
@@ -327,7 +378,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let task = watch_into(api, wc, writer, kick.clone());
+    let task = watch_into(api, wc, writer, kick.clone(), |_| {});
     (store, task)
 }
 
@@ -336,6 +387,7 @@ fn watch_into<K>(
     wc: watcher::Config,
     writer: reflector::store::Writer<K>,
     kick: Arc<Notify>,
+    on_object: impl Fn(&K) + Send + 'static,
 ) -> atoll_runtime::AbortOnDrop
 where
     K: kube::Resource<DynamicType = ()>
@@ -353,6 +405,14 @@ where
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
+                Ok(
+                    watcher::Event::Apply(o)
+                    | watcher::Event::Delete(o)
+                    | watcher::Event::InitApply(o),
+                ) => {
+                    on_object(&o);
+                    kick.notify_one();
+                }
                 Ok(_) => kick.notify_one(),
                 Err(e) => tracing::debug!(error = %e, "watching for the virtual kubelet"),
             }
