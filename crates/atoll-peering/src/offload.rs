@@ -104,7 +104,7 @@ pub(crate) async fn run(
         if full {
             last_full = Some((Instant::now(), up, mapping.clone()));
         }
-        let todo: Vec<&Arc<Pod>> = if full {
+        let mut todo: Vec<&Arc<Pod>> = if full {
             locals.iter().collect()
         } else {
             locals
@@ -122,6 +122,19 @@ pub(crate) async fn run(
         };
         let live_uids: BTreeSet<String> =
             locals.iter().map(|p| p.uid().unwrap_or_default()).collect();
+        // Pods whose copy exists first: their status is one write each, and should not
+        // wait behind the copies being made.
+        todo.sort_by_key(|p| {
+            let copy = mapping
+                .get(&p.namespace().unwrap_or_default())
+                .is_some_and(|r| {
+                    remotes
+                        .get(r)
+                        .and_then(|rm| rm.store.get(&ObjectRef::new(&p.name_any()).within(r)))
+                        .is_some()
+                });
+            !copy
+        });
         // The pods are handled side by side: a thousand status writes one after another
         // would hold each reflection back by all the others.
         {
@@ -347,6 +360,7 @@ async fn one_pod(cx: &PodCx<'_>, pod: &Arc<Pod>) {
                 .as_object()
                 .is_some_and(|w| w.iter().any(|(k, v)| have.get(k) != Some(v)));
             if differs
+                && reflect::worth_reflecting(&r["status"])
                 && let Err(e) = local_api
                     .patch_status(
                         &name,

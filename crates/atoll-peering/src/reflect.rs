@@ -141,6 +141,25 @@ pub fn local_status(remote_status: &Value, recreations: i64) -> Value {
     Value::Object(out)
 }
 
+/// Whether the copy's status is worth writing to the consumer pod: not while the copy is
+/// merely scheduled and not started (the consumer's scheduler already says the pod is
+/// placed, and a write for that step would double the writes of a thousand pods starting);
+/// an unschedulable copy, or a container waiting for a reason, is worth saying.
+pub fn worth_reflecting(remote_status: &Value) -> bool {
+    if remote_status["phase"].as_str() != Some("Pending") {
+        return true;
+    }
+    let scheduled = remote_status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "PodScheduled" && c["status"] == "True");
+    let containers = ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .any(|k| remote_status[*k].as_array().is_some_and(|a| !a.is_empty()));
+    !scheduled || containers || remote_status.get("reason").is_some()
+}
+
 /// The status of a consumer pod whose provider does not answer: not Ready, nor its
 /// containers (so its endpoints leave the consumer's Services), the rest kept.
 pub fn unreachable_status(local_status: &Value, provider: &str, now: &str) -> Value {
@@ -236,6 +255,30 @@ mod tests {
             json!({"requests": {"cpu": "0", "memory": "0"}}),
             "what the consumer's scheduler counted as nothing is declared as nothing"
         );
+    }
+
+    #[test]
+    fn a_copy_only_scheduled_is_not_worth_a_write() {
+        for (status, worth) in [
+            (json!({"phase": "Running"}), true),
+            (
+                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}),
+                false,
+            ),
+            (
+                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}),
+                true,
+            ),
+            (
+                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}],
+                    "containerStatuses": [{"name": "c", "state": {"waiting": {"reason": "ErrImagePull"}}}]}),
+                true,
+            ),
+            (json!({"phase": "Pending"}), true),
+            (json!({"phase": "Failed"}), true),
+        ] {
+            assert_eq!(worth_reflecting(&status), worth, "{status}");
+        }
     }
 
     #[test]
