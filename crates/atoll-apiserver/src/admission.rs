@@ -273,6 +273,93 @@ fn target(server: &ApiServer, cfg: &Value) -> Result<Target, String> {
     })
 }
 
+/// Connections to webhooks kept open between calls, as kube-apiserver's HTTP transport keeps
+/// them: a TLS handshake per admitted object would cost both sides more than the review.
+#[derive(Default)]
+pub struct WebhookConnections {
+    idle: std::sync::Mutex<std::collections::HashMap<Endpoint, Vec<Sender>>>,
+    configs: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Arc<rustls::ClientConfig>>>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// Where a webhook is: host, port, the name its certificate must carry, its CA bundle.
+type Endpoint = (String, u16, String, Vec<u8>);
+
+/// Idle connections kept per webhook endpoint.
+const IDLE_PER_ENDPOINT: usize = 16;
+
+impl WebhookConnections {
+    fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The TLS client configuration trusting `ca_pem` (made once per bundle).
+    fn config(&self, ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+        if let Some(c) = Self::lock(&self.configs).get(ca_pem) {
+            return Ok(c.clone());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        for c in CertificateDer::pem_slice_iter(ca_pem) {
+            roots
+                .add(c.map_err(|e| format!("caBundle: {e}"))?)
+                .map_err(|e| format!("caBundle: {e}"))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let mut configs = Self::lock(&self.configs);
+        // Bundles come from a handful of webhook configurations; a bound keeps a churn of
+        // them from growing this.
+        if configs.len() > 64 {
+            configs.clear();
+        }
+        configs.insert(ca_pem.to_vec(), tls.clone());
+        Ok(tls)
+    }
+
+    /// An open connection to `endpoint`: an idle one, else a new one.
+    async fn connection(&self, endpoint: &Endpoint) -> Result<Sender, String> {
+        loop {
+            let idle = Self::lock(&self.idle).get_mut(endpoint).and_then(Vec::pop);
+            let Some(mut s) = idle else { break };
+            if !s.is_closed() && s.ready().await.is_ok() {
+                return Ok(s);
+            }
+        }
+        let (host, port, server_name, ca) = endpoint;
+        let tls = self.config(ca)?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.clone())
+            .map_err(|e| format!("server name {server_name:?}: {e}"))?;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+            .await
+            .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    fn put_back(&self, endpoint: Endpoint, sender: Sender) {
+        let mut idle = Self::lock(&self.idle);
+        let list = idle.entry(endpoint).or_default();
+        if list.len() < IDLE_PER_ENDPOINT {
+            list.push(sender);
+        }
+    }
+}
+
 /// POST the review to the webhook over HTTPS, trusting its `caBundle`.
 async fn call(server: &ApiServer, hook: &Value, body: Vec<u8>) -> Result<Value, String> {
     let cfg = hook.get("clientConfig").cloned().unwrap_or_default();
@@ -282,38 +369,15 @@ async fn call(server: &ApiServer, hook: &Value, body: Vec<u8>) -> Result<Value, 
         server_name,
         path,
     } = target(server, &cfg)?;
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = cfg.get("caBundle").and_then(Value::as_str) {
-        let pem = base64::engine::general_purpose::STANDARD
+    let ca = match cfg.get("caBundle").and_then(Value::as_str) {
+        Some(ca) => base64::engine::general_purpose::STANDARD
             .decode(ca)
-            .map_err(|e| format!("caBundle: {e}"))?;
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        for c in CertificateDer::pem_slice_iter(&pem) {
-            roots
-                .add(c.map_err(|e| format!("caBundle: {e}"))?)
-                .map_err(|e| format!("caBundle: {e}"))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let server_name = rustls::pki_types::ServerName::try_from(server_name.clone())
-        .map_err(|e| format!("server name {server_name:?}: {e}"))?;
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+            .map_err(|e| format!("caBundle: {e}"))?,
+        None => Vec::new(),
+    };
+    let endpoint: Endpoint = (host.clone(), port, server_name, ca);
+    let pool = &server.webhook_connections;
+    let mut sender = pool.connection(&endpoint).await?;
     let request = http::Request::post(path.as_str())
         .header(http::header::HOST, format!("{host}:{port}"))
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -330,6 +394,7 @@ async fn call(server: &ApiServer, hook: &Value, body: Vec<u8>) -> Result<Value, 
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
+    pool.put_back(endpoint, sender);
     if !status.is_success() {
         return Err(format!("the webhook answered {status}"));
     }

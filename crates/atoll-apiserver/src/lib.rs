@@ -111,6 +111,8 @@ pub struct ApiServer {
     pub(crate) watch_decoded: watch::DecodeCache,
     /// Creates waiting for their ResourceQuota charge, committed in batches.
     pub(crate) quota_charges: rest::QuotaCharges,
+    /// Open connections to admission webhooks.
+    pub(crate) webhook_connections: admission::WebhookConnections,
 }
 
 impl ApiServer {
@@ -139,6 +141,7 @@ impl ApiServer {
             kubelet_client,
             watch_decoded: Default::default(),
             quota_charges: Default::default(),
+            webhook_connections: Default::default(),
             audit,
         });
         controllers::load_crds(&server)?;
