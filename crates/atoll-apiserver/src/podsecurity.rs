@@ -163,6 +163,31 @@ const RESTRICTED_VOLUMES: [&str; 8] = [
     "secret",
 ];
 
+/// Per container, the capabilities it adds beyond what `allowed` lets through, as the
+/// standards' message says them.
+fn added_capabilities(cs: &[Container<'_>], allowed: impl Fn(&str) -> bool) -> Vec<String> {
+    cs.iter()
+        .filter_map(|c| {
+            let added: Vec<String> =
+                c.c.pointer("/securityContext/capabilities/add")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .filter(|cap| !allowed(cap))
+                    .map(|cap| format!("{cap:?}"))
+                    .collect();
+            (!added.is_empty()).then(|| {
+                format!(
+                    "container {:?} must not include {} in securityContext.capabilities.add",
+                    c.name,
+                    added.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
 /// What a pod spec (with the pod's metadata, for AppArmor annotations) breaks of `level`:
 /// one entry per check, as `"<check> (<details>)"`, in the standards' order.
 pub fn violations(level: Level, metadata: &Value, spec: &Value) -> Vec<String> {
@@ -195,25 +220,7 @@ pub fn violations(level: Level, metadata: &Value, spec: &Value) -> Vec<String> {
             "must"
         ));
     }
-    let mut caps = Vec::new();
-    for c in &cs {
-        let added: Vec<String> =
-            c.c.pointer("/securityContext/capabilities/add")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .filter(|cap| !BASELINE_CAPABILITIES.contains(cap))
-                .map(|cap| format!("{cap:?}"))
-                .collect();
-        if !added.is_empty() {
-            caps.push(format!(
-                "container {:?} must not include {} in securityContext.capabilities.add",
-                c.name,
-                added.join(", ")
-            ));
-        }
-    }
+    let caps = added_capabilities(&cs, |cap| BASELINE_CAPABILITIES.contains(&cap));
     if !caps.is_empty() {
         out.push(format!("non-default capabilities ({})", caps.join("; ")));
     }
@@ -481,24 +488,7 @@ pub fn violations(level: Level, metadata: &Value, spec: &Value) -> Vec<String> {
             containers_phrase(&no_drop)
         ));
     }
-    for c in &cs {
-        let added: Vec<String> =
-            c.c.pointer("/securityContext/capabilities/add")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .filter(|cap| *cap != "NET_BIND_SERVICE")
-                .map(|cap| format!("{cap:?}"))
-                .collect();
-        if !added.is_empty() {
-            unrestricted.push(format!(
-                "container {:?} must not include {} in securityContext.capabilities.add",
-                c.name,
-                added.join(", ")
-            ));
-        }
-    }
+    unrestricted.extend(added_capabilities(&cs, |cap| cap == "NET_BIND_SERVICE"));
     if !unrestricted.is_empty() {
         out.push(format!(
             "unrestricted capabilities ({})",

@@ -172,7 +172,7 @@ fn compute_usage(requests: &Amounts, limits: &Amounts) -> Amounts {
     out
 }
 
-/// Whether a pod is done with its resources: terminal, or deleted past its grace period.
+/// Whether a pod is done with its resources: in a terminal phase (Succeeded, Failed).
 fn pod_terminal(pod: &Value) -> bool {
     matches!(
         pod.pointer("/status/phase").and_then(Value::as_str),
