@@ -242,10 +242,11 @@ fn node_ports(svc: &Value) -> i64 {
     n * 1000
 }
 
-/// Add `b` to `a`.
+/// Add `b` to `a` (saturating: quantities as large as `9E` parse, and must not overflow).
 pub fn add(a: &mut Amounts, b: &Amounts) {
     for (k, v) in b {
-        *a.entry(k.clone()).or_default() += v;
+        let e = a.entry(k.clone()).or_default();
+        *e = e.saturating_add(*v);
     }
 }
 
@@ -472,7 +473,9 @@ pub fn charge(quota: &Value, obj: &Value, pod: bool, delta: &Amounts) -> Result<
         .copied()
         .filter(|r| {
             let d = delta.get(*r).copied().unwrap_or(0);
-            d > 0 && used.get(*r).copied().unwrap_or(0) + d > hard.get(*r).copied().unwrap_or(0)
+            d > 0
+                && used.get(*r).copied().unwrap_or(0).saturating_add(d)
+                    > hard.get(*r).copied().unwrap_or(0)
         })
         .collect();
     if !exceeded.is_empty() {
@@ -484,7 +487,8 @@ pub fn charge(quota: &Value, obj: &Value, pod: bool, delta: &Amounts) -> Result<
         });
     }
     for r in limited {
-        *used.entry(r.clone()).or_default() += delta.get(r).copied().unwrap_or(0);
+        let e = used.entry(r.clone()).or_default();
+        *e = e.saturating_add(delta.get(r).copied().unwrap_or(0));
     }
     Ok(used)
 }
@@ -504,7 +508,8 @@ pub fn used_by<'a>(
         }
         for (k, v) in usage(group, resource, o) {
             if hard.contains_key(&k) {
-                *used.entry(k).or_default() += v;
+                let e = used.entry(k).or_default();
+                *e = e.saturating_add(v);
             }
         }
     }
@@ -801,6 +806,24 @@ mod tests {
                 Err(msg) => assert_eq!(got, Err(msg.to_string()), "{what}"),
             }
         }
+    }
+
+    #[test]
+    fn huge_quantities_saturate_instead_of_overflowing() {
+        let huge = pod(json!([
+            {"name": "a", "resources": {"requests": {"cpu": "9E", "memory": "9E"}}},
+            {"name": "b", "resources": {"requests": {"cpu": "9E", "memory": "9E"}}},
+        ]));
+        let q = quota(
+            json!({"requests.cpu": "1"}),
+            Some(json!({"requests.cpu": "9E"})),
+        );
+        let delta = usage("", "pods", &huge);
+        assert_eq!(delta["requests.cpu"], i64::MAX);
+        assert!(matches!(
+            charge(&q, &huge, true, &delta),
+            Err(Refusal::Exceeded { .. })
+        ));
     }
 
     #[test]

@@ -396,6 +396,7 @@ where
     (store, task)
 }
 
+/// Keep `writer` current, calling `on_object` for each change and then waking `kick`.
 fn watch_into<K>(
     api: Api<K>,
     wc: watcher::Config,
@@ -412,26 +413,10 @@ where
         + Sync
         + 'static,
 {
-    use futures::StreamExt;
-    use kube::runtime::WatchStreamExt;
-    atoll_runtime::AbortOnDrop(tokio::spawn(async move {
-        let stream = reflector::reflector(writer, watcher(api, wc)).default_backoff();
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(
-                    watcher::Event::Apply(o)
-                    | watcher::Event::Delete(o)
-                    | watcher::Event::InitApply(o),
-                ) => {
-                    on_object(&o);
-                    kick.notify_one();
-                }
-                Ok(_) => kick.notify_one(),
-                Err(e) => tracing::debug!(error = %e, "watching for the virtual kubelet"),
-            }
-        }
-    }))
+    atoll_runtime::reflect::reflect_while_held(api, wc, writer, move |o| {
+        on_object(o);
+        kick.notify_one();
+    })
 }
 
 async fn force_delete(api: &Api<Pod>, pod: &Pod) {

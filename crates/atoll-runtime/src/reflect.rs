@@ -23,23 +23,56 @@ pub fn reflect<K>(
         + Sync
         + 'static,
 {
+    tokio::spawn(keep(api, wc, writer, on_change));
+}
+
+/// [`reflect`], for as long as the returned guard is held (a watch of something that may
+/// go, such as one namespace of a peer).
+pub fn reflect_while_held<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    writer: Writer<K>,
+    on_change: impl Fn(&K) + Send + 'static,
+) -> crate::AbortOnDrop
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    crate::AbortOnDrop(tokio::spawn(keep(api, wc, writer, on_change)))
+}
+
+async fn keep<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    writer: Writer<K>,
+    on_change: impl Fn(&K) + Send + 'static,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let stream = reflector::reflector(writer, watcher(api, wc)).default_backoff();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(
-                    watcher::Event::Apply(o)
-                    | watcher::Event::Delete(o)
-                    | watcher::Event::InitApply(o),
-                ) => on_change(&o),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(kind = %K::kind(&()), error = %e, "watch failed; retrying")
-                }
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(
+                watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o),
+            ) => on_change(&o),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(kind = %K::kind(&()), error = %e, "watch failed; retrying")
             }
         }
-    });
+    }
 }
 
 /// A store of what `wc` selects, kept by [`reflect`], that wakes `changed` on every change:
