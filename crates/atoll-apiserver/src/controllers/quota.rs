@@ -66,6 +66,19 @@ async fn recount_all(server: &Arc<ApiServer>, only_changed: bool, lower: &mut Lo
         .iter()
         .filter_map(|(_, e)| decode_stored(&rt, e).ok())
         .collect();
+    // Counts held back for quotas that are gone go too.
+    if !only_changed {
+        let present: std::collections::HashSet<(String, String)> = quotas
+            .iter()
+            .map(|q| {
+                (
+                    meta_str(q, "namespace").unwrap_or_default().to_string(),
+                    meta_str(q, "name").unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        lower.retain(|k, _| present.contains(k));
+    }
     for q in quotas {
         if only_changed && q.pointer("/status/hard") == q.pointer("/spec/hard") {
             continue;
