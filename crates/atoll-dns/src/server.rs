@@ -23,8 +23,32 @@ pub(crate) struct Sockets {
     tcp: std::net::TcpListener,
 }
 
-/// Bind UDP first, then TCP on the port UDP got (port 0 picks one for both).
+/// How many ports to try when the kernel picks one (port 0) and its TCP twin is taken.
+const PICK_ATTEMPTS: usize = 16;
+
+/// Bind UDP first, then TCP on the port UDP got (port 0 picks one for both). A port the
+/// kernel picked for UDP may be in use for TCP by someone else: then another is picked, so a
+/// `--listen 127.0.0.1:0` never fails for that.
 pub(crate) fn bind(listen: SocketAddr) -> Result<Sockets, Error> {
+    let mut attempt = 1;
+    loop {
+        match bind_once(listen) {
+            Err(Error::Listen {
+                proto: "TCP",
+                source,
+                ..
+            }) if listen.port() == 0
+                && source.kind() == std::io::ErrorKind::AddrInUse
+                && attempt < PICK_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn bind_once(listen: SocketAddr) -> Result<Sockets, Error> {
     let udp = UdpSocket::bind(listen).map_err(|e| Error::Listen {
         addr: listen,
         proto: "UDP",
@@ -259,4 +283,31 @@ pub(crate) async fn serve_metrics(dns: Arc<Dns>, listen: SocketAddr) -> Result<S
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_port_whose_tcp_twin_is_taken_is_an_error_that_says_tcp() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        match bind(addr) {
+            Err(Error::Listen { proto, source, .. }) => {
+                assert_eq!(proto, "TCP");
+                assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("bound a port whose TCP side is taken"),
+        }
+    }
+
+    #[test]
+    fn port_zero_gets_one_port_for_both() {
+        let sockets = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let udp = sockets.udp.local_addr().unwrap();
+        assert_ne!(udp.port(), 0);
+        assert_eq!(sockets.tcp.local_addr().unwrap(), udp);
+    }
 }
