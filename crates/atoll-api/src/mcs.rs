@@ -58,6 +58,19 @@ pub const REASON_IP_FAMILY_CONFLICT: &str = "IPFamilyConflict";
 
 /// ServiceImport `type`s.
 pub const TYPE_CLUSTER_SET_IP: &str = "ClusterSetIP";
+
+/// ManagedCluster annotation (set by the hub's admin; `atoll dev up` sets it): the address
+/// (`host:port`) of the cluster's east-west gateway, which other members' Service proxies dial
+/// for its endpoints when they are not directly reachable.
+pub const ANNOTATION_EAST_WEST_ADDRESS: &str = "gateway.atoll.io/east-west-address";
+/// ManagedCluster annotation: how other members reach the cluster's endpoints, `Direct` (the
+/// default: the pod networks are flat) or `Gateway` (through its east-west gateway).
+pub const ANNOTATION_ENDPOINT_REACHABILITY: &str = "gateway.atoll.io/endpoint-reachability";
+pub const REACHABILITY_DIRECT: &str = "Direct";
+pub const REACHABILITY_GATEWAY: &str = "Gateway";
+/// EndpointSlice annotation on a member's imported slices: the east-west gateway through which
+/// the slice's endpoints are reached (absent: directly).
+pub const ANNOTATION_SLICE_GATEWAY: &str = "gateway.atoll.io/east-west";
 pub const TYPE_HEADLESS: &str = "Headless";
 
 /// An MCS object as read and written: `spec` optional (missing reads as empty), unlike the
@@ -381,6 +394,10 @@ pub struct ExportedServiceSpec {
 pub struct ExportedServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The clusters that import this export (those of its cluster set): the only ones its
+    /// cluster's east-west gateway lets through to its endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub importers: Vec<String>,
 }
 
 /// One exporting cluster's part of an import.
@@ -393,6 +410,9 @@ pub struct ImportedCluster {
     pub ports: Vec<v1beta1::ServicePort>,
     #[serde(default)]
     pub slices: Vec<ExportedSlice>,
+    /// The cluster's east-west gateway (`host:port`) when its endpoints are reached through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// The hub's import of one multi-cluster service for one member, in the member's namespace

@@ -1039,6 +1039,10 @@ pub fn bootstrap_policy() -> Vec<(&'static str, Value)> {
         // prefers the cluster's own endpoints (its id is a ClusterProperty).
         rule(&read, &["multicluster.x-k8s.io"], &["serviceimports"]),
         rule(&read, &["about.k8s.io"], &["clusterproperties"]),
+        // ...and tunnels to other members' east-west gateways with the cluster's hub
+        // identity, which the agent keeps in this Secret (that one alone).
+        json!({"verbs": ["get"], "apiGroups": [""], "resources": ["secrets"],
+               "resourceNames": [atoll_api::cluster::HUB_KUBECONFIG_SECRET]}),
         rule(
             &all_rw,
             &[""],

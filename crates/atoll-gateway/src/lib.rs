@@ -15,6 +15,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod eastwest;
 mod health;
 pub mod metrics;
 mod pool;
@@ -22,6 +23,7 @@ mod proxy;
 pub mod routes;
 mod status;
 mod tls;
+pub mod tunnel;
 mod watch;
 
 use std::net::SocketAddr;
@@ -149,9 +151,11 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// Start the gateway: watch the hub, wait until everything is listed, then serve.
-pub async fn start(client: kube::Client, opts: Options) -> Result<Running, Error> {
-    let access_log: Option<Box<dyn std::io::Write + Send>> = match &opts.access_log {
+/// The access log's writer, if there is one.
+pub(crate) fn open_access_log(
+    log: &AccessLog,
+) -> Result<Option<Box<dyn std::io::Write + Send>>, Error> {
+    Ok(match log {
         AccessLog::Off => None,
         AccessLog::Stdout => Some(Box::new(std::io::LineWriter::new(std::io::stdout()))),
         AccessLog::File(path) => Some(Box::new(std::io::LineWriter::new(
@@ -161,7 +165,12 @@ pub async fn start(client: kube::Client, opts: Options) -> Result<Running, Error
                 .open(path)
                 .map_err(Error::Runtime)?,
         ))),
-    };
+    })
+}
+
+/// Start the gateway: watch the hub, wait until everything is listed, then serve.
+pub async fn start(client: kube::Client, opts: Options) -> Result<Running, Error> {
+    let access_log = open_access_log(&opts.access_log)?;
     let shared = Arc::new(Shared {
         config: RwLock::new(Arc::new(config::Config::default())),
         registry: balance::Registry::default(),

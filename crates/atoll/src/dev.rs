@@ -244,6 +244,7 @@ impl Proc {
                 "hub" => "hub",
                 "agent" => "agent",
                 "peering" => "peering",
+                "eastwest" => "eastwest",
                 _ => "server",
             },
             cluster: v["cluster"].as_str()?.to_string(),
@@ -366,6 +367,27 @@ fn plan(dir: &Path, args: &UpArgs, shape: (u32, u32, &str), base_port: u16) -> V
                 format!("{}s", args.cluster_lease_seconds),
             ],
             log: logs.join(format!("{c}-agent.log")),
+            dir: None,
+            pid: None,
+        });
+    }
+    // Each Pull member's east-west gateway (it carries the cluster's hub identity, which a
+    // Push member, without an agent, has not): other members reach its exported endpoints
+    // through it when its ManagedCluster says they are not directly reachable.
+    for c in clusters.iter().skip(1).take(pull_members) {
+        procs.push(Proc {
+            name: format!("{c}-eastwest"),
+            role: "eastwest",
+            cluster: c.clone(),
+            args: vec![
+                "gateway".into(),
+                "--east-west".into(),
+                "--kubeconfig".into(),
+                dir.join(c).join("admin.kubeconfig").display().to_string(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+            ],
+            log: logs.join(format!("{c}-eastwest.log")),
             dir: None,
             pid: None,
         });
@@ -713,6 +735,48 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if clusters.len() > 1 {
         accept_members(&dir, &hub_kubeconfig, &clusters[1..]).await?;
     }
+    // The east-west gateways, once their clusters hold their hub identities; each one's
+    // address goes on its ManagedCluster (a port picked anew at each start).
+    let mut gateways = Vec::new();
+    for p in procs
+        .iter_mut()
+        .filter(|p| p.role == "eastwest" && p.pid.is_none())
+    {
+        let (pid, offset) = spawn(&exe, &p.args, &p.log)?;
+        p.pid = Some(pid);
+        gateways.push((p.cluster.clone(), pid, p.log.clone(), offset));
+    }
+    write_state(&dir, base_port, &clusters, &procs)?;
+    if !gateways.is_empty() {
+        let (hub, _) = crate::clients::from_path(&hub_kubeconfig).await?;
+        let mcs: kube::Api<atoll_api::cluster::ManagedCluster> = kube::Api::all(hub);
+        for (c, pid, log, offset) in &gateways {
+            let line = wait_for_line(
+                *pid,
+                log,
+                *offset,
+                "ready on",
+                &format!("{c}'s east-west gateway"),
+                &dir,
+            )
+            .await?;
+            let address = line
+                .rsplit(' ')
+                .next()
+                .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
+                .with_context(|| format!("{c}'s east-west gateway said {line:?}"))?;
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                atoll_api::mcs::ANNOTATION_EAST_WEST_ADDRESS: address,
+            }}});
+            mcs.patch(
+                c,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .with_context(|| format!("cannot record {c}'s east-west gateway on the hub"))?;
+        }
+    }
     // The peering controllers last: they install their CRDs and roles while nothing else is
     // starting (CRDs applied at once with the agents' slowed their joining).
     let mut peering = Vec::new();
@@ -788,7 +852,7 @@ async fn wait_for_line(
     needle: &str,
     what: &str,
     dir: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         // Liveness first: a process that wrote its last words and died after the log was read
@@ -798,8 +862,8 @@ async fn wait_for_line(
             let mut r = std::io::BufReader::new(f);
             r.seek(std::io::SeekFrom::Start(offset))?;
             let lines: Vec<String> = r.lines().map_while(Result::ok).collect();
-            if lines.iter().any(|l| l.contains(needle)) {
-                return Ok(());
+            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
+                return Ok(line.clone());
             }
             if exited {
                 let tail = lines
@@ -961,7 +1025,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         .flatten()
         .collect();
     // Nodes first (they stop their pods), then the servers.
-    for role in ["peering", "agent", "hub", "node", "server"] {
+    for role in ["eastwest", "peering", "agent", "hub", "node", "server"] {
         let pids: Vec<i64> = procs
             .iter()
             .filter(|p| p["role"] == role)

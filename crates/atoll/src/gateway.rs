@@ -13,12 +13,14 @@ use kube::{Client, ResourceExt};
 
 #[derive(clap::Args)]
 pub struct GatewayArgs {
-    /// The hub's kubeconfig; without it, the pod's own service account (in-cluster).
+    /// The hub's kubeconfig (with --east-west: the member's); without it, the pod's own
+    /// service account (in-cluster).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Plain HTTP (HTTP/1.1, and HTTP/2 by prior knowledge); `off` for none. Port 0 picks one.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
+    /// With --east-west: the mutual-TLS tunnel port (default 127.0.0.1:7443).
+    #[arg(long)]
+    listen: Option<String>,
     /// HTTPS with the certificates the ingresses' `tls` entries name (SNI).
     #[arg(long)]
     tls_listen: Option<SocketAddr>,
@@ -49,16 +51,67 @@ pub struct GatewayArgs {
     /// The address the ingresses' status gives (default: the listening one).
     #[arg(long)]
     advertise_address: Option<IpAddr>,
-    /// The east-west gateway between members (not built yet).
+    /// Run as the member's east-west gateway: other members' Service proxies reach this
+    /// cluster's exported endpoints through it (mutual TLS with the clusters' hub identities).
+    /// --kubeconfig is then the member's.
     #[arg(long)]
     east_west: bool,
+    /// With --east-west: the Secret (`namespace/name`) where the agent keeps the cluster's hub
+    /// identity.
+    #[arg(long, default_value = "atoll-agent/hub-kubeconfig")]
+    identity_secret: String,
+}
+
+/// `--access-log`: `-` for stdout, `off`, or a file.
+fn access_log(arg: &str) -> atoll_gateway::AccessLog {
+    match arg {
+        "off" => atoll_gateway::AccessLog::Off,
+        "-" => atoll_gateway::AccessLog::Stdout,
+        path => atoll_gateway::AccessLog::File(path.into()),
+    }
+}
+
+async fn east_west(args: GatewayArgs) -> anyhow::Result<()> {
+    let listen = args.listen.as_deref().unwrap_or("127.0.0.1:7443");
+    let listen: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not an address such as 127.0.0.1:7443"))?;
+    let (secret_namespace, secret_name) =
+        args.identity_secret.split_once('/').with_context(|| {
+            format!(
+                "--identity-secret {:?} is not namespace/name",
+                args.identity_secret
+            )
+        })?;
+    if args.tls_listen.is_some() || args.metrics_listen.is_some() {
+        bail!("--tls-listen and --metrics-listen are for the north-south gateway, not --east-west");
+    }
+    let client = match &args.kubeconfig {
+        Some(path) => crate::clients::from_path(path).await?.0,
+        None => crate::clients::in_cluster()?.0,
+    };
+    let access_log = access_log(&args.access_log);
+    let opts = atoll_gateway::eastwest::EastWestOptions {
+        listen,
+        secret_namespace: secret_namespace.into(),
+        secret_name: secret_name.into(),
+        access_log,
+        ..Default::default()
+    };
+    let running = atoll_gateway::eastwest::start(client, opts)
+        .await
+        .context("cannot start the east-west gateway")?;
+    println!(
+        "atoll gateway (east-west) of cluster {} ready on {}",
+        running.cluster, running.addr
+    );
+    crate::clients::terminated().await;
+    Ok(())
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     if args.east_west {
-        bail!(
-            "--east-west: the east-west gateway between members is not built yet; `atoll gateway` serves MultiClusterIngresses (north-south) only"
-        );
+        return east_west(args).await;
     }
     anyhow::ensure!(
         args.health_interval_seconds > 0.0 && args.health_interval_seconds.is_finite(),
@@ -68,7 +121,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         Some(path) => crate::clients::from_path(path).await?.0,
         None => crate::clients::in_cluster()?.0,
     };
-    let listen = match args.listen.as_str() {
+    let listen = match args.listen.as_deref().unwrap_or("127.0.0.1:8080") {
         "off" => None,
         s => Some(s.parse::<SocketAddr>().with_context(|| {
             format!("--listen {s:?} is not an address such as 127.0.0.1:8080 (or off)")
@@ -78,11 +131,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         listen.is_some() || args.tls_listen.is_some(),
         "nothing to listen on: give --listen or --tls-listen"
     );
-    let access_log = match args.access_log.as_str() {
-        "off" => atoll_gateway::AccessLog::Off,
-        "-" => atoll_gateway::AccessLog::Stdout,
-        path => atoll_gateway::AccessLog::File(path.into()),
-    };
+    let access_log = access_log(&args.access_log);
     let opts = atoll_gateway::Options {
         listen,
         tls_listen: args.tls_listen,

@@ -11,9 +11,13 @@
 //! that serves the port; with `trafficDistribution: PreferClose`, to this cluster's own while
 //! any is ready, else to the others. `sessionAffinity: ClientIP` keeps a client on the
 //! endpoint it had, for the affinity's timeout, for Services and imports alike.
+//!
+//! An imported slice annotated with an east-west gateway (its cluster's endpoints are not
+//! directly reachable) is reached through a tunnel to that gateway, made with this cluster's
+//! hub identity (the agent's Secret), so the client sees no difference.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,6 +33,71 @@ use crate::util::{map_selector_matches, pod_ready};
 
 const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// How long the cluster's hub identity is used before its Secret is read again (the agent
+/// rotates it).
+const IDENTITY_TTL: Duration = Duration::from_secs(10);
+
+/// Where a connection goes: an endpoint, and the east-west gateway of the endpoint's cluster
+/// when it is reached through one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    addr: (Ipv4Addr, u16),
+    via: Option<Arc<Via>>,
+}
+
+impl Target {
+    fn direct(addr: (Ipv4Addr, u16)) -> Target {
+        Target { addr, via: None }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Via {
+    gateway: String,
+    cluster: String,
+}
+
+/// This cluster's hub identity for tunnels, read from the agent's Secret and kept a while.
+#[derive(Default)]
+struct Tunnels {
+    identity: tokio::sync::Mutex<
+        Option<(
+            std::time::Instant,
+            String,
+            Arc<atoll_gateway::tunnel::Identity>,
+        )>,
+    >,
+}
+
+impl Tunnels {
+    async fn identity(&self, ctx: &Ctx) -> Result<Arc<atoll_gateway::tunnel::Identity>, String> {
+        let mut held = self.identity.lock().await;
+        if let Some((read, _, id)) = held.as_ref()
+            && read.elapsed() < IDENTITY_TTL
+        {
+            return Ok(id.clone());
+        }
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(ctx.client.clone(), atoll_api::cluster::AGENT_NAMESPACE);
+        let kubeconfig = secrets
+            .get_opt(atoll_api::cluster::HUB_KUBECONFIG_SECRET)
+            .await
+            .map_err(|e| format!("cannot read the agent's Secret: {e}"))?
+            .and_then(|s| s.data?.get("kubeconfig").cloned())
+            .and_then(|b| String::from_utf8(b.0).ok())
+            .ok_or("this cluster has no hub identity (its agent has not joined)")?;
+        // The same identity is kept (and its TLS sessions with it) until it rotates.
+        let id = match held.take() {
+            Some((_, kc, id)) if kc == kubeconfig => id,
+            _ => Arc::new(
+                atoll_gateway::tunnel::Identity::from_kubeconfig(&kubeconfig)
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        *held = Some((std::time::Instant::now(), kubeconfig, id.clone()));
+        Ok(id)
+    }
+}
 
 /// What a listener serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,9 +222,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
 /// Accept connections for one Service port and pass each to an endpoint.
 async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, service: Backend, port: String) {
     let next = Arc::new(AtomicUsize::new(0));
+    let tunnels = Arc::new(Tunnels::default());
+    let name = match &service {
+        Backend::Service(ns, n) | Backend::Import(ns, n) => format!("{ns}/{n}"),
+    };
     // Client address -> (endpoint, last used), for ClientIP affinity.
-    let mut sticky: HashMap<std::net::IpAddr, ((Ipv4Addr, u16), std::time::Instant)> =
-        HashMap::new();
+    let mut sticky: HashMap<std::net::IpAddr, (Target, std::time::Instant)> = HashMap::new();
     loop {
         let Ok((inbound, client)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -178,19 +250,48 @@ async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, service: Backen
                 sticky.retain(|_, (_, used)| now.duration_since(*used) < timeout);
                 let held = sticky
                     .get(&client.ip())
-                    .map(|(e, _)| *e)
+                    .map(|(e, _)| e.clone())
                     .filter(|e| endpoints.contains(e));
                 let e = held.unwrap_or_else(|| {
-                    endpoints[next.fetch_add(1, Ordering::Relaxed) % endpoints.len()]
+                    endpoints[next.fetch_add(1, Ordering::Relaxed) % endpoints.len()].clone()
                 });
-                sticky.insert(client.ip(), (e, now));
+                sticky.insert(client.ip(), (e.clone(), now));
                 e
             }
-            None => endpoints[next.fetch_add(1, Ordering::Relaxed) % endpoints.len()],
+            None => endpoints[next.fetch_add(1, Ordering::Relaxed) % endpoints.len()].clone(),
         };
+        let (ctx, tunnels, name) = (ctx.clone(), tunnels.clone(), name.clone());
         tokio::spawn(async move {
-            if let Ok(outbound) = tokio::net::TcpStream::connect(pick).await {
-                relay(inbound, outbound).await;
+            match &pick.via {
+                None => {
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(pick.addr).await {
+                        relay(inbound, outbound).await;
+                    }
+                }
+                Some(via) => {
+                    let _ = inbound.set_nodelay(true);
+                    let tunnel = match tunnels.identity(&ctx).await {
+                        Ok(id) => {
+                            atoll_gateway::tunnel::dial(
+                                &id,
+                                &via.gateway,
+                                &via.cluster,
+                                SocketAddr::from(pick.addr),
+                                &name,
+                            )
+                            .await
+                        }
+                        Err(why) => Err(atoll_gateway::tunnel::Error::Identity(why)),
+                    };
+                    match tunnel {
+                        Ok(t) => {
+                            atoll_gateway::eastwest::relay(inbound, t).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(service = %name, endpoint = ?pick.addr, error = %e, "cannot reach an endpoint through its cluster's east-west gateway")
+                        }
+                    }
+                }
             }
         });
     }
@@ -220,7 +321,7 @@ async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream) {
 
 /// The ready endpoints of a Service port: pods in its namespace matching its selector, at the
 /// target port (by number, or by the name of a container port).
-fn endpoints(ctx: &Ctx, (namespace, name): &(String, String), port: &str) -> Vec<(Ipv4Addr, u16)> {
+fn endpoints(ctx: &Ctx, (namespace, name): &(String, String), port: &str) -> Vec<Target> {
     let Some(svc) = ctx
         .caches
         .services
@@ -261,7 +362,7 @@ fn endpoints(ctx: &Ctx, (namespace, name): &(String, String), port: &str) -> Vec
         .filter(|p| map_selector_matches(selector, p.labels()))
         .filter_map(|p| {
             let ip = p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
-            Some((ip, target_port(service_port, p)?))
+            Some(Target::direct((ip, target_port(service_port, p)?)))
         })
         .collect()
 }
@@ -295,7 +396,7 @@ fn import_endpoints(
     namespace: &str,
     name: &str,
     port: &str,
-) -> (Vec<(Ipv4Addr, u16)>, Option<Duration>) {
+) -> (Vec<Target>, Option<Duration>) {
     let Some(import) = ctx
         .caches
         .service_imports
@@ -360,13 +461,21 @@ fn local_cluster(ctx: &Ctx) -> Option<String> {
         .clone()
 }
 
-/// The ready IPv4 addresses of EndpointSlices, at their port named `port`.
-fn slice_endpoints<'a>(
-    slices: impl Iterator<Item = &'a EndpointSlice>,
-    port: &str,
-) -> Vec<(Ipv4Addr, u16)> {
+/// The ready IPv4 addresses of EndpointSlices, at their port named `port`, each through the
+/// east-west gateway its slice names, if any.
+fn slice_endpoints<'a>(slices: impl Iterator<Item = &'a EndpointSlice>, port: &str) -> Vec<Target> {
     let mut out = Vec::new();
     for slice in slices.filter(|s| s.address_type == "IPv4") {
+        let via = slice
+            .annotations()
+            .get(atoll_api::mcs::ANNOTATION_SLICE_GATEWAY)
+            .zip(slice.labels().get(atoll_api::mcs::LABEL_SOURCE_CLUSTER))
+            .map(|(gateway, cluster)| {
+                Arc::new(Via {
+                    gateway: gateway.clone(),
+                    cluster: cluster.clone(),
+                })
+            });
         let Some(number) = slice
             .ports
             .iter()
@@ -386,7 +495,10 @@ fn slice_endpoints<'a>(
                 e.addresses
                     .iter()
                     .filter_map(|a| a.parse::<Ipv4Addr>().ok())
-                    .map(|ip| (ip, number)),
+                    .map(|ip| Target {
+                        addr: (ip, number),
+                        via: via.clone(),
+                    }),
             );
         }
     }
@@ -505,7 +617,48 @@ mod tests {
             ),
         ];
         for (what, slices, port, want) in cases {
-            assert_eq!(slice_endpoints(slices.iter(), port), want, "{what}");
+            let got: Vec<_> = slice_endpoints(slices.iter(), port)
+                .into_iter()
+                .map(|t| t.addr)
+                .collect();
+            assert_eq!(got, want, "{what}");
         }
+    }
+
+    #[test]
+    fn slices_behind_a_gateway_are_reached_through_it() {
+        let mut behind = slice("IPv4", ("", 80), &[("127.0.0.5", Some(true))]);
+        behind.metadata.annotations = Some(
+            [(
+                atoll_api::mcs::ANNOTATION_SLICE_GATEWAY.to_string(),
+                "127.0.0.1:7443".to_string(),
+            )]
+            .into(),
+        );
+        behind.metadata.labels = Some(
+            [(
+                atoll_api::mcs::LABEL_SOURCE_CLUSTER.to_string(),
+                "member1".to_string(),
+            )]
+            .into(),
+        );
+        let direct = slice("IPv4", ("", 80), &[("127.0.0.6", Some(true))]);
+        let got = slice_endpoints([&behind, &direct].into_iter(), "");
+        assert_eq!(
+            got,
+            vec![
+                Target {
+                    addr: (Ipv4Addr::new(127, 0, 0, 5), 80),
+                    via: Some(Arc::new(Via {
+                        gateway: "127.0.0.1:7443".into(),
+                        cluster: "member1".into(),
+                    })),
+                },
+                Target::direct((Ipv4Addr::new(127, 0, 0, 6), 80)),
+            ]
+        );
+        // A gateway without a source cluster cannot be checked: not used.
+        behind.metadata.labels = None;
+        assert_eq!(slice_endpoints([&behind].into_iter(), "")[0].via, None);
     }
 }

@@ -30,7 +30,8 @@ use atoll_api::cluster::{
 };
 use atoll_api::clusterset::CLUSTERSET_LABEL;
 use atoll_api::mcs::{
-    CONDITION_CONFLICT, ExportedService, ImportedCluster, ImportedService, ImportedServiceSpec,
+    ANNOTATION_EAST_WEST_ADDRESS, ANNOTATION_ENDPOINT_REACHABILITY, CONDITION_CONFLICT,
+    ExportedService, ImportedCluster, ImportedService, ImportedServiceSpec, REACHABILITY_GATEWAY,
     REASON_NO_CONFLICTS, TYPE_CLUSTER_SET_IP, record_name,
 };
 use atoll_runtime::queue::WorkQueue;
@@ -354,22 +355,29 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
             merge::ranked(exports.iter().map(|e| to_export(e)).collect())
                 .into_iter()
                 .filter_map(|x| exports.iter().find(|e| e.spec.cluster == x.cluster))
-                .map(|e| ImportedCluster {
-                    cluster: e.spec.cluster.clone(),
-                    ports: e.spec.service.ports.clone(),
-                    // A cluster that is not available is sent no traffic.
-                    slices: if clusters
-                        .get(&e.spec.cluster)
-                        .is_some_and(|c| ctx.is_live(c))
-                    {
-                        merge::served_slices(
-                            &merged.service.ports,
-                            &e.spec.service.ports,
-                            &e.spec.slices,
-                        )
-                    } else {
-                        Vec::new()
-                    },
+                .map(|e| {
+                    let mc = clusters.get(&e.spec.cluster);
+                    let reach = mc.map(|c| reachability(c)).unwrap_or(Reach::Direct);
+                    ImportedCluster {
+                        cluster: e.spec.cluster.clone(),
+                        ports: e.spec.service.ports.clone(),
+                        gateway: match &reach {
+                            Reach::Gateway(address) => Some(address.clone()),
+                            _ => None,
+                        },
+                        // A cluster that is not available is sent no traffic, nor one that
+                        // can be reached only through a gateway it has not named.
+                        slices: if mc.is_some_and(|c| ctx.is_live(c)) && reach != Reach::Unreachable
+                        {
+                            merge::served_slices(
+                                &merged.service.ports,
+                                &e.spec.service.ports,
+                                &e.spec.slices,
+                            )
+                        } else {
+                            Vec::new()
+                        },
+                    }
                 })
                 .collect();
         parts.sort_by(|a, b| a.cluster.cmp(&b.cluster));
@@ -382,18 +390,21 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
             annotations: merged.annotations.clone(),
             clusters: parts,
         };
+        let mut importers = Vec::new();
         for (member, mc) in &clusters {
             if set_of(mc).as_deref() == Some(set.as_str()) {
                 desired.insert(cluster_namespace(member), spec.clone());
+                importers.push(member.clone());
             }
         }
+        importers.sort();
         for e in exports {
             let reasons = merged
                 .conflicts
                 .get(&e.spec.cluster)
                 .cloned()
                 .unwrap_or_default();
-            write_conflict(&ctx.client, e, &reasons).await?;
+            write_status(&ctx.client, e, &reasons, &importers).await?;
         }
     }
     // Sets with no exports left give back their ClusterSetIPs.
@@ -467,11 +478,41 @@ fn to_export(e: &ExportedService) -> merge::Export {
     }
 }
 
-/// `Conflict` on an export's record as the merge found it (written only when it changes).
-async fn write_conflict(
+/// How the other members reach a cluster's endpoints, as its ManagedCluster's annotations say.
+#[derive(Debug, PartialEq, Eq)]
+enum Reach {
+    Direct,
+    Gateway(String),
+    /// Through a gateway, but none is named.
+    Unreachable,
+}
+
+fn reachability(mc: &ManagedCluster) -> Reach {
+    let annotations = mc.annotations();
+    if annotations
+        .get(ANNOTATION_ENDPOINT_REACHABILITY)
+        .map(String::as_str)
+        != Some(REACHABILITY_GATEWAY)
+    {
+        return Reach::Direct;
+    }
+    match annotations
+        .get(ANNOTATION_EAST_WEST_ADDRESS)
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+    {
+        Some(a) => Reach::Gateway(a.to_string()),
+        None => Reach::Unreachable,
+    }
+}
+
+/// `Conflict` on an export's record as the merge found it, and the clusters that import it
+/// (written only when either changes).
+async fn write_status(
     client: &Client,
     e: &ExportedService,
     reasons: &[&str],
+    importers: &[String],
 ) -> Result<(), Error> {
     let (status, reason, message) = if reasons.is_empty() {
         (
@@ -493,7 +534,14 @@ async fn write_conflict(
         .status
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_CONFLICT));
-    if current.is_some_and(|c| c.status == status && c.reason == reason && c.message == message) {
+    let unchanged = current
+        .filter(|c| c.status == status && c.reason == reason && c.message == message)
+        .map(|c| c.last_transition_time.clone());
+    let same_importers = e
+        .status
+        .as_ref()
+        .is_some_and(|s| s.importers.as_slice() == importers);
+    if same_importers && unchanged.is_some() {
         return Ok(());
     }
     let condition = Condition {
@@ -501,7 +549,8 @@ async fn write_conflict(
         status: status.into(),
         reason,
         message,
-        last_transition_time: atoll_runtime::now(),
+        // The condition's transition is when it last changed, not when the importers did.
+        last_transition_time: unchanged.unwrap_or_else(atoll_runtime::now),
         observed_generation: e.metadata.generation,
     };
     let api: Api<ExportedService> =
@@ -510,7 +559,7 @@ async fn write_conflict(
         .patch_status(
             &e.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"conditions": [condition]}})),
+            &Patch::Merge(json!({"status": {"conditions": [condition], "importers": importers}})),
         )
         .await
     {
@@ -523,6 +572,53 @@ async fn write_conflict(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reachability_follows_the_clusters_annotations() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Reach);
+        let cases: &[Case] = &[
+            ("no annotations: direct", &[], Reach::Direct),
+            (
+                "an address alone changes nothing",
+                &[(ANNOTATION_EAST_WEST_ADDRESS, "127.0.0.1:1")],
+                Reach::Direct,
+            ),
+            (
+                "Direct said outright",
+                &[
+                    (ANNOTATION_ENDPOINT_REACHABILITY, "Direct"),
+                    (ANNOTATION_EAST_WEST_ADDRESS, "127.0.0.1:1"),
+                ],
+                Reach::Direct,
+            ),
+            (
+                "Gateway with an address",
+                &[
+                    (ANNOTATION_ENDPOINT_REACHABILITY, "Gateway"),
+                    (ANNOTATION_EAST_WEST_ADDRESS, " 127.0.0.1:7443 "),
+                ],
+                Reach::Gateway("127.0.0.1:7443".into()),
+            ),
+            (
+                "Gateway without an address: unreachable",
+                &[(ANNOTATION_ENDPOINT_REACHABILITY, "Gateway")],
+                Reach::Unreachable,
+            ),
+        ];
+        for (what, annotations, want) in cases {
+            let mc: ManagedCluster = serde_json::from_value(json!({
+                "apiVersion": "cluster.atoll.io/v1alpha1",
+                "kind": "ManagedCluster",
+                "metadata": {
+                    "name": "member1",
+                    "annotations": annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+                },
+                "spec": {"hubAcceptsClient": true},
+            }))
+            .expect("a ManagedCluster");
+            assert_eq!(&reachability(&mc), want, "{what}");
+        }
+    }
 
     #[test]
     fn clusterset_ips_are_stable_and_reused_only_when_free() {

@@ -18,8 +18,8 @@ use std::time::Duration;
 use atoll_api::cluster::cluster_namespace;
 use atoll_api::mcs::v1beta1::ServiceImport;
 use atoll_api::mcs::{
-    CONDITION_READY, ImportedService, LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, REASON_READY,
-    SLICE_MANAGER, record_name,
+    ANNOTATION_SLICE_GATEWAY, CONDITION_READY, ImportedService, LABEL_SERVICE_NAME,
+    LABEL_SOURCE_CLUSTER, REASON_READY, SLICE_MANAGER, record_name,
 };
 use atoll_runtime::queue::WorkQueue;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -428,12 +428,19 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
             if let Some(d) = &derived {
                 labels["kubernetes.io/service-name"] = json!(d);
             }
+            // Endpoints behind their cluster's east-west gateway: the Service proxy goes
+            // through it.
+            let annotations = match &part.gateway {
+                Some(g) => json!({ ANNOTATION_SLICE_GATEWAY: g }),
+                None => json!({}),
+            };
             let obj = json!({
                 "apiVersion": "discovery.k8s.io/v1",
                 "kind": "EndpointSlice",
                 "metadata": {
                     "name": slice_name, "namespace": namespace,
                     "labels": labels,
+                    "annotations": annotations,
                     "ownerReferences": owner,
                 },
                 "addressType": slice.address_type,
@@ -449,6 +456,7 @@ async fn reconcile(ctx: Arc<Ctx>, (namespace, name): Key) -> Result<Option<Durat
                         && s.address_type == slice.address_type
                         && s.labels().get(LABEL_SOURCE_CLUSTER) == Some(&part.cluster)
                         && s.labels().get("kubernetes.io/service-name") == derived.as_ref()
+                        && s.annotations().get(ANNOTATION_SLICE_GATEWAY) == part.gateway.as_ref()
                 });
             if !same {
                 slices_api

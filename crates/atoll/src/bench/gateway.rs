@@ -185,8 +185,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     say("TLS...");
     let nginx_tls = wrk(&format!("https://{NGINX_TLS}/"), Some(HOST))?;
     let gw_tls_run = wrk(&format!("https://{gw_tls}/"), Some(HOST))?;
+    say("east-west...");
+    let (ew_direct, ew_tunnel) = east_west().await?;
     let ratio = gw_plain.rps / nginx_plain.rps.max(1.0);
     let ratio_tls = gw_tls_run.rps / nginx_tls.rps.max(1.0);
+    let overhead = 1.0 - ew_tunnel.rps / ew_direct.rps.max(1.0);
 
     if args.json {
         let fig = |w: &Wrk| json!({"rps": w.rps, "p50_ms": w.p50_ms, "p99_ms": w.p99_ms, "errors": w.errors});
@@ -195,6 +198,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             json!({
                 "gateway": fig(&gw_plain), "nginx": fig(&nginx_plain), "ratio": ratio,
                 "gateway_tls": fig(&gw_tls_run), "nginx_tls": fig(&nginx_tls), "ratio_tls": ratio_tls,
+                "east_west": fig(&ew_tunnel), "direct": fig(&ew_direct), "east_west_overhead": overhead,
             })
         );
     } else {
@@ -213,7 +217,84 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "  ratio {ratio_tls:.2} (goal >= 1.0), p99 {:+.2} ms against nginx (goal <= 0)",
             gw_tls_run.p99_ms - nginx_tls.p99_ms
         );
-        println!("  east-west overhead: not measured (the east-west gateway is not built yet)");
+        println!("  {}", row("through east-west", &ew_tunnel));
+        println!("  {}", row("direct (reference)", &ew_direct));
+        println!(
+            "  east-west overhead {:.0}% of direct's requests/s (goal < 20%), p99 {:+.2} ms",
+            overhead * 100.0,
+            ew_tunnel.p99_ms - ew_direct.p99_ms
+        );
     }
     Ok(())
+}
+
+/// The east-west path against the direct one, as a member's Service proxy takes them: a
+/// forwarder that connects each client connection straight to the upstream, and one that
+/// tunnels it through an east-west gateway (mutual TLS, `CONNECT`) with a cluster's identity.
+/// Both relay with the same code; wrk keeps its connections alive.
+async fn east_west() -> anyhow::Result<(Wrk, Wrk)> {
+    use atoll_gateway::eastwest::{Policy, relay, serve_fixed};
+    use atoll_gateway::tunnel::{Identity, dial, throwaway_fleet};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    let (ca, ids) = throwaway_fleet(&["member1", "member2"]).map_err(anyhow::Error::msg)?;
+    let identity = |i: usize| {
+        Identity::from_pem(ids[i].0.as_bytes(), ids[i].1.as_bytes(), ca.as_bytes())
+            .context("a throwaway identity")
+    };
+    let (gateway_id, member2) = (identity(0)?, Arc::new(identity(1)?));
+    let upstream: SocketAddr = UPSTREAM.parse()?;
+    let export: atoll_api::mcs::ExportedService = serde_json::from_value(json!({
+        "apiVersion": "networking.atoll.io/v1alpha1", "kind": "ExportedService",
+        "metadata": {"name": "demo.web", "namespace": "atoll-cluster-member1"},
+        "spec": {
+            "cluster": "member1", "namespace": "demo", "name": "web",
+            "service": {"type": "ClusterSetIP", "ports": [{"port": 80, "protocol": "TCP"}]},
+            "slices": [{"addressType": "IPv4", "ports": [{"port": upstream.port(), "protocol": "TCP"}],
+                        "endpoints": [{"addresses": [upstream.ip().to_string()]}]}],
+        },
+        "status": {"importers": ["member2"]},
+    }))?;
+    let gateway = tokio::net::TcpListener::bind("127.24.0.3:0").await?;
+    let gateway_addr = gateway.local_addr()?.to_string();
+    serve_fixed(gateway, &gateway_id, Policy::from_exports([&export]))?;
+
+    let direct = tokio::net::TcpListener::bind("127.24.0.4:0").await?;
+    let tunneled = tokio::net::TcpListener::bind("127.24.0.5:0").await?;
+    let (direct_addr, tunneled_addr) = (direct.local_addr()?, tunneled.local_addr()?);
+    let direct_task = tokio::spawn(async move {
+        while let Ok((c, _)) = direct.accept().await {
+            tokio::spawn(async move {
+                let _ = c.set_nodelay(true);
+                if let Ok(u) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = u.set_nodelay(true);
+                    relay(c, u).await;
+                }
+            });
+        }
+    });
+    let tunneled_task = tokio::spawn(async move {
+        while let Ok((c, _)) = tunneled.accept().await {
+            let (member2, gateway_addr) = (member2.clone(), gateway_addr.clone());
+            tokio::spawn(async move {
+                let _ = c.set_nodelay(true);
+                if let Ok(t) = dial(&member2, &gateway_addr, "member1", upstream, "demo/web").await
+                {
+                    relay(c, t).await;
+                }
+            });
+        }
+    });
+    // wrk waits on a thread of its own: the forwarders and the gateway have the runtime's.
+    let run = |url: String| tokio::task::spawn_blocking(move || wrk(&url, Some(HOST)));
+    let through = run(format!("http://{tunneled_addr}/")).await??;
+    let straight = run(format!("http://{direct_addr}/")).await??;
+    direct_task.abort();
+    tunneled_task.abort();
+    anyhow::ensure!(
+        through.errors == 0 && through.rps > 0.0,
+        "requests through the east-west gateway failed: {} errors",
+        through.errors
+    );
+    Ok((straight, through))
 }

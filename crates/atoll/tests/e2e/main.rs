@@ -7,6 +7,7 @@ mod admission;
 mod cluster;
 mod dns;
 mod durability;
+mod eastwest;
 mod gateway;
 mod harness;
 mod kubectl;
