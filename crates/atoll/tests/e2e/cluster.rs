@@ -56,6 +56,21 @@ impl DevEnv {
         assert!(killed.success(), "kill -9 {pid} ({name})");
     }
 
+    /// Run `atoll ARGS` against the hub of the environment; it must succeed.
+    pub(crate) fn atoll_on_hub(&self, args: &[&str]) {
+        let kubeconfig = self.dir.join("kubeconfig").display().to_string();
+        let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(args)
+            .args(["--kubeconfig", &kubeconfig, "--context", "hub"])
+            .output()
+            .expect("atoll runs");
+        assert!(
+            out.status.success(),
+            "atoll {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub(crate) fn pid_of(&self, name: &str) -> i32 {
         let state: Value =
             serde_json::from_slice(&std::fs::read(self.dir.join("dev.json")).unwrap()).unwrap();

@@ -56,6 +56,19 @@ fn member1_slices(k: &Kubectl) -> Vec<(String, Option<String>)> {
     out
 }
 
+/// Say on the hub how member1's endpoints are reached (`Direct` or `Gateway`).
+fn reach_member1(k: &Kubectl, how: &str) {
+    k.ok(&[
+        "--context",
+        "hub",
+        "annotate",
+        "--overwrite",
+        "managedcluster",
+        "member1",
+        &format!("gateway.atoll.io/endpoint-reachability={how}"),
+    ]);
+}
+
 /// Run a pod in member2 that asks for `web` `n` times by each of its names: the clusterset one
 /// (on one machine the members share the ClusterSetIP and one member's proxy serves it) and
 /// the derived Service's (member2's own proxy); its log.
@@ -148,22 +161,8 @@ fn curl_through(gateway: &str, id: &[String; 3], url: &str) -> (i32, String, Str
 fn east_west_gateways_carry_traffic_to_clusters_not_directly_reachable() {
     let env = DevEnv::up(&["--clusters", "3"]);
     let k = env.kubectl();
-    for args in [
-        &["clusterset", "create", "other"][..],
-        &["clusterset", "set", "member3", "other"],
-    ] {
-        let kubeconfig = env.dir.join("kubeconfig").display().to_string();
-        let out = Command::new(env!("CARGO_BIN_EXE_atoll"))
-            .args(args)
-            .args(["--kubeconfig", &kubeconfig, "--context", "hub"])
-            .output()
-            .expect("atoll runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    env.atoll_on_hub(&["clusterset", "create", "other"]);
+    env.atoll_on_hub(&["clusterset", "set", "member3", "other"]);
     // dev up recorded each Pull member's gateway on its ManagedCluster.
     let mc = get(&k, "hub", &["get", "managedcluster", "member1"]).expect("member1");
     let gateway = mc["metadata"]["annotations"]["gateway.atoll.io/east-west-address"]
@@ -201,15 +200,7 @@ fn east_west_gateways_carry_traffic_to_clusters_not_directly_reachable() {
     assert_eq!(direct.matches("got member1").count(), 4, "{direct}");
 
     // member1's endpoints become reachable only through its gateway.
-    k.ok(&[
-        "--context",
-        "hub",
-        "annotate",
-        "--overwrite",
-        "managedcluster",
-        "member1",
-        "gateway.atoll.io/endpoint-reachability=Gateway",
-    ]);
+    reach_member1(&k, "Gateway");
     wait_for(
         20,
         "member1's slices in member2 to name its gateway",
@@ -287,15 +278,7 @@ fn east_west_gateways_carry_traffic_to_clusters_not_directly_reachable() {
     env.sigkill("member1-eastwest");
     let down = requests(&k, "gateway-down", 2);
     assert_eq!(down.matches("got nothing").count(), 4, "{down}");
-    k.ok(&[
-        "--context",
-        "hub",
-        "annotate",
-        "--overwrite",
-        "managedcluster",
-        "member1",
-        "gateway.atoll.io/endpoint-reachability=Direct",
-    ]);
+    reach_member1(&k, "Direct");
     wait_for(20, "member1's slices in member2 without a gateway", || {
         let slices = member1_slices(&k);
         (!slices.is_empty() && slices.iter().all(|(_, g)| g.is_none())).then_some(())

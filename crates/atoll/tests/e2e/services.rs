@@ -138,21 +138,8 @@ fn ready_sources(k: &Kubectl, ctx: &str, name: &str) -> Vec<String> {
 fn exported_services_are_imported_across_the_set() {
     let env = DevEnv::up(&["--clusters", "4", "--cluster-lease-seconds", "2"]);
     let k = env.kubectl();
-    let atoll_hub = |args: &[&str]| {
-        let kubeconfig = env.dir.join("kubeconfig").display().to_string();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_atoll"))
-            .args(args)
-            .args(["--kubeconfig", &kubeconfig, "--context", "hub"])
-            .output()
-            .expect("atoll runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    atoll_hub(&["clusterset", "create", "other"]);
-    atoll_hub(&["clusterset", "set", "member4", "other"]);
+    env.atoll_on_hub(&["clusterset", "create", "other"]);
+    env.atoll_on_hub(&["clusterset", "set", "member4", "other"]);
     // member1 exports first (the oldest export), member2 a second later.
     k.ok_stdin(
         &["--context", "member1", "apply", "-f", "-"],
