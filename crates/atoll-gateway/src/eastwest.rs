@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
@@ -155,21 +155,6 @@ impl State {
     }
 }
 
-/// The agent's hub kubeconfig from its Secret, if it holds a signed identity yet.
-async fn identity_kubeconfig(secrets: &Api<Secret>, name: &str) -> Result<String, String> {
-    let secret = secrets
-        .get_opt(name)
-        .await
-        .map_err(|e| format!("cannot read the agent's Secret: {e}"))?
-        .ok_or_else(|| "the agent has not saved a hub identity yet".to_string())?;
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("kubeconfig"))
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-        .ok_or_else(|| "the agent's Secret holds no kubeconfig yet (still joining)".to_string())
-}
-
 fn admit_fn(policy: &Arc<RwLock<Arc<Policy>>>) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
     let policy = policy.clone();
     Arc::new(move |cluster: &str| {
@@ -185,7 +170,7 @@ pub async fn start(member: kube::Client, opts: EastWestOptions) -> Result<EastWe
     let secrets: Api<Secret> = Api::namespaced(member, &opts.secret_namespace);
     let deadline = Instant::now() + opts.identity_timeout;
     let (kubeconfig, identity) = loop {
-        let why = match identity_kubeconfig(&secrets, &opts.secret_name).await {
+        let why = match tunnel::agent_kubeconfig(&secrets, &opts.secret_name).await {
             Ok(kc) => match Identity::from_kubeconfig(&kc) {
                 Ok(id) => break (kc, id),
                 Err(e) => e.to_string(),
@@ -230,7 +215,7 @@ pub async fn start(member: kube::Client, opts: EastWestOptions) -> Result<EastWe
             let mut current = kubeconfig;
             loop {
                 tokio::time::sleep(IDENTITY_POLL).await;
-                let Ok(kc) = identity_kubeconfig(&secrets, &secret_name).await else {
+                let Ok(kc) = tunnel::agent_kubeconfig(&secrets, &secret_name).await else {
                     continue;
                 };
                 if kc == current {
@@ -327,8 +312,8 @@ async fn watch_exports(
             loop {
                 let policy = Policy::from_exports(store.state().iter().map(|e| e.as_ref()));
                 *state.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
-                // A change wakes this at once; the second's sleep catches deletions the
-                // watch reports without an object to notify on.
+                // A change wakes this at once; the second's sleep catches what a relist
+                // dropped (the store loses it without a Delete event to notify on).
                 let _ = tokio::time::timeout(Duration::from_secs(1), changed.notified()).await;
             }
         })
@@ -428,7 +413,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
     {
         return;
     }
-    let (up, down) = relay(tls, upstream).await;
+    let (up, down) = atoll_runtime::relay::relay(tls, upstream).await;
     log(200, up, down);
 }
 
@@ -458,28 +443,6 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, code: u16, why: &str) {
     );
     let _ = stream.write_all(answer.as_bytes()).await;
     let _ = stream.shutdown().await;
-}
-
-/// Pass bytes both ways until each way is done, each on its own (a side that answers and
-/// closes still has its answer delivered); the bytes each way.
-pub async fn relay<A, B>(a: A, b: B) -> (u64, u64)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut a_in, mut a_out) = tokio::io::split(a);
-    let (mut b_in, mut b_out) = tokio::io::split(b);
-    let up = async {
-        let n = tokio::io::copy(&mut a_in, &mut b_out).await.unwrap_or(0);
-        let _ = b_out.shutdown().await;
-        n
-    };
-    let down = async {
-        let n = tokio::io::copy(&mut b_in, &mut a_out).await.unwrap_or(0);
-        let _ = a_out.shutdown().await;
-        n
-    };
-    tokio::join!(up, down)
 }
 
 #[cfg(test)]

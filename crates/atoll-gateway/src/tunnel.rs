@@ -56,6 +56,25 @@ pub fn cluster_of(cert: &CertificateDer<'_>) -> Option<String> {
     cluster_of_user(&user).map(String::from)
 }
 
+/// The hub kubeconfig the agent keeps in Secret `name` (of `secrets`' namespace), once it
+/// holds a signed identity; else why not.
+pub async fn agent_kubeconfig(
+    secrets: &kube::Api<k8s_openapi::api::core::v1::Secret>,
+    name: &str,
+) -> Result<String, String> {
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("cannot read the agent's Secret: {e}"))?
+        .ok_or_else(|| "the agent has not saved a hub identity yet".to_string())?;
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("kubeconfig"))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .ok_or_else(|| "the agent's Secret holds no kubeconfig yet (still joining)".to_string())
+}
+
 /// A cluster's hub identity, ready for both ends of a tunnel.
 pub struct Identity {
     pub cluster: String,

@@ -7,6 +7,7 @@ pub mod jsonpath;
 pub mod quantity;
 pub mod queue;
 pub mod reflect;
+pub mod relay;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};

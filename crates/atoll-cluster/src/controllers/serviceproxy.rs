@@ -28,6 +28,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
+use atoll_runtime::relay::relay;
+
 use super::Ctx;
 use crate::util::{map_selector_matches, pod_ready};
 
@@ -57,7 +59,8 @@ struct Via {
     cluster: String,
 }
 
-/// This cluster's hub identity for tunnels, read from the agent's Secret and kept a while.
+/// This cluster's hub identity for tunnels, read from the agent's Secret and kept a while;
+/// one for all the listeners, so they share its TLS sessions and its reads.
 #[derive(Default)]
 struct Tunnels {
     identity: tokio::sync::Mutex<
@@ -79,13 +82,11 @@ impl Tunnels {
         }
         let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
             kube::Api::namespaced(ctx.client.clone(), atoll_api::cluster::AGENT_NAMESPACE);
-        let kubeconfig = secrets
-            .get_opt(atoll_api::cluster::HUB_KUBECONFIG_SECRET)
-            .await
-            .map_err(|e| format!("cannot read the agent's Secret: {e}"))?
-            .and_then(|s| s.data?.get("kubeconfig").cloned())
-            .and_then(|b| String::from_utf8(b.0).ok())
-            .ok_or("this cluster has no hub identity (its agent has not joined)")?;
+        let kubeconfig = atoll_gateway::tunnel::agent_kubeconfig(
+            &secrets,
+            atoll_api::cluster::HUB_KUBECONFIG_SECRET,
+        )
+        .await?;
         // The same identity is kept (and its TLS sessions with it) until it rotates.
         let id = match held.take() {
             Some((_, kc, id)) if kc == kubeconfig => id,
@@ -117,6 +118,7 @@ struct Listener {
 pub(crate) async fn run(ctx: Arc<Ctx>) {
     let mut listening: HashMap<(Ipv4Addr, u16), Listener> = HashMap::new();
     let mut refused: HashMap<(Ipv4Addr, u16), String> = HashMap::new();
+    let tunnels = Arc::new(Tunnels::default());
     loop {
         let mut wanted: HashMap<(Ipv4Addr, u16), (Backend, String)> = HashMap::new();
         for svc in ctx.caches.services.state() {
@@ -194,8 +196,13 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
             {
                 Ok(listener) => {
                     refused.remove(&addr);
-                    let task =
-                        tokio::spawn(serve(ctx.clone(), listener, service.clone(), port.clone()));
+                    let task = tokio::spawn(serve(
+                        ctx.clone(),
+                        tunnels.clone(),
+                        listener,
+                        service.clone(),
+                        port.clone(),
+                    ));
                     listening.insert(
                         addr,
                         Listener {
@@ -220,9 +227,14 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
 }
 
 /// Accept connections for one Service port and pass each to an endpoint.
-async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, service: Backend, port: String) {
+async fn serve(
+    ctx: Arc<Ctx>,
+    tunnels: Arc<Tunnels>,
+    listener: tokio::net::TcpListener,
+    service: Backend,
+    port: String,
+) {
     let next = Arc::new(AtomicUsize::new(0));
-    let tunnels = Arc::new(Tunnels::default());
     let name = match &service {
         Backend::Service(ns, n) | Backend::Import(ns, n) => format!("{ns}/{n}"),
     };
@@ -261,15 +273,17 @@ async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, service: Backen
             None => endpoints[next.fetch_add(1, Ordering::Relaxed) % endpoints.len()].clone(),
         };
         let (ctx, tunnels, name) = (ctx.clone(), tunnels.clone(), name.clone());
+        // What a client writes goes on at once (no Nagle wait on the hop the proxy adds).
+        let _ = inbound.set_nodelay(true);
         tokio::spawn(async move {
             match &pick.via {
                 None => {
                     if let Ok(outbound) = tokio::net::TcpStream::connect(pick.addr).await {
+                        let _ = outbound.set_nodelay(true);
                         relay(inbound, outbound).await;
                     }
                 }
                 Some(via) => {
-                    let _ = inbound.set_nodelay(true);
                     let tunnel = match tunnels.identity(&ctx).await {
                         Ok(id) => {
                             atoll_gateway::tunnel::dial(
@@ -285,7 +299,7 @@ async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, service: Backen
                     };
                     match tunnel {
                         Ok(t) => {
-                            atoll_gateway::eastwest::relay(inbound, t).await;
+                            relay(inbound, t).await;
                         }
                         Err(e) => {
                             tracing::warn!(service = %name, endpoint = ?pick.addr, error = %e, "cannot reach an endpoint through its cluster's east-west gateway")
@@ -295,28 +309,6 @@ async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, service: Backen
             }
         });
     }
-}
-
-/// Pass bytes both ways until each way is done, each way on its own: a server that answers
-/// and closes with the client's bytes unread resets the connection, and the client's bytes
-/// then fail to reach it; its answer must still reach the client, as it does with no proxy in
-/// between (`copy_bidirectional` gives up both ways at the first error).
-async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    // What a client writes goes on at once (no Nagle wait on the hop the proxy adds).
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
-    let (mut client_in, mut client_out) = client.into_split();
-    let (mut server_in, mut server_out) = server.into_split();
-    let up = async {
-        let _ = tokio::io::copy(&mut client_in, &mut server_out).await;
-        let _ = server_out.shutdown().await;
-    };
-    let down = async {
-        let _ = tokio::io::copy(&mut server_in, &mut client_out).await;
-        let _ = client_out.shutdown().await;
-    };
-    tokio::join!(up, down);
 }
 
 /// The ready endpoints of a Service port: pods in its namespace matching its selector, at the
@@ -523,34 +515,6 @@ fn target_port(service_port: &ServicePort, pod: &Pod) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A server that answers at once and closes without reading what the client sent (as
-    /// `socat ... SYSTEM:'echo ...'`): its answer reaches the client through the proxy.
-    #[tokio::test]
-    async fn an_answer_before_a_reset_reaches_the_client() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (server_addr, proxy_addr) = (server.local_addr().unwrap(), proxy.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((mut c, _)) = server.accept().await {
-                let _ = c.write_all(b"pod ip 127.0.0.9\r\n").await;
-            }
-        });
-        tokio::spawn(async move {
-            while let Ok((c, _)) = proxy.accept().await {
-                let s = tokio::net::TcpStream::connect(server_addr).await.unwrap();
-                tokio::spawn(relay(c, s));
-            }
-        });
-        for _ in 0..20 {
-            let mut c = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
-            let _ = c.write_all(&[b'x'; 256 * 1024]).await;
-            let mut answer = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer)).await;
-            assert_eq!(String::from_utf8_lossy(&answer), "pod ip 127.0.0.9\r\n");
-        }
-    }
 
     fn slice(family: &str, port: (&str, i32), endpoints: &[(&str, Option<bool>)]) -> EndpointSlice {
         serde_json::from_value(serde_json::json!({

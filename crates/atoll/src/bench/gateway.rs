@@ -233,8 +233,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// tunnels it through an east-west gateway (mutual TLS, `CONNECT`) with a cluster's identity.
 /// Both relay with the same code; wrk keeps its connections alive.
 async fn east_west() -> anyhow::Result<(Wrk, Wrk)> {
-    use atoll_gateway::eastwest::{Policy, relay, serve_fixed};
+    use atoll_gateway::eastwest::{Policy, serve_fixed};
     use atoll_gateway::tunnel::{Identity, dial, throwaway_fleet};
+    use atoll_runtime::relay::relay;
     use std::net::SocketAddr;
     use std::sync::Arc;
     let (ca, ids) = throwaway_fleet(&["member1", "member2"]).map_err(anyhow::Error::msg)?;
